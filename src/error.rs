@@ -1,0 +1,152 @@
+//! The crate's error type.
+
+use crate::policy::Permission;
+
+/// The broad class of an [`Error`], matching the error kinds of the seeds' API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The [`Policy`](crate::Policy) refused the operation.
+    PermissionDenied,
+    /// A missing, empty or malformed argument, a leave of a group the process is not in, or a
+    /// released instance / exited process.
+    Invalid,
+    /// The scope (or the local process) does not exist.
+    NotFound,
+    /// A configured limit (`max_groups`, `max_members_per_group`, …) would be exceeded.
+    LimitReached,
+    /// The node cannot do it now (shut down, no route, queue full); the same call may succeed
+    /// later.
+    Unavailable,
+}
+
+/// Which configured limit refused an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// `max_groups`: the number of distinct non-empty groups in the scope.
+    MaxGroups,
+    /// `max_members_per_group`: the number of member slots of one group, counting multi-joins.
+    MaxMembersPerGroup,
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Limit::MaxGroups => "max_groups",
+            Limit::MaxMembersPerGroup => "max_members_per_group",
+        })
+    }
+}
+
+/// Every error the crate returns. Match on [`Error::kind`] for the class; the variants carry
+/// the group, scope or limit concerned, and the message names them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The policy refused `permission` on `resource` (a group name or a scope id).
+    #[error("permission {permission} denied on {resource:?}")]
+    PermissionDenied {
+        /// The permission that was checked.
+        permission: Permission,
+        /// The group name or scope id it was checked on.
+        resource: String,
+    },
+    /// A group name is empty or longer than [`MAX_GROUP_NAME_LEN`](crate::MAX_GROUP_NAME_LEN)
+    /// bytes.
+    #[error("invalid group name {name:?}: {reason}")]
+    InvalidGroupName {
+        /// The offending name.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A batch of group names was empty.
+    #[error("empty list of group names")]
+    EmptyBatch,
+    /// A topic is empty.
+    #[error("empty topic")]
+    EmptyTopic,
+    /// The process left a group (or every group of a batch) it was not a member of.
+    #[error("process is not a member of {groups:?} in scope {scope:?}")]
+    NotMember {
+        /// The scope.
+        scope: String,
+        /// The groups it tried to leave.
+        groups: Vec<String>,
+    },
+    /// The instance was released (explicitly, by drop, or by the process's exit).
+    #[error("instance of scope {scope:?} is released")]
+    Released {
+        /// The scope of the instance.
+        scope: String,
+    },
+    /// The scope id is not of the form `namespace:name`.
+    #[error("invalid scope id {scope:?}: {reason}")]
+    InvalidScopeId {
+        /// The offending id.
+        scope: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// No scope with this id runs on the node.
+    #[error("scope {scope:?} not found")]
+    ScopeNotFound {
+        /// The id asked for.
+        scope: String,
+    },
+    /// The target process does not exist on this node (it exited, or never did).
+    #[error("process {pid} not found")]
+    ProcessNotFound {
+        /// The target.
+        pid: String,
+    },
+    /// A join would exceed a configured limit; nothing of the batch was applied.
+    #[error("{limit} reached in scope {scope:?} (group {group:?}, limit {max})")]
+    LimitReached {
+        /// The limit.
+        limit: Limit,
+        /// The scope.
+        scope: String,
+        /// The group that would exceed it.
+        group: String,
+        /// The configured value.
+        max: usize,
+    },
+    /// The node cannot serve the call now; it may succeed later.
+    #[error("unavailable: {reason}")]
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+    /// A payload could not be encoded to or decoded from CBOR.
+    #[error("payload codec: {reason}")]
+    Payload {
+        /// The codec's message.
+        reason: String,
+    },
+    /// A configuration value or file is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+}
+
+impl Error {
+    /// The class of the error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::PermissionDenied { .. } => ErrorKind::PermissionDenied,
+            Error::InvalidGroupName { .. }
+            | Error::EmptyBatch
+            | Error::EmptyTopic
+            | Error::NotMember { .. }
+            | Error::Released { .. }
+            | Error::InvalidScopeId { .. }
+            | Error::Payload { .. }
+            | Error::Config(_) => ErrorKind::Invalid,
+            Error::ScopeNotFound { .. } | Error::ProcessNotFound { .. } => ErrorKind::NotFound,
+            Error::LimitReached { .. } => ErrorKind::LimitReached,
+            Error::Unavailable { .. } => ErrorKind::Unavailable,
+        }
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,278 @@
+//! A process's handle on a scope (the seeds' `pg.open`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::node::NodeShared;
+use crate::policy::Permission;
+use crate::process::{Message, ProcessShared, encode_payload};
+use crate::proto::state::group_name_problem;
+use crate::scope::Scope;
+use crate::{Members, Subscription};
+
+/// One group name or a batch of them: `"workers"`, `["workers", "all"]`, a `Vec<String>`, a
+/// slice. A name may appear several times in a batch (each occurrence is one slot).
+pub trait GroupNames {
+    /// Calls `f` with the names.
+    fn with_names<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R;
+}
+
+impl GroupNames for str {
+    fn with_names<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
+        f(&[self])
+    }
+}
+
+impl GroupNames for String {
+    fn with_names<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
+        f(&[self.as_str()])
+    }
+}
+
+impl<S: AsRef<str>> GroupNames for [S] {
+    fn with_names<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
+        let names: Vec<&str> = self.iter().map(AsRef::as_ref).collect();
+        f(&names)
+    }
+}
+
+impl<S: AsRef<str>, const N: usize> GroupNames for [S; N] {
+    fn with_names<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
+        self.as_slice().with_names(f)
+    }
+}
+
+impl<S: AsRef<str>> GroupNames for Vec<S> {
+    fn with_names<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
+        self.as_slice().with_names(f)
+    }
+}
+
+impl<T: GroupNames + ?Sized> GroupNames for &T {
+    fn with_names<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
+        (**self).with_names(f)
+    }
+}
+
+/// A process's handle on a scope: every group operation goes through it.
+///
+/// Obtained from [`Process::open`](crate::Process::open). Memberships belong to the process,
+/// not to the instance: [`release`](Self::release) (or dropping the instance) frees the
+/// instance and closes the subscriptions made through it, and the process stays in its
+/// groups. After a release, or after the process exits, every method returns
+/// [`Invalid`](crate::ErrorKind::Invalid); after the node shuts down,
+/// [`Unavailable`](crate::ErrorKind::Unavailable).
+///
+/// Every method checks its permission with the node's [`Policy`](crate::Policy) first:
+/// `pg.join` for `join` on each group of the batch, and so on (see
+/// [`Permission`](crate::Permission)).
+pub struct Instance {
+    id: u64,
+    scope: Arc<Scope>,
+    process: Arc<ProcessShared>,
+    node: Arc<NodeShared>,
+    released: AtomicBool,
+}
+
+impl Instance {
+    pub(crate) fn new(scope: Arc<Scope>, process: Arc<ProcessShared>, node: Arc<NodeShared>) -> Self {
+        Self {
+            id: node.next_instance_id(),
+            scope,
+            process,
+            node,
+            released: AtomicBool::new(false),
+        }
+    }
+
+    /// The scope id.
+    pub fn scope(&self) -> &str {
+        &self.scope.id
+    }
+
+    fn usable(&self) -> Result<()> {
+        self.node.check_running()?;
+        if self.released.load(Ordering::Acquire) || !self.process.is_alive() {
+            return Err(Error::Released {
+                scope: self.scope.id.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check(&self, permission: Permission, resource: &str) -> Result<()> {
+        self.node
+            .check(self.process.pid, &self.scope.id, permission, resource)
+    }
+
+    fn checked_names(&self, names: &[&str], permission: Permission) -> Result<()> {
+        if names.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        for name in names {
+            valid_group(name)?;
+        }
+        for name in names {
+            self.check(permission, name)?;
+        }
+        Ok(())
+    }
+
+    fn group(&self, group: &str, permission: Permission) -> Result<()> {
+        self.usable()?;
+        valid_group(group)?;
+        self.check(permission, group)
+    }
+
+    /// Joins one group or a batch. All or nothing: an invalid name, a denied permission or a
+    /// limit anywhere in the batch means no effect. A process may join a group many times and
+    /// must leave it as many times. When `join` returns, reads on this node show the change.
+    pub fn join(&self, groups: impl GroupNames) -> Result<()> {
+        self.usable()?;
+        groups.with_names(|names| {
+            self.checked_names(names, Permission::Join)?;
+            self.scope.join(&self.process, names)
+        })
+    }
+
+    /// Leaves one slot of one group, or of each group of a batch (best effort). Fails
+    /// (`Invalid`) only when the process was a member of none of the groups; then nothing
+    /// changed.
+    pub fn leave(&self, groups: impl GroupNames) -> Result<()> {
+        self.usable()?;
+        groups.with_names(|names| {
+            self.checked_names(names, Permission::Leave)?;
+            self.scope.leave(&self.process, names)
+        })
+    }
+
+    /// Every slot of `group` on every node: a snapshot, empty for an unknown group.
+    pub fn get_members(&self, group: &str) -> Result<Members> {
+        self.group(group, Permission::GetMembers)?;
+        Ok(self.scope.members(group))
+    }
+
+    /// The slots of `group` held by processes of this node.
+    pub fn get_local_members(&self, group: &str) -> Result<Members> {
+        self.group(group, Permission::GetLocalMembers)?;
+        Ok(self.scope.local_members(group))
+    }
+
+    /// The groups that have at least one member anywhere, sorted.
+    pub fn which_groups(&self) -> Result<Arc<[Arc<str>]>> {
+        self.usable()?;
+        self.check(Permission::WhichGroups, &self.scope.id)?;
+        Ok(self.scope.which_groups())
+    }
+
+    /// The groups that have at least one member on this node, sorted.
+    pub fn which_local_groups(&self) -> Result<Arc<[Arc<str>]>> {
+        self.usable()?;
+        self.check(Permission::WhichLocalGroups, &self.scope.id)?;
+        Ok(self.scope.which_local_groups())
+    }
+
+    /// Sends `payload` under `topic` to every slot of `group`, wherever it runs: a process
+    /// that joined twice gets it twice. The payload is encoded with CBOR once. Returns the
+    /// number of slots targeted (0 for an empty group).
+    ///
+    /// Each recipient gets it in its inbox for `topic`, or counts it as dropped (see
+    /// [`Process::listen`](crate::Process::listen)). Messages from one process to another
+    /// arrive in the order sent.
+    pub fn broadcast<T: Serialize + ?Sized>(
+        &self,
+        group: &str,
+        topic: &str,
+        payload: &T,
+    ) -> Result<usize> {
+        self.group(group, Permission::Broadcast)?;
+        let members = self.scope.members(group);
+        self.deliver(&members, topic, payload)
+    }
+
+    /// Like [`broadcast`](Self::broadcast), to the slots of `group` on this node only.
+    pub fn broadcast_local<T: Serialize + ?Sized>(
+        &self,
+        group: &str,
+        topic: &str,
+        payload: &T,
+    ) -> Result<usize> {
+        self.group(group, Permission::BroadcastLocal)?;
+        let members = self.scope.local_members(group);
+        self.deliver(&members, topic, payload)
+    }
+
+    fn deliver<T: Serialize + ?Sized>(
+        &self,
+        members: &Members,
+        topic: &str,
+        payload: &T,
+    ) -> Result<usize> {
+        if topic.is_empty() {
+            return Err(Error::EmptyTopic);
+        }
+        if members.is_empty() {
+            return Ok(0);
+        }
+        let message = Message {
+            from: self.process.pid,
+            topic: topic.into(),
+            payload: encode_payload(payload)?,
+        };
+        self.node.deliver_many(members, &message);
+        Ok(members.len())
+    }
+
+    /// Subscribes to the joins and leaves of `group` and returns its current members, in one
+    /// step: no change is missed or counted twice between the snapshot and the first event.
+    pub fn monitor(&self, group: &str) -> Result<(Subscription, Members)> {
+        self.group(group, Permission::Monitor)?;
+        self.scope.monitor(&self.process, self.id, group)
+    }
+
+    /// Subscribes to the joins and leaves of every group of the scope and returns every
+    /// non-empty group with its members, in one step.
+    pub fn events(&self) -> Result<(Subscription, BTreeMap<Arc<str>, Members>)> {
+        self.usable()?;
+        self.check(Permission::Events, &self.scope.id)?;
+        self.scope.events(&self.process, self.id)
+    }
+
+    /// Frees the instance and closes the subscriptions made through it. Idempotent; the
+    /// process keeps its memberships.
+    pub fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.scope.release(self.id);
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance")
+            .field("scope", &self.scope.id)
+            .field("process", &self.process.pid)
+            .field("released", &self.released.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+fn valid_group(name: &str) -> Result<()> {
+    match group_name_problem(name) {
+        None => Ok(()),
+        Some(reason) => Err(Error::InvalidGroupName {
+            name: name.chars().take(64).collect(),
+            reason,
+        }),
+    }
+}

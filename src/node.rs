@@ -1,0 +1,319 @@
+//! The node: identity, scopes, processes.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hashbrown::HashMap;
+use libp2p::PeerId;
+use libp2p::identity::Keypair;
+
+use crate::config::{ConfigError, load_scopes_file, validate_scope_id};
+use crate::error::{Error, Result};
+use crate::policy::{AllowAll, Permission, Policy, Request};
+use crate::process::{Message, Process, ProcessShared};
+use crate::scope::Scope;
+use crate::{Members, Pid, ScopeConfig};
+
+/// The default capacity of each inbox of a process.
+pub const DEFAULT_MAILBOX_CAPACITY: usize = 1024;
+
+/// Configures and starts a [`Node`]. See [`Node::builder`].
+pub struct NodeBuilder {
+    keypair: Option<Keypair>,
+    scopes: Vec<(String, ScopeConfig)>,
+    files: Vec<PathBuf>,
+    policy: Arc<dyn Policy>,
+    mailbox_capacity: usize,
+}
+
+impl NodeBuilder {
+    /// The node's identity; default a fresh ed25519 key. A node restarted with the same key is
+    /// a new incarnation of the same peer.
+    pub fn keypair(mut self, keypair: Keypair) -> Self {
+        self.keypair = Some(keypair);
+        self
+    }
+
+    /// Hosts the scope `id` (`"namespace:name"`) with `config`.
+    pub fn scope(mut self, id: impl Into<String>, config: ScopeConfig) -> Self {
+        self.scopes.push((id.into(), config));
+        self
+    }
+
+    /// Hosts the scopes of a registry file (see [`parse_scopes_toml`](crate::config::parse_scopes_toml));
+    /// entries with `lifecycle.auto_start = false` are skipped. Read by [`build`](Self::build).
+    pub fn scopes_from_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.files.push(path.into());
+        self
+    }
+
+    /// Decides every permission; default [`AllowAll`].
+    pub fn policy(mut self, policy: impl Policy) -> Self {
+        self.policy = Arc::new(policy);
+        self
+    }
+
+    /// Capacity of each inbox of each process (default [`DEFAULT_MAILBOX_CAPACITY`]); a
+    /// message that finds its inbox full is dropped and counted.
+    pub fn mailbox_capacity(mut self, capacity: usize) -> Self {
+        self.mailbox_capacity = capacity;
+        self
+    }
+
+    /// Validates the configuration and starts the node.
+    pub async fn build(self) -> Result<Node> {
+        if self.mailbox_capacity == 0 {
+            return Err(ConfigError::InvalidField {
+                field: "mailbox_capacity",
+                reason: "must be at least 1".into(),
+            }
+            .into());
+        }
+        let mut scopes = self.scopes;
+        for file in &self.files {
+            for entry in load_scopes_file(file)? {
+                if entry.auto_start {
+                    scopes.push((entry.id, entry.config));
+                } else {
+                    tracing::info!(scope = %entry.id, "scope not started: auto_start = false");
+                }
+            }
+        }
+        let keypair = self.keypair.unwrap_or_else(Keypair::generate_ed25519);
+        let peer_id = keypair.public().to_peer_id();
+        let incarnation: u64 = rand::random();
+        let mut table: HashMap<Arc<str>, Arc<Scope>> = HashMap::new();
+        for (id, config) in scopes {
+            validate_scope_id(&id)?;
+            let id: Arc<str> = id.into();
+            if table.contains_key(&id) {
+                return Err(ConfigError::DuplicateScope(id.to_string()).into());
+            }
+            let scope = Scope::new(id.clone(), config, peer_id, incarnation);
+            table.insert(id, Arc::new(scope));
+        }
+        // Ids of a new incarnation start at its start time in nanoseconds: above every id an
+        // earlier incarnation handed out (see `Pid`).
+        let first_id = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        Ok(Node {
+            shared: Arc::new(NodeShared {
+                peer_id,
+                incarnation,
+                scopes: table,
+                processes: RwLock::new(HashMap::new()),
+                next_pid: AtomicU64::new(first_id),
+                next_instance: AtomicU64::new(1),
+                policy: self.policy,
+                mailbox_capacity: self.mailbox_capacity,
+                running: AtomicBool::new(true),
+            }),
+        })
+    }
+}
+
+/// A procgroups node: an identity hosting processes and scopes.
+///
+/// Cheap to clone: clones share the node. Several nodes may live in one OS process; nothing is
+/// global.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> procgroups::Result<()> {
+/// use procgroups::{Node, ScopeConfig};
+/// let node = Node::builder().scope("app:pg", ScopeConfig::default()).build().await?;
+/// let p = node.spawn_process();
+/// let pg = p.open("app:pg")?;
+/// pg.join(["workers", "all"])?;
+/// assert_eq!(pg.get_members("workers")?.len(), 1);
+/// assert_eq!(&*pg.which_groups()?, &["all".into(), "workers".into()]);
+/// drop(p); // exit: leaves every group
+/// node.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Node {
+    shared: Arc<NodeShared>,
+}
+
+impl Node {
+    /// A builder with the defaults: a fresh identity, no scope, [`AllowAll`].
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder {
+            keypair: None,
+            scopes: Vec::new(),
+            files: Vec::new(),
+            policy: Arc::new(AllowAll),
+            mailbox_capacity: DEFAULT_MAILBOX_CAPACITY,
+        }
+    }
+
+    /// The node's identity.
+    pub fn peer_id(&self) -> PeerId {
+        self.shared.peer_id
+    }
+
+    /// The ids of the scopes the node hosts, sorted.
+    pub fn scopes(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.shared.scopes.keys().map(|k| k.to_string()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Starts a process on this node. After [`shutdown`](Self::shutdown), the process can do
+    /// nothing (`open` is `Unavailable`).
+    pub fn spawn_process(&self) -> Process {
+        let id = self.shared.next_pid.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::new(ProcessShared::new(Pid::new(self.shared.peer_id, id)));
+        if self.shared.running.load(Ordering::Acquire) {
+            self.shared
+                .processes
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, shared.clone());
+        } else {
+            shared.mark_dead();
+        }
+        Process::new(shared, self.shared.clone())
+    }
+
+    /// Stops the node: every process exits (leaving its groups) and every later call is
+    /// `Unavailable`. Idempotent.
+    pub async fn shutdown(&self) {
+        if !self.shared.running.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let processes: Vec<Arc<ProcessShared>> = self
+            .shared
+            .processes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for process in processes {
+            self.shared.exit_process(&process);
+        }
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("peer_id", &self.shared.peer_id)
+            .field("incarnation", &self.shared.incarnation)
+            .finish()
+    }
+}
+
+/// The state a node's handles share.
+pub(crate) struct NodeShared {
+    pub(crate) peer_id: PeerId,
+    incarnation: u64,
+    scopes: HashMap<Arc<str>, Arc<Scope>>,
+    processes: RwLock<HashMap<u64, Arc<ProcessShared>>>,
+    next_pid: AtomicU64,
+    next_instance: AtomicU64,
+    policy: Arc<dyn Policy>,
+    pub(crate) mailbox_capacity: usize,
+    running: AtomicBool,
+}
+
+impl NodeShared {
+    pub(crate) fn check_running(&self) -> Result<()> {
+        if self.running.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(Error::Unavailable {
+                reason: "the node is shut down".into(),
+            })
+        }
+    }
+
+    pub(crate) fn scope(&self, id: &str) -> Option<Arc<Scope>> {
+        self.scopes.get(id).cloned()
+    }
+
+    pub(crate) fn next_instance_id(&self) -> u64 {
+        self.next_instance.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn check(
+        &self,
+        process: Pid,
+        scope: &str,
+        permission: Permission,
+        resource: &str,
+    ) -> Result<()> {
+        let request = Request {
+            process,
+            scope,
+            permission,
+            resource,
+        };
+        if self.policy.allows(&request) {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied {
+                permission,
+                resource: resource.to_owned(),
+            })
+        }
+    }
+
+    /// Delivers to a local process; `false` if it does not exist.
+    pub(crate) fn deliver_local(&self, id: u64, message: Message) -> bool {
+        let process = self
+            .processes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned();
+        match process {
+            Some(p) => {
+                p.deliver(message);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Delivers one message per slot of `members`. Local slots are served in place; slots
+    /// of other nodes need the network layer, which this node does not run yet, so they are
+    /// counted as targeted by the caller and logged here.
+    pub(crate) fn deliver_many(&self, members: &Members, message: &Message) {
+        let processes = self.processes.read().unwrap_or_else(|e| e.into_inner());
+        let mut remote = 0usize;
+        for pid in members {
+            if pid.node() != self.peer_id {
+                remote += 1;
+                continue;
+            }
+            if let Some(p) = processes.get(&pid.id()) {
+                p.deliver(message.clone());
+            }
+        }
+        if remote > 0 {
+            tracing::debug!(remote, "slots on other nodes not reachable without a network");
+        }
+    }
+
+    /// The exit of a process: idempotent.
+    pub(crate) fn exit_process(&self, process: &ProcessShared) {
+        if !process.mark_dead() {
+            return;
+        }
+        let id = process.pid.id();
+        for scope in self.scopes.values() {
+            scope.exit(id);
+        }
+        self.processes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        process.close_inboxes();
+    }
+}

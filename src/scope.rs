@@ -1,0 +1,247 @@
+//! A scope on a node: the core behind a short mutex, and the subscribers it feeds.
+//!
+//! Every mutation, the monitor snapshots and the event fan-out happen under the scope's
+//! mutex, so a subscription's snapshot and its events never miss or repeat a change. The lock
+//! is held for the operation only: member lists are cached snapshots (a read of an unchanged
+//! group is a hash lookup and a pointer copy), and events are queued with `try_send`, so a
+//! slow subscriber never holds it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hashbrown::HashMap;
+
+use crate::error::{Error, Result};
+use crate::process::ProcessShared;
+use crate::proto::state::GroupName;
+use crate::proto::{Change, CoreConfig, ScopeCore};
+use crate::subscription::{Subscriber, Subscription};
+use crate::{Event, EventKind, Members, Pid, ScopeConfig};
+
+pub(crate) struct Scope {
+    pub(crate) id: Arc<str>,
+    pub(crate) config: ScopeConfig,
+    state: Mutex<ScopeState>,
+}
+
+struct ScopeState {
+    core: ScopeCore,
+    subscribers: Subscribers,
+}
+
+#[derive(Default)]
+struct Subscribers {
+    all: Vec<Subscriber>,
+    by_group: HashMap<GroupName, Vec<Subscriber>>,
+}
+
+impl Subscribers {
+    fn is_empty(&self) -> bool {
+        self.all.is_empty() && self.by_group.is_empty()
+    }
+
+    fn wants(&self, group: &str) -> bool {
+        !self.all.is_empty() || self.by_group.contains_key(group)
+    }
+
+    fn publish(&mut self, event: Event) {
+        self.all.retain(|s| s.offer(&event));
+        if let Some(subs) = self.by_group.get_mut(&*event.group) {
+            subs.retain(|s| s.offer(&event));
+            if subs.is_empty() {
+                self.by_group.remove(&*event.group);
+            }
+        }
+    }
+
+    fn remove_where(&mut self, gone: impl Fn(&Subscriber) -> bool) {
+        self.all.retain(|s| !gone(s));
+        self.by_group.retain(|_, subs| {
+            subs.retain(|s| !gone(s));
+            !subs.is_empty()
+        });
+    }
+}
+
+impl ScopeState {
+    /// Turns the core's changes into events for the subscribers that want them. Consecutive
+    /// changes of one kind to one group become one event.
+    fn flush(&mut self) {
+        let mut run: Option<(EventKind, GroupName, Vec<Pid>)> = None;
+        let subscribers = &mut self.subscribers;
+        for Change {
+            kind,
+            group,
+            pid,
+            count,
+        } in self.core.drain_changes()
+        {
+            if let Some((k, g, pids)) = &mut run {
+                if *k == kind && Arc::ptr_eq(g, &group) {
+                    pids.extend(std::iter::repeat_n(pid, count as usize));
+                    continue;
+                }
+            }
+            if let Some((kind, group, pids)) = run.take() {
+                subscribers.publish(Event {
+                    kind,
+                    group,
+                    pids: pids.into(),
+                });
+            }
+            if subscribers.wants(&group) {
+                run = Some((kind, group, vec![pid; count as usize]));
+            }
+        }
+        if let Some((kind, group, pids)) = run {
+            subscribers.publish(Event {
+                kind,
+                group,
+                pids: pids.into(),
+            });
+        }
+        let record = !self.subscribers.is_empty();
+        self.core.set_record_changes(record);
+    }
+}
+
+impl Scope {
+    pub(crate) fn new(
+        id: Arc<str>,
+        config: ScopeConfig,
+        local: libp2p::PeerId,
+        incarnation: u64,
+    ) -> Self {
+        let mut core = ScopeCore::new(
+            local,
+            incarnation,
+            CoreConfig::from_scope(&config, rand::random()),
+        );
+        core.set_record_changes(false);
+        Self {
+            id,
+            config,
+            state: Mutex::new(ScopeState {
+                core,
+                subscribers: Subscribers::default(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ScopeState> {
+        // A panic while holding the lock is a bug of ours; the state itself stays consistent
+        // because every mutation completes before anything that could panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn alive(&self, process: &ProcessShared) -> Result<()> {
+        if process.is_alive() {
+            Ok(())
+        } else {
+            Err(Error::Released {
+                scope: self.id.to_string(),
+            })
+        }
+    }
+
+    /// All-or-nothing join. Liveness is checked under the lock, so a join racing with the
+    /// process's exit either lands before the exit (which removes it) or fails.
+    pub(crate) fn join(&self, process: &ProcessShared, names: &[&str]) -> Result<()> {
+        let mut state = self.lock();
+        self.alive(process)?;
+        state
+            .core
+            .join(process.pid.id(), names)
+            .map_err(|e| Error::LimitReached {
+                limit: e.limit,
+                scope: self.id.to_string(),
+                group: e.group,
+                max: e.max,
+            })?;
+        state.flush();
+        Ok(())
+    }
+
+    pub(crate) fn leave(&self, process: &ProcessShared, names: &[&str]) -> Result<()> {
+        let mut state = self.lock();
+        self.alive(process)?;
+        if state.core.leave(process.pid.id(), names) == 0 {
+            return Err(Error::NotMember {
+                scope: self.id.to_string(),
+                groups: names.iter().map(|n| n.to_string()).collect(),
+            });
+        }
+        state.flush();
+        Ok(())
+    }
+
+    /// Removes every slot of the process and closes its subscriptions.
+    pub(crate) fn exit(&self, id: u64) {
+        let mut state = self.lock();
+        state.core.exit(id);
+        state.flush();
+        state.subscribers.remove_where(|s| s.process == id);
+        let record = !state.subscribers.is_empty();
+        state.core.set_record_changes(record);
+    }
+
+    /// Closes the subscriptions made through one instance.
+    pub(crate) fn release(&self, instance: u64) {
+        let mut state = self.lock();
+        state.subscribers.remove_where(|s| s.instance == instance);
+        let record = !state.subscribers.is_empty();
+        state.core.set_record_changes(record);
+    }
+
+    pub(crate) fn members(&self, group: &str) -> Members {
+        self.lock().core.members(group)
+    }
+
+    pub(crate) fn local_members(&self, group: &str) -> Members {
+        self.lock().core.local_members(group)
+    }
+
+    pub(crate) fn which_groups(&self) -> Arc<[GroupName]> {
+        self.lock().core.which_groups()
+    }
+
+    pub(crate) fn which_local_groups(&self) -> Arc<[GroupName]> {
+        self.lock().core.which_local_groups()
+    }
+
+    pub(crate) fn monitor(
+        &self,
+        process: &ProcessShared,
+        instance: u64,
+        group: &str,
+    ) -> Result<(Subscription, Members)> {
+        let mut state = self.lock();
+        self.alive(process)?;
+        let (subscription, subscriber) =
+            Subscription::new(self.config.monitor_buffer(), process.pid.id(), instance);
+        let members = state.core.members(group);
+        state
+            .subscribers
+            .by_group
+            .entry(group.into())
+            .or_default()
+            .push(subscriber);
+        state.core.set_record_changes(true);
+        Ok((subscription, members))
+    }
+
+    pub(crate) fn events(
+        &self,
+        process: &ProcessShared,
+        instance: u64,
+    ) -> Result<(Subscription, BTreeMap<Arc<str>, Members>)> {
+        let mut state = self.lock();
+        self.alive(process)?;
+        let (subscription, subscriber) =
+            Subscription::new(self.config.monitor_buffer(), process.pid.id(), instance);
+        let snapshot = state.core.snapshot().into_iter().collect();
+        state.subscribers.all.push(subscriber);
+        state.core.set_record_changes(true);
+        Ok((subscription, snapshot))
+    }
+}

@@ -1,0 +1,159 @@
+//! Membership events and the subscriptions that carry them.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::sync::mpsc;
+
+use crate::Pid;
+
+/// What happened to the members of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// Slots were added: shown as `member.joined`.
+    MemberJoined,
+    /// Slots were removed (leave, exit, node down): shown as `member.left`.
+    MemberLeft,
+}
+
+impl EventKind {
+    /// The seeds' name: `"member.joined"` or `"member.left"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EventKind::MemberJoined => "member.joined",
+            EventKind::MemberLeft => "member.left",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One membership change of one group.
+///
+/// `pids` keeps multiplicity: a process that leaves a group it had joined three times is
+/// listed three times. Consecutive changes of the same kind to the same group made in one
+/// operation (a sync, an exit, a delta from a peer) arrive as one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Joined or left.
+    pub kind: EventKind,
+    /// The group (the seeds' `path`).
+    pub group: Arc<str>,
+    /// The affected processes, once per slot.
+    pub pids: Arc<[Pid]>,
+}
+
+impl Event {
+    /// The seeds' `system` field of every procgroups event.
+    pub const SYSTEM: &'static str = "pg";
+
+    /// Always `"pg"`.
+    pub fn system(&self) -> &'static str {
+        Self::SYSTEM
+    }
+}
+
+/// A bounded stream of [`Event`]s, from [`Instance::monitor`](crate::Instance::monitor) or
+/// [`Instance::events`](crate::Instance::events).
+///
+/// It holds up to `monitor_buffer` events. When it is full, newer events for this subscriber
+/// are dropped and counted ([`dropped`](Self::dropped)); the scope never waits for a slow
+/// subscriber. It ends (`recv` gives `None`) after [`close`](Self::close), or when its instance
+/// is released or its process exits, once the queued events are read.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: mpsc::Receiver<Event>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Subscription {
+    pub(crate) fn new(capacity: usize, process: u64, instance: u64) -> (Self, Subscriber) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let dropped = Arc::new(AtomicU64::new(0));
+        (
+            Self {
+                rx,
+                dropped: dropped.clone(),
+            },
+            Subscriber {
+                tx,
+                dropped,
+                process,
+                instance,
+            },
+        )
+    }
+
+    /// The next event; `None` once the subscription is closed and drained.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// The next event if one is queued.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Events queued and not read yet.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// `true` when no event is queued.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    /// Events dropped because the buffer was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Unsubscribes and discards the queued events: `recv` gives `None` from now on.
+    pub fn close(&mut self) {
+        self.rx.close();
+        while self.rx.try_recv().is_ok() {}
+    }
+
+    /// Unsubscribes but keeps the queued events readable: `recv` gives them, then `None`.
+    pub fn close_flush(&mut self) {
+        self.rx.close();
+    }
+}
+
+impl futures::Stream for Subscription {
+    type Item = Event;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// The scope's end of a subscription.
+#[derive(Debug)]
+pub(crate) struct Subscriber {
+    tx: mpsc::Sender<Event>,
+    dropped: Arc<AtomicU64>,
+    /// Owner process id and instance id: exit and release close it.
+    pub(crate) process: u64,
+    pub(crate) instance: u64,
+}
+
+impl Subscriber {
+    /// Queues `event`; `false` when the subscription is gone and this end should be removed.
+    pub(crate) fn offer(&self, event: &Event) -> bool {
+        match self.tx.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
