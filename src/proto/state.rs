@@ -604,7 +604,7 @@ impl ScopeCore {
                     DeltaOutcome::Duplicate
                 } else if delta.seq == v.seq + 1 {
                     self.apply_delta(node, &mut origin, &delta);
-                    self.release_held(node, &mut origin);
+                    self.release_held(node, &mut origin, false);
                     DeltaOutcome::Applied
                 } else {
                     self.hold(&mut origin, delta, now, false);
@@ -614,7 +614,7 @@ impl ScopeCore {
             None if origin.alive && delta.seq == 1 => {
                 // The first change of an incarnation applies to its empty state.
                 self.apply_delta(node, &mut origin, &delta);
-                self.release_held(node, &mut origin);
+                self.release_held(node, &mut origin, false);
                 DeltaOutcome::Applied
             }
             // A gap in a new origin's sequence, another incarnation (a restart, or a late delta
@@ -747,22 +747,22 @@ impl ScopeCore {
         }
     }
 
-    /// Applies the held deltas that now follow the applied version, and drops the ones it
-    /// already covers.
-    fn release_held(&mut self, node: u32, origin: &mut OriginState) {
+    /// Applies the held deltas that now follow the applied version. Drops the ones it covers
+    /// and, once a sync has said which incarnation is current, those of other incarnations.
+    fn release_held(&mut self, node: u32, origin: &mut OriginState, after_sync: bool) {
         let Some(mut v) = origin.version else { return };
         while let Some(delta) = origin.held.remove(&(v.incarnation, v.seq + 1)) {
             self.apply_delta(node, origin, &delta);
             v.seq += 1;
         }
-        origin
-            .held
-            .retain(|(inc, seq), _| *inc != v.incarnation || *seq > v.seq);
-        if !origin
-            .held
-            .keys()
-            .any(|(inc, _)| *inc == v.incarnation)
-        {
+        origin.held.retain(|(inc, seq), _| {
+            if *inc == v.incarnation {
+                *seq > v.seq
+            } else {
+                !after_sync
+            }
+        });
+        if !origin.held.keys().any(|(inc, _)| *inc == v.incarnation) {
             origin.gap_since = None;
         }
     }
@@ -782,6 +782,7 @@ impl ScopeCore {
         &mut self,
         sender: PeerId,
         state: SyncState,
+        now: Duration,
     ) -> Result<SyncOutcome, Rejection> {
         if let Err(e) = self.validate_sync(sender, &state) {
             self.stats.syncs_rejected += 1;
@@ -790,6 +791,7 @@ impl ScopeCore {
         let node = self.intern(sender);
         let mut origin = self.take_origin(node);
         origin.sync_requested = None;
+        origin.needs_sync = false;
         let stale = origin.alive
             && origin.version.is_some_and(|v| {
                 v.incarnation == state.version.incarnation && state.version.seq <= v.seq
@@ -801,12 +803,14 @@ impl ScopeCore {
             self.replace_origin_state(node, &mut origin, &state);
             origin.version = Some(state.version);
             origin.alive = true;
-            origin.needs_sync = false;
             origin.gap_since = None;
-            self.release_held(node, &mut origin);
             self.stats.syncs_applied += 1;
             SyncOutcome::Applied
         };
+        self.release_held(node, &mut origin, true);
+        if origin.gap_since.is_none() && !origin.held.is_empty() {
+            origin.gap_since = Some(now);
+        }
         self.origins.insert(node, origin);
         Ok(outcome)
     }
