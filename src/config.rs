@@ -262,7 +262,10 @@ impl ScopeConfigBuilder {
             return bad("action_queue_size", "must be at least 1");
         }
         if c.action_queue_max_size < c.action_queue_size {
-            return bad("action_queue_max_size", "must not be below action_queue_size");
+            return bad(
+                "action_queue_max_size",
+                "must not be below action_queue_size",
+            );
         }
         Ok(c)
     }
@@ -595,7 +598,10 @@ mod tests {
         assert_eq!(scopes[0].id, "app:pg");
         assert!(scopes[0].auto_start);
         assert_eq!(scopes[0].config.max_members_per_group(), 10_000);
-        assert_eq!(scopes[0].config.retry_base_delay(), Duration::from_millis(50));
+        assert_eq!(
+            scopes[0].config.retry_base_delay(),
+            Duration::from_millis(50)
+        );
         assert_eq!(scopes[1].id, "chat:rooms");
         assert!(!scopes[1].auto_start);
         assert_eq!(scopes[1].config.anti_entropy_interval(), None);
@@ -604,12 +610,16 @@ mod tests {
 
     #[test]
     fn toml_errors_are_clear() {
-        let unknown = "namespace = \"a\"\n[[entries]]\nname = \"pg\"\nkind = \"pg.scope\"\nmax_grups = 3\n";
+        let unknown =
+            "namespace = \"a\"\n[[entries]]\nname = \"pg\"\nkind = \"pg.scope\"\nmax_grups = 3\n";
         let err = parse_scopes_toml(unknown).unwrap_err().to_string();
         assert!(err.contains("max_grups"), "{err}");
         let unitless = "namespace = \"a\"\n[[entries]]\nname = \"pg\"\nkind = \"pg.scope\"\nprotocol_timeout = 5\n";
         let err = parse_scopes_toml(unitless).unwrap_err().to_string();
-        assert!(err.contains("protocol_timeout") || err.contains("unit"), "{err}");
+        assert!(
+            err.contains("protocol_timeout") || err.contains("unit"),
+            "{err}"
+        );
         let invalid = "namespace = \"a\"\n[[entries]]\nname = \"pg\"\nkind = \"pg.scope\"\nmonitor_buffer = 0\n";
         let err = parse_scopes_toml(invalid).unwrap_err().to_string();
         assert!(err.contains("monitor_buffer"), "{err}");

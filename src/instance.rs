@@ -79,7 +79,11 @@ pub struct Instance {
 }
 
 impl Instance {
-    pub(crate) fn new(scope: Arc<Scope>, process: Arc<ProcessShared>, node: Arc<NodeShared>) -> Self {
+    pub(crate) fn new(
+        scope: Arc<Scope>,
+        process: Arc<ProcessShared>,
+        node: Arc<NodeShared>,
+    ) -> Self {
         Self {
             id: node.next_instance_id(),
             scope,
@@ -231,7 +235,8 @@ impl Instance {
     /// step: no change is missed or counted twice between the snapshot and the first event.
     pub fn monitor(&self, group: &str) -> Result<(Subscription, Members)> {
         self.group(group, Permission::Monitor)?;
-        self.scope.monitor(&self.process, self.id, group)
+        self.scope
+            .monitor(&self.process, (self.id, &self.released), group)
     }
 
     /// Subscribes to the joins and leaves of every group of the scope and returns every
@@ -239,7 +244,7 @@ impl Instance {
     pub fn events(&self) -> Result<(Subscription, BTreeMap<Arc<str>, Members>)> {
         self.usable()?;
         self.check(Permission::Events, &self.scope.id)?;
-        self.scope.events(&self.process, self.id)
+        self.scope.events(&self.process, (self.id, &self.released))
     }
 
     /// Frees the instance and closes the subscriptions made through it. Idempotent; the

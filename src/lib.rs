@@ -57,6 +57,8 @@ mod subscription;
 pub use config::{ConfigError, ScopeConfig, ScopeConfigBuilder};
 pub use error::{Error, ErrorKind, Limit, Result};
 pub use instance::{GroupNames, Instance};
+/// Re-exported so that users name the same `PeerId` and `Keypair` types.
+pub use libp2p::{PeerId, identity::Keypair};
 pub use members::Members;
 pub use node::{DEFAULT_MAILBOX_CAPACITY, Node, NodeBuilder};
 pub use pid::{ParsePidError, Pid};
@@ -64,5 +66,3 @@ pub use policy::{AllowAll, Permission, Policy, Request};
 pub use process::{Inbox, Message, Process};
 pub use proto::state::MAX_GROUP_NAME_LEN;
 pub use subscription::{Event, EventKind, Subscription};
-/// Re-exported so that users name the same `PeerId` and `Keypair` types.
-pub use libp2p::{PeerId, identity::Keypair};

@@ -297,7 +297,10 @@ impl NodeShared {
             }
         }
         if remote > 0 {
-            tracing::debug!(remote, "slots on other nodes not reachable without a network");
+            tracing::debug!(
+                remote,
+                "slots on other nodes not reachable without a network"
+            );
         }
     }
 

@@ -72,9 +72,7 @@ impl FromStr for Pid {
         let (node, id) = inner
             .split_once('|')
             .ok_or_else(|| fail("missing '|' between peer id and id"))?;
-        let node = node
-            .parse::<PeerId>()
-            .map_err(|_| fail("not a peer id"))?;
+        let node = node.parse::<PeerId>().map_err(|_| fail("not a peer id"))?;
         let id = id.parse::<u64>().map_err(|_| fail("id is not a u64"))?;
         Ok(Pid { node, id })
     }

@@ -125,18 +125,23 @@ impl ProcessShared {
         }
     }
 
+    /// An inbox for `topic`. Liveness is checked under the topics lock, which the exit takes
+    /// after marking the process dead: a dead process's inbox ends at once.
     fn listen(&self, topic: &str, capacity: usize) -> Inbox {
         let (tx, rx) = mpsc::channel(capacity);
-        self.topics
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(topic.into(), tx);
+        let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        if self.is_alive() {
+            topics.insert(topic.into(), tx);
+        }
         Inbox { rx }
     }
 
     /// Closes every inbox: their streams end once drained.
     pub(crate) fn close_inboxes(&self) {
-        self.topics.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }
 
@@ -183,19 +188,16 @@ impl Process {
     pub fn open(&self, scope: &str) -> Result<Instance> {
         self.node.check_running()?;
         crate::config::validate_scope_id(scope).map_err(|e| match e {
-            crate::ConfigError::InvalidScopeId { id, reason } => Error::InvalidScopeId {
-                scope: id,
-                reason,
-            },
+            crate::ConfigError::InvalidScopeId { id, reason } => {
+                Error::InvalidScopeId { scope: id, reason }
+            }
             other => Error::Config(other),
         })?;
-        let found = self
-            .node
-            .scope(scope)
-            .ok_or_else(|| Error::ScopeNotFound {
-                scope: scope.to_owned(),
-            })?;
-        self.node.check(self.pid(), scope, Permission::Open, scope)?;
+        let found = self.node.scope(scope).ok_or_else(|| Error::ScopeNotFound {
+            scope: scope.to_owned(),
+        })?;
+        self.node
+            .check(self.pid(), scope, Permission::Open, scope)?;
         Ok(Instance::new(found, self.shared.clone(), self.node.clone()))
     }
 

@@ -7,6 +7,7 @@
 //! slow subscriber never holds it.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hashbrown::HashMap;
@@ -76,11 +77,12 @@ impl ScopeState {
             count,
         } in self.core.drain_changes()
         {
-            if let Some((k, g, pids)) = &mut run {
-                if *k == kind && Arc::ptr_eq(g, &group) {
-                    pids.extend(std::iter::repeat_n(pid, count as usize));
-                    continue;
-                }
+            if let Some((k, g, pids)) = &mut run
+                && *k == kind
+                && Arc::ptr_eq(g, &group)
+            {
+                pids.extend(std::iter::repeat_n(pid, count as usize));
+                continue;
             }
             if let Some((kind, group, pids)) = run.take() {
                 subscribers.publish(Event {
@@ -134,8 +136,10 @@ impl Scope {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn alive(&self, process: &ProcessShared) -> Result<()> {
-        if process.is_alive() {
+    /// The process is alive and, for subscriptions, the instance is not released. Checked
+    /// under the lock: exit and release change the flag before they take it.
+    fn usable(&self, process: &ProcessShared, released: Option<&AtomicBool>) -> Result<()> {
+        if process.is_alive() && !released.is_some_and(|r| r.load(Ordering::Acquire)) {
             Ok(())
         } else {
             Err(Error::Released {
@@ -148,7 +152,7 @@ impl Scope {
     /// process's exit either lands before the exit (which removes it) or fails.
     pub(crate) fn join(&self, process: &ProcessShared, names: &[&str]) -> Result<()> {
         let mut state = self.lock();
-        self.alive(process)?;
+        self.usable(process, None)?;
         state
             .core
             .join(process.pid.id(), names)
@@ -164,7 +168,7 @@ impl Scope {
 
     pub(crate) fn leave(&self, process: &ProcessShared, names: &[&str]) -> Result<()> {
         let mut state = self.lock();
-        self.alive(process)?;
+        self.usable(process, None)?;
         if state.core.leave(process.pid.id(), names) == 0 {
             return Err(Error::NotMember {
                 scope: self.id.to_string(),
@@ -212,11 +216,11 @@ impl Scope {
     pub(crate) fn monitor(
         &self,
         process: &ProcessShared,
-        instance: u64,
+        (instance, released): (u64, &AtomicBool),
         group: &str,
     ) -> Result<(Subscription, Members)> {
         let mut state = self.lock();
-        self.alive(process)?;
+        self.usable(process, Some(released))?;
         let (subscription, subscriber) =
             Subscription::new(self.config.monitor_buffer(), process.pid.id(), instance);
         let members = state.core.members(group);
@@ -233,10 +237,10 @@ impl Scope {
     pub(crate) fn events(
         &self,
         process: &ProcessShared,
-        instance: u64,
+        (instance, released): (u64, &AtomicBool),
     ) -> Result<(Subscription, BTreeMap<Arc<str>, Members>)> {
         let mut state = self.lock();
-        self.alive(process)?;
+        self.usable(process, Some(released))?;
         let (subscription, subscriber) =
             Subscription::new(self.config.monitor_buffer(), process.pid.id(), instance);
         let snapshot = state.core.snapshot().into_iter().collect();

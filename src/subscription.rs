@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use crate::Pid;
 
 /// What happened to the members of a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventKind {
     /// Slots were added: shown as `member.joined`.
     MemberJoined,

@@ -11,5 +11,7 @@ pub(crate) mod state;
 
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use state::{Change, CoreConfig, ScopeCore};

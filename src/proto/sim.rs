@@ -9,9 +9,9 @@
 //! `PROCGROUPS_SIM_SEEDS` (default 500), `PROCGROUPS_SIM_NODES` (default 20) and
 //! `PROCGROUPS_SIM_SEED` (one seed, to replay a failure) tune the run.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
-use std::cmp::Reverse;
 use std::time::Duration;
 
 use libp2p::PeerId;
@@ -153,17 +153,18 @@ impl Sim {
     }
 
     fn reachable(&self, a: usize, b: usize) -> bool {
-        a != b
-            && self.nodes[a].alive
-            && self.nodes[b].alive
-            && !self.cut[a * self.nodes.len() + b]
+        a != b && self.nodes[a].alive && self.nodes[b].alive && !self.cut[a * self.nodes.len() + b]
     }
 
     fn send(&mut self, from: usize, to: usize, msg: Msg) {
         if !self.reachable(from, to) || self.rng.gen_bool(self.faults.loss) {
             return;
         }
-        let copies = if self.rng.gen_bool(self.faults.duplicate) { 2 } else { 1 };
+        let copies = if self.rng.gen_bool(self.faults.duplicate) {
+            2
+        } else {
+            1
+        };
         let is_delta = matches!(msg, Msg::Delta(_));
         for _ in 0..copies {
             let mut delay = 1 + self.rng.gen_range(0..=self.faults.max_delay);
@@ -207,7 +208,9 @@ impl Sim {
                 let names: Vec<&str> = (0..k)
                     .map(|_| *GROUPS.choose(&mut self.rng).expect("non-empty"))
                     .collect();
-                node.core.join(id, &names).expect("no limits in the simulator");
+                node.core
+                    .join(id, &names)
+                    .expect("no limits in the simulator");
                 let slots = node.truth.get_mut(&id).expect("live process");
                 for name in names {
                     *slots.entry(name.to_owned()).or_insert(0) += 1;
@@ -330,7 +333,7 @@ impl Sim {
                     self.nodes[i].core.sync_failed(peer, now);
                 }
             }
-            if self.now % self.anti_entropy == 0 {
+            if self.now.is_multiple_of(self.anti_entropy) {
                 let j = (self.nodes[i].ae_cursor + 1) % n;
                 self.nodes[i].ae_cursor = j;
                 if self.reachable(i, j) {
@@ -521,7 +524,12 @@ fn run(seed: u64, nodes: usize) -> SimStats {
     }
     // Stragglers sent in the active phase may still be in flight: let the last land, then give
     // anti-entropy another round over every peer.
-    let last = sim.queue.iter().map(|Reverse((at, _))| *at).max().unwrap_or(0);
+    let last = sim
+        .queue
+        .iter()
+        .map(|Reverse((at, _))| *at)
+        .max()
+        .unwrap_or(0);
     while sim.now < last {
         sim.step(false);
     }
@@ -530,7 +538,11 @@ fn run(seed: u64, nodes: usize) -> SimStats {
     }
     sim.check();
     SimStats {
-        slots: sim.expected_view().values().map(|g| g.values().sum::<u32>() as u64).sum(),
+        slots: sim
+            .expected_view()
+            .values()
+            .map(|g| g.values().sum::<u32>() as u64)
+            .sum(),
         syncs: sim.nodes.iter().map(|n| n.core.stats().syncs_applied).sum(),
         held: sim.nodes.iter().map(|n| n.core.stats().deltas_held).sum(),
         purges: sim.nodes.iter().map(|n| n.core.stats().purges).sum(),
@@ -593,7 +605,16 @@ fn every_seed_converges() {
             })
     });
     // The faults must actually have happened, or the property proves little.
-    assert!(totals.slots > 0 && totals.syncs > 0 && totals.held > 0, "{totals:?}");
-    assert!(seeds.len() < 50 || (totals.purges > 0 && totals.restarts > 0), "{totals:?}");
-    eprintln!("{} seeds of {nodes} nodes converged: {totals:?}", seeds.len());
+    assert!(
+        totals.slots > 0 && totals.syncs > 0 && totals.held > 0,
+        "{totals:?}"
+    );
+    assert!(
+        seeds.len() < 50 || (totals.purges > 0 && totals.restarts > 0),
+        "{totals:?}"
+    );
+    eprintln!(
+        "{} seeds of {nodes} nodes converged: {totals:?}",
+        seeds.len()
+    );
 }

@@ -94,8 +94,8 @@ pub(crate) enum Output {
 /// Why a delta or a sync from a peer was refused. A refused input changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Rejection {
-    #[error("sender {sender} is not the origin {origin}")]
-    WrongOrigin { sender: PeerId, origin: PeerId },
+    #[error("the sender is not the origin {origin} it claims")]
+    WrongOrigin { origin: Box<PeerId> },
     #[error("input claims to come from this node")]
     FromSelf,
     #[error("sequence number 0")]
@@ -369,12 +369,12 @@ impl ScopeCore {
                 continue;
             }
             left += 1;
-            if removed.id_gone {
-                if let Some(groups) = self.local_procs.get_mut(&id) {
-                    groups.remove(*name);
-                    if groups.is_empty() {
-                        self.local_procs.remove(&id);
-                    }
+            if removed.id_gone
+                && let Some(groups) = self.local_procs.get_mut(&id)
+            {
+                groups.remove(*name);
+                if groups.is_empty() {
+                    self.local_procs.remove(&id);
                 }
             }
         }
@@ -427,7 +427,11 @@ impl ScopeCore {
         let local = self.local_peer();
         match self.groups.get_mut(group) {
             None => Members::default(),
-            Some(GroupState { nodes, local: cache, .. }) => cache
+            Some(GroupState {
+                nodes,
+                local: cache,
+                ..
+            }) => cache
                 .get_or_insert_with(|| {
                     let mut pids = Vec::new();
                     if let Some(n) = nodes.iter().find(|n| n.node == LOCAL) {
@@ -636,8 +640,7 @@ impl ScopeCore {
     fn validate_delta(&self, sender: PeerId, delta: &Delta) -> Result<(), Rejection> {
         if delta.origin != sender {
             return Err(Rejection::WrongOrigin {
-                sender,
-                origin: delta.origin,
+                origin: Box::new(delta.origin),
             });
         }
         if sender == self.local_peer() {
@@ -724,17 +727,16 @@ impl ScopeCore {
         if max_members == 0 {
             n
         } else {
-            n.min(max_members.saturating_sub(current).try_into().unwrap_or(u32::MAX))
+            n.min(
+                max_members
+                    .saturating_sub(current)
+                    .try_into()
+                    .unwrap_or(u32::MAX),
+            )
         }
     }
 
-    fn hold(
-        &mut self,
-        origin: &mut OriginState,
-        delta: Delta,
-        now: Duration,
-        sync_now: bool,
-    ) {
+    fn hold(&mut self, origin: &mut OriginState, delta: Delta, now: Duration, sync_now: bool) {
         self.stats.deltas_held += 1;
         origin.held.insert((delta.incarnation, delta.seq), delta);
         while origin.held.len() > self.cfg.reorder_capacity {
@@ -772,7 +774,8 @@ impl ScopeCore {
         if origin.sync_requested.is_none() {
             origin.sync_requested = Some(now);
             self.stats.sync_requests += 1;
-            self.outputs.push_back(Output::RequestSync { peer: origin.peer });
+            self.outputs
+                .push_back(Output::RequestSync { peer: origin.peer });
         }
     }
 
@@ -818,8 +821,7 @@ impl ScopeCore {
     fn validate_sync(&self, sender: PeerId, state: &SyncState) -> Result<(), Rejection> {
         if state.origin != sender {
             return Err(Rejection::WrongOrigin {
-                sender,
-                origin: state.origin,
+                origin: Box::new(state.origin),
             });
         }
         if sender == self.local_peer() {
@@ -878,10 +880,7 @@ impl ScopeCore {
                 }
             }
             for (id, want) in &group.members {
-                let have = current
-                    .iter()
-                    .find(|(i, _)| i == id)
-                    .map_or(0, |(_, c)| *c);
+                let have = current.iter().find(|(i, _)| i == id).map_or(0, |(_, c)| *c);
                 if *want > have {
                     self.add_remote(node, origin, &group.name, *id, want - have);
                 }
@@ -891,13 +890,13 @@ impl ScopeCore {
 
     /// The request for `sender`'s state failed (no connection, timeout): another may be sent.
     pub(crate) fn sync_failed(&mut self, sender: PeerId, now: Duration) {
-        if let Some(node) = self.node_index.get(&sender).copied() {
-            if let Some(origin) = self.origins.get_mut(&node) {
-                origin.sync_requested = None;
-                origin.needs_sync = false;
-                if origin.gap_since.is_some() {
-                    origin.gap_since = Some(now);
-                }
+        if let Some(node) = self.node_index.get(&sender).copied()
+            && let Some(origin) = self.origins.get_mut(&node)
+        {
+            origin.sync_requested = None;
+            origin.needs_sync = false;
+            if origin.gap_since.is_some() {
+                origin.gap_since = Some(now);
             }
         }
     }
@@ -958,10 +957,10 @@ impl ScopeCore {
     pub(crate) fn tick(&mut self, now: Duration) {
         let mut due = Vec::new();
         for (node, origin) in &mut self.origins {
-            if let Some(sent) = origin.sync_requested {
-                if now.saturating_sub(sent) >= self.cfg.sync_timeout {
-                    origin.sync_requested = None;
-                }
+            if let Some(sent) = origin.sync_requested
+                && now.saturating_sub(sent) >= self.cfg.sync_timeout
+            {
+                origin.sync_requested = None;
             }
             let gap_due = origin
                 .gap_since

@@ -1,0 +1,518 @@
+//! Unit tests of the core's protocol rules, one rule at a time.
+
+use std::time::Duration;
+
+use libp2p::PeerId;
+
+use super::messages::{Delta, Op, SyncGroup, SyncState, Version};
+use super::state::{CoreConfig, DeltaOutcome, Output, Rejection, ScopeCore, SyncOutcome};
+use crate::{EventKind, Pid};
+
+fn config() -> CoreConfig {
+    CoreConfig {
+        max_groups: 0,
+        max_members_per_group: 0,
+        reorder_window: Duration::from_millis(100),
+        reorder_capacity: 4,
+        sync_timeout: Duration::from_secs(1),
+        max_delta_bytes: 60 * 1024,
+        hash_seed: 7,
+    }
+}
+
+fn core_with(cfg: CoreConfig) -> ScopeCore {
+    let mut core = ScopeCore::new(PeerId::random(), rand::random(), cfg);
+    core.set_publishing(true);
+    core
+}
+
+fn core() -> ScopeCore {
+    core_with(config())
+}
+
+const T0: Duration = Duration::ZERO;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Every delta of `from`, applied to `to` in order.
+fn relay(from: &mut ScopeCore, to: &mut ScopeCore) {
+    let sender = from.local_peer();
+    for delta in from.take_deltas() {
+        assert_eq!(
+            to.handle_delta(sender, delta, T0),
+            Ok(DeltaOutcome::Applied)
+        );
+    }
+}
+
+/// `to`'s view of `from`'s members equals `from`'s own.
+fn assert_mirrors(from: &ScopeCore, to: &ScopeCore) {
+    let peer = from.local_peer();
+    let mut theirs = to.view();
+    for members in theirs.values_mut() {
+        members.retain(|pid, _| pid.node() == peer);
+    }
+    theirs.retain(|_, m| !m.is_empty());
+    assert_eq!(theirs, from.view());
+}
+
+#[test]
+fn local_changes_become_ordered_deltas_that_peers_apply() {
+    let (mut a, mut b) = (core(), core());
+    a.join(1, &["g", "g", "h"]).unwrap();
+    a.leave(1, &["g"]);
+    a.join(2, &["h"]).unwrap();
+    a.exit(2);
+    let deltas = a.take_deltas();
+    assert_eq!(deltas.len(), 1, "one tick, one delta");
+    assert_eq!(deltas[0].seq, 1);
+    assert_eq!(a.version().seq, 1);
+    let sender = a.local_peer();
+    b.handle_delta(sender, deltas[0].clone(), T0).unwrap();
+    assert_mirrors(&a, &b);
+    assert_eq!(
+        b.handle_delta(sender, deltas[0].clone(), T0),
+        Ok(DeltaOutcome::Duplicate)
+    );
+    assert_mirrors(&a, &b);
+    assert_eq!(b.applied_version(&sender), Some(a.version()));
+}
+
+#[test]
+fn without_peers_changes_bump_the_version_but_queue_nothing() {
+    let mut a = ScopeCore::new(PeerId::random(), 1, config());
+    a.join(1, &["g"]).unwrap();
+    a.leave(1, &["g"]);
+    assert_eq!(a.version().seq, 2);
+    assert!(a.take_deltas().is_empty());
+    assert_eq!(a.queued_ops(), 0);
+}
+
+#[test]
+fn large_bursts_are_cut_into_consecutive_deltas_below_the_size_cap() {
+    let mut cfg = config();
+    cfg.max_delta_bytes = 2048;
+    let (mut a, mut b) = (core_with(cfg), core());
+    for id in 0..1000 {
+        a.join(id, &[&format!("group-{}", id % 37)]).unwrap();
+    }
+    let deltas = a.take_deltas();
+    assert!(deltas.len() > 5, "{} deltas", deltas.len());
+    for (i, d) in deltas.iter().enumerate() {
+        assert_eq!(d.seq, i as u64 + 1);
+        let mut bytes = Vec::new();
+        ciborium::into_writer(d, &mut bytes).unwrap();
+        assert!(bytes.len() <= 2048, "delta {i} is {} bytes", bytes.len());
+    }
+    let sender = a.local_peer();
+    for d in deltas {
+        b.handle_delta(sender, d, T0).unwrap();
+    }
+    assert_mirrors(&a, &b);
+}
+
+#[test]
+fn an_early_delta_waits_for_the_missing_one() {
+    let (mut a, mut b) = (core(), core());
+    a.join(1, &["g"]).unwrap();
+    let first = a.take_deltas().remove(0);
+    a.join(2, &["g"]).unwrap();
+    let second = a.take_deltas().remove(0);
+    let sender = a.local_peer();
+    b.handle_delta(sender, first, T0).unwrap();
+    a.join(3, &["g"]).unwrap();
+    let third = a.take_deltas().remove(0);
+    assert_eq!(b.handle_delta(sender, third, T0), Ok(DeltaOutcome::Held));
+    assert_eq!(b.members("g").len(), 1, "nothing applied out of order");
+    assert_eq!(
+        b.handle_delta(sender, second, ms(10)),
+        Ok(DeltaOutcome::Applied)
+    );
+    assert_mirrors(&a, &b);
+    b.tick(ms(1000));
+    assert_eq!(b.poll_output(), None, "the gap closed: no sync needed");
+}
+
+#[test]
+fn a_gap_that_stays_open_pulls_a_sync_once_the_window_passes() {
+    let (mut a, mut b) = (core(), core());
+    let sender = a.local_peer();
+    a.join(1, &["g"]).unwrap();
+    let _lost = a.take_deltas();
+    a.join(2, &["g"]).unwrap();
+    let second = a.take_deltas().remove(0);
+    // b knows nothing of a, and the delta is not a's first: hold it.
+    assert_eq!(b.handle_delta(sender, second, T0), Ok(DeltaOutcome::Held));
+    b.tick(ms(50));
+    assert_eq!(b.poll_output(), None, "still inside the reorder window");
+    b.tick(ms(100));
+    assert_eq!(b.poll_output(), Some(Output::RequestSync { peer: sender }));
+    b.tick(ms(150));
+    assert_eq!(b.poll_output(), None, "one request in flight at a time");
+    assert_eq!(
+        b.handle_sync(sender, a.sync_state(), ms(160)),
+        Ok(SyncOutcome::Applied)
+    );
+    assert_mirrors(&a, &b);
+    b.tick(ms(5000));
+    assert_eq!(b.poll_output(), None);
+}
+
+#[test]
+fn an_unanswered_sync_request_is_sent_again_after_the_timeout() {
+    let (a, mut b) = (core(), core());
+    let sender = a.local_peer();
+    b.handle_peer_version(
+        sender,
+        Version {
+            incarnation: 9,
+            seq: 4,
+        },
+        T0,
+    );
+    assert_eq!(b.poll_output(), Some(Output::RequestSync { peer: sender }));
+    b.tick(ms(500));
+    assert_eq!(b.poll_output(), None);
+    b.tick(ms(1000));
+    assert_eq!(b.poll_output(), Some(Output::RequestSync { peer: sender }));
+}
+
+#[test]
+fn a_sync_replaces_the_origins_state_and_reports_only_the_difference() {
+    let (mut a, mut b) = (core(), core());
+    let sender = a.local_peer();
+    a.join(1, &["keep", "drop", "more"]).unwrap();
+    a.join(2, &["drop"]).unwrap();
+    relay(&mut a, &mut b);
+    b.drain_changes().for_each(drop);
+    // Changes b never hears of as deltas.
+    a.leave(1, &["drop"]);
+    a.exit(2);
+    a.join(1, &["more", "new"]).unwrap();
+    let _lost = a.take_deltas();
+    assert_eq!(
+        b.handle_sync(sender, a.sync_state(), T0),
+        Ok(SyncOutcome::Applied)
+    );
+    assert_mirrors(&a, &b);
+    let mut changes: Vec<(EventKind, String, u64, u32)> = b
+        .drain_changes()
+        .map(|c| (c.kind, c.group.to_string(), c.pid.id(), c.count))
+        .collect();
+    changes.sort();
+    assert_eq!(
+        changes,
+        vec![
+            (EventKind::MemberJoined, "more".into(), 1, 1),
+            (EventKind::MemberJoined, "new".into(), 1, 1),
+            (EventKind::MemberLeft, "drop".into(), 1, 1),
+            (EventKind::MemberLeft, "drop".into(), 2, 1),
+        ]
+    );
+    // The same state again is stale and changes nothing.
+    assert_eq!(
+        b.handle_sync(sender, a.sync_state(), T0),
+        Ok(SyncOutcome::Stale)
+    );
+    assert_eq!(b.drain_changes().count(), 0);
+}
+
+#[test]
+fn a_sync_covers_the_queued_changes_so_their_delta_is_a_duplicate() {
+    let (mut a, mut b) = (core(), core());
+    let sender = a.local_peer();
+    a.join(1, &["g"]).unwrap();
+    let state = a.sync_state();
+    b.handle_sync(sender, state, T0).unwrap();
+    let deltas = a.take_deltas();
+    assert_eq!(deltas.len(), 1);
+    assert_eq!(
+        b.handle_delta(sender, deltas[0].clone(), T0),
+        Ok(DeltaOutcome::Duplicate)
+    );
+    assert_eq!(b.members("g").len(), 1, "not counted twice");
+}
+
+#[test]
+fn node_down_purges_and_late_deltas_create_no_ghosts() {
+    let (mut a, mut b) = (core(), core());
+    let sender = a.local_peer();
+    a.join(1, &["g"]).unwrap();
+    relay(&mut a, &mut b);
+    a.join(2, &["g"]).unwrap();
+    let late = a.take_deltas().remove(0);
+    b.drain_changes().for_each(drop);
+    b.peer_down(sender);
+    assert!(b.members("g").is_empty());
+    let left: Vec<_> = b.drain_changes().collect();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].kind, EventKind::MemberLeft);
+    // The delta that was in flight when the node went down is not applied...
+    assert_eq!(b.handle_delta(sender, late, T0), Ok(DeltaOutcome::Held));
+    assert!(b.members("g").is_empty(), "no ghost member");
+    // ...it asks the origin itself, and only its answer restores the members.
+    assert_eq!(b.poll_output(), Some(Output::RequestSync { peer: sender }));
+    b.sync_failed(sender, T0);
+    assert!(b.members("g").is_empty());
+    b.handle_sync(sender, a.sync_state(), T0).unwrap();
+    assert_mirrors(&a, &b);
+}
+
+#[test]
+fn a_restarted_origin_is_a_new_incarnation_that_replaces_the_old() {
+    let mut b = core();
+    let keypair = libp2p::identity::Keypair::generate_ed25519();
+    let peer = keypair.public().to_peer_id();
+    let mut old = ScopeCore::new(peer, 1, config());
+    old.set_publishing(true);
+    old.join(1, &["g"]).unwrap();
+    relay(&mut old, &mut b);
+    let mut new = ScopeCore::new(peer, 2, config());
+    new.set_publishing(true);
+    new.join(100, &["g"]).unwrap();
+    let first = new.take_deltas().remove(0);
+    assert_eq!(first.seq, 1);
+    assert_eq!(b.handle_delta(peer, first, T0), Ok(DeltaOutcome::Held));
+    assert_eq!(b.poll_output(), Some(Output::RequestSync { peer }));
+    b.handle_sync(peer, new.sync_state(), T0).unwrap();
+    assert_mirrors(&new, &b);
+    // A straggler of the old incarnation changes nothing now.
+    old.join(2, &["g"]).unwrap();
+    let straggler = old.take_deltas().remove(0);
+    b.handle_delta(peer, straggler, T0).unwrap();
+    assert_mirrors(&new, &b);
+}
+
+#[test]
+fn hostile_input_is_rejected_and_changes_nothing() {
+    let (mut a, mut b) = (core(), core());
+    let honest = a.local_peer();
+    a.join(1, &["g"]).unwrap();
+    relay(&mut a, &mut b);
+    let before = b.view();
+    let mallory = PeerId::random();
+    let good = |seq| Delta {
+        origin: mallory,
+        incarnation: 1,
+        seq,
+        groups: vec!["g".into()],
+        ops: vec![Op {
+            group: 0,
+            id: 5,
+            change: 1,
+        }],
+    };
+    type Case = (PeerId, Delta, fn(&Rejection) -> bool);
+    let cases: Vec<Case> = vec![
+        // Mallory announcing (or removing) the honest node's processes.
+        (
+            mallory,
+            Delta {
+                origin: honest,
+                ..good(1)
+            },
+            |r| matches!(r, Rejection::WrongOrigin { .. }),
+        ),
+        (
+            mallory,
+            Delta {
+                ops: vec![Op {
+                    group: 0,
+                    id: 1,
+                    change: -1,
+                }],
+                origin: honest,
+                ..good(1)
+            },
+            |r| matches!(r, Rejection::WrongOrigin { .. }),
+        ),
+        (
+            b.local_peer(),
+            Delta {
+                origin: b.local_peer(),
+                ..good(1)
+            },
+            |r| matches!(r, Rejection::FromSelf),
+        ),
+        (mallory, good(0), |r| matches!(r, Rejection::ZeroSeq)),
+        (
+            mallory,
+            Delta {
+                ops: vec![Op {
+                    group: 3,
+                    id: 5,
+                    change: 1,
+                }],
+                ..good(1)
+            },
+            |r| matches!(r, Rejection::BadGroupIndex { .. }),
+        ),
+        (
+            mallory,
+            Delta {
+                ops: vec![Op {
+                    group: 0,
+                    id: 5,
+                    change: 0,
+                }],
+                ..good(1)
+            },
+            |r| matches!(r, Rejection::BadChange),
+        ),
+        (
+            mallory,
+            Delta {
+                ops: vec![Op {
+                    group: 0,
+                    id: 5,
+                    change: i64::MAX,
+                }],
+                ..good(1)
+            },
+            |r| matches!(r, Rejection::BadChange),
+        ),
+        (
+            mallory,
+            Delta {
+                groups: vec![String::new()],
+                ..good(1)
+            },
+            |r| matches!(r, Rejection::InvalidGroupName(_)),
+        ),
+        (
+            mallory,
+            Delta {
+                groups: vec!["x".repeat(256)],
+                ..good(1)
+            },
+            |r| matches!(r, Rejection::InvalidGroupName(_)),
+        ),
+    ];
+    for (sender, delta, expected) in cases {
+        let outcome = b.handle_delta(sender, delta.clone(), T0);
+        assert!(
+            matches!(&outcome, Err(r) if expected(r)),
+            "{delta:?}: {outcome:?}"
+        );
+        assert_eq!(b.view(), before);
+    }
+    let sync = |groups| SyncState {
+        origin: mallory,
+        version: Version {
+            incarnation: 1,
+            seq: 1,
+        },
+        groups,
+    };
+    let bad_syncs = [
+        SyncState {
+            origin: honest,
+            ..sync(vec![])
+        },
+        sync(vec![SyncGroup {
+            name: "g".into(),
+            members: vec![(1, 0)],
+        }]),
+        sync(vec![SyncGroup {
+            name: "g".into(),
+            members: vec![(1, 1), (1, 2)],
+        }]),
+        sync(vec![
+            SyncGroup {
+                name: "g".into(),
+                members: vec![(1, 1)],
+            },
+            SyncGroup {
+                name: "g".into(),
+                members: vec![(2, 1)],
+            },
+        ]),
+        sync(vec![SyncGroup {
+            name: String::new(),
+            members: vec![(1, 1)],
+        }]),
+    ];
+    for state in bad_syncs {
+        assert!(
+            b.handle_sync(mallory, state.clone(), T0).is_err(),
+            "{state:?}"
+        );
+        assert_eq!(b.view(), before);
+    }
+    assert_eq!(b.stats().deltas_rejected, 9);
+    assert_eq!(b.stats().syncs_rejected, 5);
+}
+
+#[test]
+fn limits_cap_what_peers_make_this_node_hold() {
+    let mut cfg = config();
+    cfg.max_groups = 2;
+    cfg.max_members_per_group = 3;
+    let (mut a, mut b) = (core(), core_with(cfg));
+    a.join(1, &["g", "g", "g", "g", "g"]).unwrap();
+    a.join(2, &["h", "i"]).unwrap();
+    relay(&mut a, &mut b);
+    let view = b.view();
+    assert_eq!(view.len(), 2, "max_groups: {view:?}");
+    assert_eq!(view["g"].values().sum::<u32>(), 3, "max_members_per_group");
+    assert_eq!(b.stats().slots_refused, 2 + 1);
+    // Leaving what was refused is harmless.
+    a.exit(1);
+    a.exit(2);
+    relay(&mut a, &mut b);
+    assert!(b.view().is_empty());
+    // Local joins count remote slots too.
+    a.join(1, &["g", "g", "g"]).unwrap();
+    relay(&mut a, &mut b);
+    let err = b.join(9, &["g"]).unwrap_err();
+    assert_eq!(err.limit, crate::Limit::MaxMembersPerGroup);
+}
+
+#[test]
+fn local_batch_join_is_all_or_nothing_under_limits() {
+    let mut cfg = config();
+    cfg.max_groups = 2;
+    cfg.max_members_per_group = 2;
+    let mut a = core_with(cfg);
+    a.join(1, &["g"]).unwrap();
+    assert_eq!(
+        a.join(1, &["h", "i"]).unwrap_err().limit,
+        crate::Limit::MaxGroups
+    );
+    assert_eq!(
+        a.join(1, &["g", "g"]).unwrap_err().limit,
+        crate::Limit::MaxMembersPerGroup
+    );
+    assert_eq!(a.view().len(), 1);
+    assert_eq!(a.members("g").len(), 1);
+    a.join(2, &["g", "h"]).unwrap();
+    assert_eq!(a.members("g").len(), 2);
+}
+
+#[test]
+fn reads_are_cached_snapshots_until_the_group_changes() {
+    let mut a = core();
+    a.join(1, &["g"]).unwrap();
+    let first = a.members("g");
+    let again = a.members("g");
+    assert!(std::ptr::eq(first.as_slice(), again.as_slice()), "cached");
+    a.join(2, &["g"]).unwrap();
+    let after = a.members("g");
+    assert_eq!(
+        (first.len(), after.len()),
+        (1, 2),
+        "old snapshots never change"
+    );
+    let peer = a.local_peer();
+    assert_eq!(
+        after.iter().copied().collect::<Vec<_>>(),
+        vec![Pid::new(peer, 1), Pid::new(peer, 2)]
+    );
+    assert_eq!(&*a.which_groups(), &["g".into()]);
+    assert_eq!(&*a.which_local_groups(), &["g".into()]);
+    a.exit(1);
+    a.exit(2);
+    assert!(a.which_groups().is_empty() && a.which_local_groups().is_empty());
+}
