@@ -40,7 +40,7 @@ async fn main() -> procgroups::Result<()> {
     for (worker, _, inbox) in &mut workers {
         let msg = inbox.recv().await.expect("the worker is alive");
         let task: Task = msg.decode()?;
-        println!("{} got task {} from {}", worker.pid(), task.id, msg.from);
+        println!("{} got task {} from {}", worker.pid(), task.id, msg.from());
     }
 
     // One worker exits: it leaves every group, and the monitor sees it.

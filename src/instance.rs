@@ -194,8 +194,8 @@ impl Instance {
         payload: &T,
     ) -> Result<usize> {
         self.group(group, Permission::Broadcast)?;
-        let members = self.scope.members(group);
-        self.deliver(&members, topic, payload)
+        let (all, local) = self.scope.targets(group);
+        self.deliver(all.len(), &local, topic, payload)
     }
 
     /// Like [`broadcast`](Self::broadcast), to the slots of `group` on this node only.
@@ -206,29 +206,34 @@ impl Instance {
         payload: &T,
     ) -> Result<usize> {
         self.group(group, Permission::BroadcastLocal)?;
-        let members = self.scope.local_members(group);
-        self.deliver(&members, topic, payload)
+        let local = self.scope.local_members(group);
+        self.deliver(local.len(), &local, topic, payload)
     }
 
+    /// Encodes once and serves the local slots in place. Slots on other nodes are counted in
+    /// `targeted`; reaching them is the network layer's part.
     fn deliver<T: Serialize + ?Sized>(
         &self,
-        members: &Members,
+        targeted: usize,
+        local: &Members,
         topic: &str,
         payload: &T,
     ) -> Result<usize> {
         if topic.is_empty() {
             return Err(Error::EmptyTopic);
         }
-        if members.is_empty() {
+        if targeted == 0 {
             return Ok(0);
         }
-        let message = Message {
-            from: self.process.pid,
-            topic: topic.into(),
-            payload: encode_payload(payload)?,
-        };
-        self.node.deliver_many(members, &message);
-        Ok(members.len())
+        let message = Message::new(self.process.pid, topic, encode_payload(payload)?);
+        self.node.deliver_local_slots(local, &message);
+        if targeted > local.len() {
+            tracing::debug!(
+                remote = targeted - local.len(),
+                "slots on other nodes are not reachable without a network"
+            );
+        }
+        Ok(targeted)
     }
 
     /// Subscribes to the joins and leaves of `group` and returns its current members, in one

@@ -281,26 +281,14 @@ impl NodeShared {
         }
     }
 
-    /// Delivers one message per slot of `members`. Local slots are served in place; slots
-    /// of other nodes need the network layer, which this node does not run yet, so they are
-    /// counted as targeted by the caller and logged here.
-    pub(crate) fn deliver_many(&self, members: &Members, message: &Message) {
+    /// Delivers one message per slot of `local` (slots of this node's processes), under one
+    /// read lock of the process table. A process that exited meanwhile is skipped.
+    pub(crate) fn deliver_local_slots(&self, local: &Members, message: &Message) {
         let processes = self.processes.read().unwrap_or_else(|e| e.into_inner());
-        let mut remote = 0usize;
-        for pid in members {
-            if pid.node() != self.peer_id {
-                remote += 1;
-                continue;
-            }
+        for pid in local {
             if let Some(p) = processes.get(&pid.id()) {
                 p.deliver(message.clone());
             }
-        }
-        if remote > 0 {
-            tracing::debug!(
-                remote,
-                "slots on other nodes not reachable without a network"
-            );
         }
     }
 

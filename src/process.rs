@@ -18,22 +18,57 @@ use crate::{Instance, Pid};
 
 /// A message delivered to a process: a direct [`send`](Process::send) or one slot of a
 /// [`broadcast`](Instance::broadcast).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    /// The sending process.
-    pub from: Pid,
-    /// The topic it was sent under.
-    pub topic: Arc<str>,
-    /// The payload, CBOR-encoded. Shared by every recipient of a broadcast.
-    pub payload: Bytes,
+///
+/// A handle: every recipient of a broadcast shares one message, and cloning is a pointer copy.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Message(Arc<Envelope>);
+
+#[derive(PartialEq, Eq)]
+struct Envelope {
+    from: Pid,
+    topic: Arc<str>,
+    payload: Bytes,
 }
 
 impl Message {
+    pub(crate) fn new(from: Pid, topic: &str, payload: Bytes) -> Self {
+        Self(Arc::new(Envelope {
+            from,
+            topic: topic.into(),
+            payload,
+        }))
+    }
+
+    /// The sending process.
+    pub fn from(&self) -> Pid {
+        self.0.from
+    }
+
+    /// The topic it was sent under.
+    pub fn topic(&self) -> &str {
+        &self.0.topic
+    }
+
+    /// The payload, CBOR-encoded.
+    pub fn payload(&self) -> &Bytes {
+        &self.0.payload
+    }
+
     /// Decodes the payload.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
-        ciborium::from_reader(&self.payload[..]).map_err(|e| Error::Payload {
+        ciborium::from_reader(&self.0.payload[..]).map_err(|e| Error::Payload {
             reason: e.to_string(),
         })
+    }
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message")
+            .field("from", &self.0.from)
+            .field("topic", &self.0.topic)
+            .field("payload_len", &self.0.payload.len())
+            .finish()
     }
 }
 
@@ -116,7 +151,7 @@ impl ProcessShared {
     /// the topic, or the inbox is full).
     pub(crate) fn deliver(&self, message: Message) {
         let topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
-        let delivered = match topics.get(&*message.topic) {
+        let delivered = match topics.get(message.topic()) {
             Some(tx) => tx.try_send(message).is_ok(),
             None => false,
         };
@@ -165,7 +200,7 @@ impl ProcessShared {
 /// let n = boss.open("app:pg")?.broadcast("workers", "task", &42u32)?;
 /// assert_eq!(n, 1);
 /// let msg = tasks.recv().await.unwrap();
-/// assert_eq!((msg.from, msg.decode::<u32>()?), (boss.pid(), 42));
+/// assert_eq!((msg.from(), msg.decode::<u32>()?), (boss.pid(), 42));
 /// # Ok(()) }
 /// ```
 pub struct Process {
@@ -221,11 +256,7 @@ impl Process {
         if topic.is_empty() {
             return Err(Error::EmptyTopic);
         }
-        let message = Message {
-            from: self.pid(),
-            topic: topic.into(),
-            payload: encode_payload(payload)?,
-        };
+        let message = Message::new(self.pid(), topic, encode_payload(payload)?);
         if to.node() != self.node.peer_id {
             return Err(Error::Unavailable {
                 reason: format!("no connection to node {}", to.node()),

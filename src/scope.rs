@@ -201,6 +201,12 @@ impl Scope {
         self.lock().core.members(group)
     }
 
+    /// Every slot and the local slots of `group`, from one state.
+    pub(crate) fn targets(&self, group: &str) -> (Members, Members) {
+        let mut state = self.lock();
+        (state.core.members(group), state.core.local_members(group))
+    }
+
     pub(crate) fn local_members(&self, group: &str) -> Members {
         self.lock().core.local_members(group)
     }

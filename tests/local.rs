@@ -931,7 +931,7 @@ async fn broadcast_delivers_once_per_slot() -> Result<()> {
         for (p, inbox, slots) in &mut listeners {
             for _ in 0..*slots {
                 let msg = next_message(inbox).await;
-                assert_eq!((msg.from, &*msg.topic), (sender.pid(), "t"));
+                assert_eq!((msg.from(), msg.topic()), (sender.pid(), "t"));
                 assert_eq!(msg.decode::<Task>()?, task());
             }
             assert!(inbox.try_recv().is_none(), "{p:?} got more than {slots}");
@@ -970,7 +970,7 @@ async fn direct_send() -> Result<()> {
     let mut inbox = q.listen("t");
     p.send(&q.pid(), "t", &task())?;
     let msg = next_message(&mut inbox).await;
-    assert_eq!((msg.from, &*msg.topic), (p.pid(), "t"));
+    assert_eq!((msg.from(), msg.topic()), (p.pid(), "t"));
     assert_eq!(msg.decode::<Task>()?, task());
 
     let gone = q.pid();

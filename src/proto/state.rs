@@ -318,11 +318,26 @@ impl ScopeCore {
 
     fn check_join(&self, id: u64, names: &[&str]) -> Result<(), LimitError> {
         let (max_groups, max_members) = (self.cfg.max_groups, self.cfg.max_members_per_group);
+        // Occurrences per distinct name, in first-seen order (the error names the first group
+        // that does not fit). A scan for small batches, a map for large ones.
         let mut tally: Vec<(&str, usize)> = Vec::with_capacity(names.len());
-        for name in names {
-            match tally.iter_mut().find(|(n, _)| n == name) {
-                Some((_, k)) => *k += 1,
-                None => tally.push((name, 1)),
+        if names.len() <= 16 {
+            for name in names {
+                match tally.iter_mut().find(|(n, _)| n == name) {
+                    Some((_, k)) => *k += 1,
+                    None => tally.push((name, 1)),
+                }
+            }
+        } else {
+            let mut index: Map<&str, usize> = Map::with_hasher(self.hasher());
+            for name in names {
+                match index.get(name) {
+                    Some(i) => tally[*i].1 += 1,
+                    None => {
+                        index.insert(name, tally.len());
+                        tally.push((name, 1));
+                    }
+                }
             }
         }
         let mut new_groups = 0;
