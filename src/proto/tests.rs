@@ -516,3 +516,138 @@ fn reads_are_cached_snapshots_until_the_group_changes() {
     a.exit(2);
     assert!(a.which_groups().is_empty() && a.which_local_groups().is_empty());
 }
+
+mod properties {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum LocalOp {
+        Join(u64, Vec<usize>),
+        Leave(u64, Vec<usize>),
+        Exit(u64),
+    }
+
+    const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+
+    fn local_op() -> impl Strategy<Value = LocalOp> {
+        let names = || proptest::collection::vec(0..NAMES.len(), 1..4);
+        prop_oneof![
+            4 => (0..4u64, names()).prop_map(|(id, g)| LocalOp::Join(id, g)),
+            3 => (0..4u64, names()).prop_map(|(id, g)| LocalOp::Leave(id, g)),
+            1 => (0..4u64).prop_map(LocalOp::Exit),
+        ]
+    }
+
+    /// (process id, group) → slots.
+    type Model = BTreeMap<(u64, &'static str), u32>;
+
+    fn model_view(model: &Model, peer: PeerId) -> BTreeMap<String, BTreeMap<Pid, u32>> {
+        let mut view: BTreeMap<String, BTreeMap<Pid, u32>> = BTreeMap::new();
+        for ((id, group), slots) in model {
+            view.entry(group.to_string())
+                .or_default()
+                .insert(Pid::new(peer, *id), *slots);
+        }
+        view
+    }
+
+    /// Applies `core`'s pending changes to a replayed view.
+    fn replay(view: &mut BTreeMap<String, BTreeMap<Pid, u32>>, core: &mut ScopeCore) {
+        for change in core.drain_changes() {
+            let group = view.entry(change.group.to_string()).or_default();
+            let slots = group.entry(change.pid).or_insert(0);
+            match change.kind {
+                EventKind::MemberJoined => *slots += change.count,
+                EventKind::MemberLeft => *slots -= change.count,
+            }
+            if *slots == 0 {
+                group.remove(&change.pid);
+            }
+            if group.is_empty() {
+                view.remove(&*change.group);
+            }
+        }
+    }
+
+    proptest! {
+        /// The core agrees with a plain model after any sequence of local operations, under
+        /// limits; a peer fed its deltas mirrors it; the peer's events replay to its view.
+        #[test]
+        fn the_core_agrees_with_a_model(
+            ops in proptest::collection::vec(local_op(), 0..120),
+            max_groups in 0usize..4,
+            max_members in 0usize..6,
+            flush_every in 1usize..8,
+        ) {
+            let mut cfg = config();
+            cfg.max_groups = max_groups;
+            cfg.max_members_per_group = max_members;
+            let mut a = core_with(cfg);
+            let mut b = core();
+            let peer = a.local_peer();
+            let mut model = Model::new();
+            let mut replayed: BTreeMap<String, BTreeMap<Pid, u32>> = BTreeMap::new();
+            for (step, op) in ops.into_iter().enumerate() {
+                match op {
+                    LocalOp::Join(id, groups) => {
+                        let names: Vec<&str> = groups.iter().map(|g| NAMES[*g]).collect();
+                        let mut after = model.clone();
+                        for name in &names {
+                            *after.entry((id, name)).or_insert(0) += 1;
+                        }
+                        let view = model_view(&after, peer);
+                        let fits = (max_groups == 0 || view.len() <= max_groups)
+                            && (max_members == 0
+                                || view.values().all(|m| m.values().sum::<u32>() as usize <= max_members));
+                        prop_assert_eq!(a.join(id, &names).is_ok(), fits);
+                        if fits {
+                            model = after;
+                        }
+                    }
+                    LocalOp::Leave(id, groups) => {
+                        let names: Vec<&str> = groups.iter().map(|g| NAMES[*g]).collect();
+                        let mut expected = 0;
+                        for name in &names {
+                            if let Some(slots) = model.get_mut(&(id, *name)) {
+                                *slots -= 1;
+                                expected += 1;
+                                if *slots == 0 {
+                                    model.remove(&(id, *name));
+                                }
+                            }
+                        }
+                        prop_assert_eq!(a.leave(id, &names), expected);
+                    }
+                    LocalOp::Exit(id) => {
+                        a.exit(id);
+                        model.retain(|(pid, _), _| *pid != id);
+                    }
+                }
+                prop_assert_eq!(a.view(), model_view(&model, peer));
+                if step % flush_every == 0 {
+                    for delta in a.take_deltas() {
+                        prop_assert_eq!(b.handle_delta(peer, delta, T0), Ok(DeltaOutcome::Applied));
+                    }
+                }
+                replay(&mut replayed, &mut b);
+            }
+            for delta in a.take_deltas() {
+                prop_assert_eq!(b.handle_delta(peer, delta, T0), Ok(DeltaOutcome::Applied));
+            }
+            replay(&mut replayed, &mut b);
+            prop_assert_eq!(b.view(), a.view());
+            prop_assert_eq!(&replayed, &b.view(), "the peer's events replay to its view");
+            // Reads agree with the view.
+            for name in NAMES {
+                let members = a.members(name);
+                let expected: usize = model.iter().filter(|((_, g), _)| *g == name).map(|(_, s)| *s as usize).sum();
+                prop_assert_eq!(members.len(), expected);
+                prop_assert_eq!(a.local_members(name), members);
+            }
+        }
+    }
+}
