@@ -57,6 +57,11 @@ mod subscription;
 pub use config::{ConfigError, ScopeConfig, ScopeConfigBuilder};
 pub use error::{Error, ErrorKind, Limit, Result};
 pub use instance::{GroupNames, Instance};
+/// The README's examples, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// Re-exported so that users name the same `PeerId` and `Keypair` types.
 pub use libp2p::{PeerId, identity::Keypair};
 pub use members::Members;
