@@ -2,70 +2,162 @@
 
 use std::sync::Arc;
 
+use libp2p::PeerId;
+
 use crate::Pid;
 
 /// An immutable snapshot of a group's members: one entry per slot (a process that joined
-/// twice is listed twice), sorted by [`Pid`].
+/// twice is listed twice), in [`Pid`] order.
 ///
 /// Cloning is a pointer copy. A snapshot never changes; take a new one (or
-/// [`monitor`](crate::Instance::monitor) the group) to follow changes.
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
+/// [`monitor`](crate::Instance::monitor) the group) to follow changes. A slot takes 16 bytes:
+/// the node is stored as an index into a table the snapshot shares with its scope.
+#[derive(Clone, Default)]
 pub struct Members {
-    pids: Option<Arc<[Pid]>>,
+    inner: Option<Arc<Slots>>,
+}
+
+struct Slots {
+    nodes: Arc<[PeerId]>,
+    /// `(index into nodes, process id)`, sorted in `Pid` order.
+    slots: Box<[(u32, u64)]>,
 }
 
 impl Members {
-    /// Builds a snapshot from slots in any order.
-    pub(crate) fn from_unsorted(mut pids: Vec<Pid>) -> Self {
-        if pids.is_empty() {
+    /// Builds a snapshot from slots in any order; `nodes` resolves their node indices.
+    pub(crate) fn from_slots(nodes: Arc<[PeerId]>, mut slots: Vec<(u32, u64)>) -> Self {
+        if slots.is_empty() {
             return Self::default();
         }
-        pids.sort_unstable();
-        Self {
-            pids: Some(pids.into()),
+        // Sort by the nodes' PeerId order without comparing PeerIds per slot: rank the few
+        // nodes present once, then sort by (rank, id).
+        let mut present: Vec<u32> = slots.iter().map(|(n, _)| *n).collect();
+        present.sort_unstable();
+        present.dedup();
+        present.sort_unstable_by_key(|n| nodes[*n as usize]);
+        let mut rank = vec![0u32; nodes.len()];
+        for (r, n) in present.iter().enumerate() {
+            rank[*n as usize] = r as u32;
         }
+        slots.sort_unstable_by_key(|(n, id)| (rank[*n as usize], *id));
+        Self {
+            inner: Some(Arc::new(Slots {
+                nodes,
+                slots: slots.into_boxed_slice(),
+            })),
+        }
+    }
+
+    fn slots(&self) -> &[(u32, u64)] {
+        self.inner.as_deref().map_or(&[], |s| &s.slots)
+    }
+
+    fn pid(&self, (node, id): (u32, u64)) -> Pid {
+        let nodes = &self.inner.as_ref().expect("a slot implies a table").nodes;
+        Pid::new(nodes[node as usize], id)
     }
 
     /// Number of member slots (a process that joined twice counts twice).
     pub fn len(&self) -> usize {
-        self.as_slice().len()
+        self.slots().len()
     }
 
     /// `true` when the group has no member (empty and non-existent groups are the same).
     pub fn is_empty(&self) -> bool {
-        self.as_slice().is_empty()
+        self.slots().is_empty()
     }
 
-    /// The slots, sorted by [`Pid`].
-    pub fn as_slice(&self) -> &[Pid] {
-        self.pids.as_deref().unwrap_or(&[])
+    /// Iterates over the slots in [`Pid`] order.
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            members: self,
+            range: 0..self.len(),
+        }
     }
 
-    /// Iterates over the slots, sorted by [`Pid`].
-    pub fn iter(&self) -> std::slice::Iter<'_, Pid> {
-        self.as_slice().iter()
+    /// The process ids of the slots, without their nodes: for snapshots of one node.
+    pub(crate) fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.slots().iter().map(|(_, id)| *id)
+    }
+
+    /// The slots as a vector, in [`Pid`] order.
+    pub fn to_vec(&self) -> Vec<Pid> {
+        self.iter().collect()
     }
 
     /// `true` if `pid` holds at least one slot. O(log n).
     pub fn contains(&self, pid: &Pid) -> bool {
-        self.as_slice().binary_search(pid).is_ok()
+        self.count(pid) > 0
     }
 
     /// How many slots `pid` holds. O(log n).
     pub fn count(&self, pid: &Pid) -> usize {
-        let s = self.as_slice();
-        s.partition_point(|p| p <= pid) - s.partition_point(|p| p < pid)
+        let slots = self.slots();
+        let below = slots.partition_point(|s| self.pid(*s) < *pid);
+        let through = slots.partition_point(|s| self.pid(*s) <= *pid);
+        through - below
     }
 
-    /// The distinct processes, each once, sorted.
-    pub fn unique(&self) -> impl Iterator<Item = &Pid> {
-        let s = self.as_slice();
-        s.iter()
-            .enumerate()
-            .filter(move |(i, p)| *i == 0 || s[i - 1] != **p)
-            .map(|(_, p)| p)
+    /// Whether both snapshots are the same allocation (a cached read).
+    #[cfg(test)]
+    pub(crate) fn shares_with(&self, other: &Members) -> bool {
+        match (&self.inner, &other.inner) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// The distinct processes, each once, in order.
+    pub fn unique(&self) -> impl Iterator<Item = Pid> + '_ {
+        let slots = self.slots();
+        (0..slots.len())
+            .filter(move |i| *i == 0 || slots[i - 1] != slots[*i])
+            .map(move |i| self.pid(slots[i]))
     }
 }
+
+/// The slots of a [`Members`] snapshot, in [`Pid`] order.
+#[derive(Clone)]
+pub struct Iter<'a> {
+    members: &'a Members,
+    range: std::ops::Range<usize>,
+}
+
+impl Iterator for Iter<'_> {
+    type Item = Pid;
+    fn next(&mut self) -> Option<Pid> {
+        let i = self.range.next()?;
+        Some(self.members.pid(self.members.slots()[i]))
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.range.size_hint()
+    }
+}
+
+impl DoubleEndedIterator for Iter<'_> {
+    fn next_back(&mut self) -> Option<Pid> {
+        let i = self.range.next_back()?;
+        Some(self.members.pid(self.members.slots()[i]))
+    }
+}
+
+impl ExactSizeIterator for Iter<'_> {}
+
+impl<'a> IntoIterator for &'a Members {
+    type Item = Pid;
+    type IntoIter = Iter<'a>;
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
+    }
+}
+
+impl PartialEq for Members {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Members {}
 
 impl std::fmt::Debug for Members {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -73,30 +165,27 @@ impl std::fmt::Debug for Members {
     }
 }
 
-impl<'a> IntoIterator for &'a Members {
-    type Item = &'a Pid;
-    type IntoIter = std::slice::Iter<'a, Pid>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.iter()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use libp2p::PeerId;
 
     #[test]
-    fn counts_and_lookups() {
-        let node = PeerId::random();
-        let (a, b, c) = (Pid::new(node, 1), Pid::new(node, 2), Pid::new(node, 3));
-        let m = Members::from_unsorted(vec![b, a, b, b]);
-        assert_eq!(m.len(), 4);
-        assert_eq!(m.count(&b), 3);
-        assert_eq!(m.count(&a), 1);
-        assert_eq!(m.count(&c), 0);
-        assert!(m.contains(&a) && !m.contains(&c));
-        assert_eq!(m.unique().copied().collect::<Vec<_>>(), vec![a, b]);
+    fn sorted_counted_lookups() {
+        let (x, y) = (PeerId::random(), PeerId::random());
+        let (lo, hi) = if x < y { (x, y) } else { (y, x) };
+        // Node indices in the opposite order of the peers' order.
+        let nodes: Arc<[PeerId]> = vec![hi, lo].into();
+        let m = Members::from_slots(nodes, vec![(0, 1), (1, 9), (0, 1), (1, 2), (0, 1)]);
+        let (a, b, c) = (Pid::new(lo, 2), Pid::new(lo, 9), Pid::new(hi, 1));
+        assert_eq!(m.to_vec(), vec![a, b, c, c, c], "Pid order");
+        assert_eq!((m.len(), m.count(&c), m.count(&a)), (5, 3, 1));
+        assert!(m.contains(&b) && !m.contains(&Pid::new(hi, 2)));
+        assert_eq!(m.unique().collect::<Vec<_>>(), vec![a, b, c]);
+        assert_eq!(m.iter().rev().next(), Some(c));
         assert!(Members::default().is_empty());
+        assert_eq!(
+            Members::default(),
+            Members::from_slots(vec![].into(), vec![])
+        );
     }
 }

@@ -285,8 +285,8 @@ impl NodeShared {
     /// read lock of the process table. A process that exited meanwhile is skipped.
     pub(crate) fn deliver_local_slots(&self, local: &Members, message: &Message) {
         let processes = self.processes.read().unwrap_or_else(|e| e.into_inner());
-        for pid in local {
-            if let Some(p) = processes.get(&pid.id()) {
+        for id in local.ids() {
+            if let Some(p) = processes.get(&id) {
                 p.deliver(message.clone());
             }
         }

@@ -93,7 +93,7 @@ type Counts = BTreeMap<Pid, usize>;
 fn counts(members: &Members) -> Counts {
     let mut counts = Counts::new();
     for pid in members {
-        *counts.entry(*pid).or_default() += 1;
+        *counts.entry(pid).or_default() += 1;
     }
     counts
 }
@@ -207,8 +207,8 @@ async fn join_is_visible_at_once() -> Result<()> {
     pg.join(["b", "a"])?;
     for reader in [&pg, &qpg] {
         for group in ["a", "b"] {
-            assert_eq!(reader.get_members(group)?.as_slice(), &[p.pid()]);
-            assert_eq!(reader.get_local_members(group)?.as_slice(), &[p.pid()]);
+            assert_eq!(reader.get_members(group)?.to_vec(), vec![p.pid()]);
+            assert_eq!(reader.get_local_members(group)?.to_vec(), vec![p.pid()]);
         }
         assert_eq!(names(&reader.which_groups()?), ["a", "b"]);
         assert_eq!(names(&reader.which_local_groups()?), ["a", "b"]);
@@ -250,8 +250,8 @@ async fn single_leave_of_a_non_member_is_invalid() -> Result<()> {
     // A group with other members: theirs are not taken.
     assert_eq!(err_kind(pg.leave("q")), ErrorKind::Invalid);
 
-    assert_eq!(pg.get_members("a")?.as_slice(), &[p.pid()]);
-    assert_eq!(pg.get_members("q")?.as_slice(), &[q.pid()]);
+    assert_eq!(pg.get_members("a")?.to_vec(), vec![p.pid()]);
+    assert_eq!(pg.get_members("q")?.to_vec(), vec![q.pid()]);
     assert_eq!(names(&pg.which_groups()?), ["a", "q"]);
     Ok(())
 }
@@ -271,7 +271,7 @@ async fn batch_leave_is_best_effort() -> Result<()> {
     assert_eq!(names(&pg.which_groups()?), ["c"]);
 
     assert_eq!(err_kind(pg.leave(["x", "y"])), ErrorKind::Invalid);
-    assert_eq!(pg.get_members("c")?.as_slice(), &[p.pid()]);
+    assert_eq!(pg.get_members("c")?.to_vec(), vec![p.pid()]);
     assert_eq!(names(&pg.which_groups()?), ["c"]);
     Ok(())
 }
@@ -418,8 +418,8 @@ async fn invalid_group_names() -> Result<()> {
     let max = "y".repeat(255);
     let max_wide = format!("{}z", "é".repeat(127)); // 255 bytes
     pg.join([max.as_str(), max_wide.as_str()])?;
-    assert_eq!(pg.get_members(&max)?.as_slice(), &[p.pid()]);
-    assert_eq!(pg.get_members(&max_wide)?.as_slice(), &[p.pid()]);
+    assert_eq!(pg.get_members(&max)?.to_vec(), vec![p.pid()]);
+    assert_eq!(pg.get_members(&max_wide)?.to_vec(), vec![p.pid()]);
     assert_eq!(pg.which_groups()?.len(), 2);
     pg.leave([max, max_wide])?;
     assert!(pg.which_groups()?.is_empty());
@@ -468,7 +468,7 @@ async fn check_exit(exit: impl FnOnce(Process)) -> Result<()> {
 
     exit(p);
 
-    assert_eq!(wpg.get_members("a")?.as_slice(), &[watcher.pid()]);
+    assert_eq!(wpg.get_members("a")?.to_vec(), vec![watcher.pid()]);
     assert!(wpg.get_members("b")?.is_empty());
     assert_eq!(names(&wpg.which_groups()?), ["a"]);
     assert!(wpg_other.which_groups()?.is_empty());
@@ -586,7 +586,7 @@ async fn release_frees_the_instance_only() -> Result<()> {
     assert!(until_end(&mut all).await.is_empty());
 
     // The memberships belong to the process.
-    assert_eq!(qpg.get_members("g")?.as_slice(), &[p.pid()]);
+    assert_eq!(qpg.get_members("g")?.to_vec(), vec![p.pid()]);
     assert_eq!(names(&qpg.which_groups()?), ["g", "h"]);
 
     // Another instance of the same process still works.
@@ -659,7 +659,7 @@ async fn monitor_sees_the_joins_of_its_own_process() -> Result<()> {
     qpg.join(["g", "h"])?;
 
     let (mut sub, members) = pg.monitor("g")?;
-    assert_eq!(members.as_slice(), &[q.pid()]);
+    assert_eq!(members.to_vec(), vec![q.pid()]);
     pg.join("g")?;
     let ev = next_event(&mut sub).await;
     assert_event(&ev, EventKind::MemberJoined, "g", &[p.pid()]);

@@ -203,11 +203,13 @@ pub(crate) struct ScopeCore {
     version: Version,
     /// With peers to tell, local changes queue as ops for deltas; without, only `seq` moves.
     publishing: bool,
-    nodes: Vec<PeerId>,
+    /// Interned nodes, shared with the member snapshots; appended to when a peer is first
+    /// seen (rare), never shrunk.
+    nodes: Arc<[PeerId]>,
     node_index: Map<PeerId, u32>,
     groups: Map<GroupName, GroupState>,
     /// Local process id → the groups it has slots in (the counts live in the groups).
-    local_procs: Map<u64, Set<GroupName>>,
+    local_procs: Map<u64, ProcGroups>,
     origins: Map<u32, OriginState>,
     pending: Vec<Op>,
     pending_names: Vec<GroupName>,
@@ -236,7 +238,7 @@ impl ScopeCore {
                 seq: 0,
             },
             publishing: false,
-            nodes: vec![local],
+            nodes: vec![local].into(),
             node_index,
             groups: Map::with_hasher(hasher()),
             local_procs: Map::with_hasher(hasher()),
@@ -306,10 +308,14 @@ impl ScopeCore {
         for name in names {
             let added = self.add(LOCAL, name, id, 1);
             if added.id_fresh {
-                self.local_procs
-                    .entry(id)
-                    .or_insert_with(|| Set::with_hasher(FixedState::with_seed(seed)))
-                    .insert(added.name);
+                match self.local_procs.entry(id) {
+                    hashbrown::hash_map::Entry::Occupied(mut e) => {
+                        e.get_mut().insert(added.name, seed)
+                    }
+                    hashbrown::hash_map::Entry::Vacant(e) => {
+                        e.insert(ProcGroups::One(added.name));
+                    }
+                }
             }
         }
         self.local_changed();
@@ -386,11 +392,9 @@ impl ScopeCore {
             left += 1;
             if removed.id_gone
                 && let Some(groups) = self.local_procs.get_mut(&id)
+                && groups.remove(name)
             {
-                groups.remove(*name);
-                if groups.is_empty() {
-                    self.local_procs.remove(&id);
-                }
+                self.local_procs.remove(&id);
             }
         }
         if left > 0 {
@@ -404,7 +408,7 @@ impl ScopeCore {
         let Some(groups) = self.local_procs.remove(&id) else {
             return;
         };
-        for name in groups {
+        for name in groups.into_names() {
             let n = self.groups.get(&name).map_or(0, |g| g.count(LOCAL, id));
             self.remove(LOCAL, &name, id, n);
         }
@@ -427,11 +431,11 @@ impl ScopeCore {
             Some(g) => g
                 .members
                 .get_or_insert_with(|| {
-                    let mut pids = Vec::with_capacity(g.slots);
+                    let mut slots = Vec::with_capacity(g.slots);
                     for n in &g.nodes {
-                        push_slots(&mut pids, nodes[n.node as usize], n);
+                        push_slots(&mut slots, n);
                     }
-                    Members::from_unsorted(pids)
+                    Members::from_slots(nodes.clone(), slots)
                 })
                 .clone(),
         }
@@ -439,7 +443,7 @@ impl ScopeCore {
 
     /// The slots of `group` held by local processes.
     pub(crate) fn local_members(&mut self, group: &str) -> Members {
-        let local = self.local_peer();
+        let table = &self.nodes;
         match self.groups.get_mut(group) {
             None => Members::default(),
             Some(GroupState {
@@ -448,11 +452,11 @@ impl ScopeCore {
                 ..
             }) => cache
                 .get_or_insert_with(|| {
-                    let mut pids = Vec::new();
+                    let mut slots = Vec::new();
                     if let Some(n) = nodes.iter().find(|n| n.node == LOCAL) {
-                        push_slots(&mut pids, local, n);
+                        push_slots(&mut slots, n);
                     }
-                    Members::from_unsorted(pids)
+                    Members::from_slots(table.clone(), slots)
                 })
                 .clone(),
         }
@@ -999,7 +1003,9 @@ impl ScopeCore {
             return *node;
         }
         let node = self.nodes.len() as u32;
-        self.nodes.push(peer);
+        let mut nodes = self.nodes.to_vec();
+        nodes.push(peer);
+        self.nodes = nodes.into();
         self.node_index.insert(peer, node);
         node
     }
@@ -1210,10 +1216,51 @@ pub(crate) struct LimitError {
     pub max: usize,
 }
 
-fn push_slots(pids: &mut Vec<Pid>, peer: PeerId, slots: &NodeSlots) {
+fn push_slots(out: &mut Vec<(u32, u64)>, slots: &NodeSlots) {
     for (id, count) in &slots.ids {
-        let pid = Pid::new(peer, *id);
-        pids.extend(std::iter::repeat_n(pid, *count as usize));
+        out.extend(std::iter::repeat_n((slots.node, *id), *count as usize));
+    }
+}
+
+/// The groups a local process has slots in: inline for the common case of one group, so a
+/// process in a single group costs no allocation of its own.
+enum ProcGroups {
+    One(GroupName),
+    Many(Box<Set<GroupName>>),
+}
+
+impl ProcGroups {
+    fn insert(&mut self, name: GroupName, seed: u64) {
+        match self {
+            ProcGroups::One(first) if *first == name => {}
+            ProcGroups::One(first) => {
+                let mut set = Set::with_hasher(FixedState::with_seed(seed));
+                set.insert(first.clone());
+                set.insert(name);
+                *self = ProcGroups::Many(Box::new(set));
+            }
+            ProcGroups::Many(set) => {
+                set.insert(name);
+            }
+        }
+    }
+
+    /// Removes `name`; `true` when no group is left.
+    fn remove(&mut self, name: &str) -> bool {
+        match self {
+            ProcGroups::One(only) => &**only == name,
+            ProcGroups::Many(set) => {
+                set.remove(name);
+                set.is_empty()
+            }
+        }
+    }
+
+    fn into_names(self) -> Vec<GroupName> {
+        match self {
+            ProcGroups::One(name) => vec![name],
+            ProcGroups::Many(set) => set.into_iter().collect(),
+        }
     }
 }
 
