@@ -181,7 +181,7 @@ mod tests {
         assert_eq!((m.len(), m.count(&c), m.count(&a)), (5, 3, 1));
         assert!(m.contains(&b) && !m.contains(&Pid::new(hi, 2)));
         assert_eq!(m.unique().collect::<Vec<_>>(), vec![a, b, c]);
-        assert_eq!(m.iter().rev().next(), Some(c));
+        assert_eq!(m.iter().next_back(), Some(c));
         assert!(Members::default().is_empty());
         assert_eq!(
             Members::default(),
