@@ -307,13 +307,13 @@ impl ScopeCore {
         let seed = self.hash_seed;
         for name in names {
             let added = self.add(LOCAL, name, id, 1);
-            if added.id_fresh {
+            if added.id_fresh
+                && let Some(name) = added.name
+            {
                 match self.local_procs.entry(id) {
-                    hashbrown::hash_map::Entry::Occupied(mut e) => {
-                        e.get_mut().insert(added.name, seed)
-                    }
+                    hashbrown::hash_map::Entry::Occupied(mut e) => e.get_mut().insert(name, seed),
                     hashbrown::hash_map::Entry::Vacant(e) => {
-                        e.insert(ProcGroups::One(added.name));
+                        e.insert(ProcGroups::One(name));
                     }
                 }
             }
@@ -717,8 +717,10 @@ impl ScopeCore {
         }
         if room > 0 {
             let added = self.add(node, name, id, room);
-            if added.node_fresh {
-                origin.groups.insert(added.name);
+            if added.node_fresh
+                && let Some(name) = added.name
+            {
+                origin.groups.insert(name);
             }
         }
     }
@@ -1068,20 +1070,22 @@ impl ScopeCore {
                 self.local_groups_cache = None;
             }
         }
-        let name = group.name.clone();
         if self.record_changes {
             self.changes.push(Change {
                 kind: EventKind::MemberJoined,
-                group: name.clone(),
+                group: group.name.clone(),
                 pid: Pid::new(self.nodes[node as usize], id),
                 count: n,
             });
         }
-        if node == LOCAL && self.publishing {
-            self.queue_op(&name, id, i64::from(n));
+        // Cloned only for whoever keeps it: a plain extra join needs no name.
+        let publish = node == LOCAL && self.publishing;
+        let name = (node_fresh || id_fresh || publish).then(|| group.name.clone());
+        if publish && let Some(name) = &name {
+            self.queue_op(name, id, i64::from(n));
         }
         Added {
-            name,
+            name: name.filter(|_| node_fresh || id_fresh),
             node_fresh,
             id_fresh,
         }
@@ -1126,21 +1130,26 @@ impl ScopeCore {
                 self.local_groups_cache = None;
             }
         }
-        let name = group.name.clone();
-        if group.slots == 0 {
-            self.groups.remove(name.as_ref());
-            self.groups_cache = None;
-        }
         if self.record_changes {
             self.changes.push(Change {
                 kind: EventKind::MemberLeft,
-                group: name.clone(),
+                group: group.name.clone(),
                 pid: Pid::new(self.nodes[node as usize], id),
                 count: removed,
             });
         }
-        if node == LOCAL && self.publishing {
-            self.queue_op(&name, id, -i64::from(removed));
+        let emptied = group.slots == 0;
+        // Cloned only when needed: a plain extra leave keeps the group and publishes nothing.
+        let publish = node == LOCAL && self.publishing;
+        let name = (emptied || publish).then(|| group.name.clone());
+        if let Some(name) = name {
+            if emptied {
+                self.groups.remove(name.as_ref());
+                self.groups_cache = None;
+            }
+            if publish {
+                self.queue_op(&name, id, -i64::from(removed));
+            }
         }
         Removed {
             count: removed,
@@ -1190,8 +1199,8 @@ impl ScopeCore {
 
 /// What [`ScopeCore::add`] did.
 struct Added {
-    /// The group's shared name.
-    name: GroupName,
+    /// The group's shared name, when the node or the process is new to it.
+    name: Option<GroupName>,
     /// The node had no slot in the group before.
     node_fresh: bool,
     /// The process had no slot in the group before.
