@@ -23,8 +23,14 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn node_with(rt: &tokio::runtime::Runtime, config: ScopeConfig) -> Node {
-    rt.block_on(Node::builder().scope(SCOPE, config).build())
-        .expect("node")
+    rt.block_on(
+        Node::builder()
+            .mdns(false)
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+            .scope(SCOPE, config)
+            .build(),
+    )
+    .expect("node")
 }
 
 fn node(rt: &tokio::runtime::Runtime) -> Node {

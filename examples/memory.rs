@@ -41,6 +41,8 @@ const SLOTS: usize = 1_000_000;
 
 async fn measure(processes: usize, groups_per_process: usize) -> procgroups::Result<()> {
     let node = Node::builder()
+        .mdns(false)
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
         .scope("app:pg", ScopeConfig::default())
         .build()
         .await?;

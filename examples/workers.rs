@@ -16,6 +16,8 @@ struct Task {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> procgroups::Result<()> {
     let node = Node::builder()
+        .mdns(false)
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
         .scope("app:pg", ScopeConfig::default())
         .build()
         .await?;

@@ -129,11 +129,19 @@ impl ScopeConfig {
         self.retry_max_delay
     }
     /// Depth of the outgoing change queue at which a warning is logged. Default 256.
+    ///
+    /// The queue holds this node's changes that the network task has not yet published,
+    /// counted in deltas (one delta carries up to about 60 KiB of changes: a few thousand
+    /// joins), because a local join applies at once and only its publication can fall behind.
+    /// A loop of joins never fills it while the network task keeps up; a wedged or starved
+    /// network task does.
     pub fn action_queue_size(&self) -> usize {
         self.action_queue_size
     }
-    /// Depth of the outgoing change queue at which local calls get
-    /// [`Unavailable`](crate::ErrorKind::Unavailable). Default 1024.
+    /// Depth of the outgoing change queue (in deltas, see
+    /// [`action_queue_size`](Self::action_queue_size)) at which joins and leaves get
+    /// [`Unavailable`](crate::ErrorKind::Unavailable) at once. Default 1024. Exits are never
+    /// refused, and neither is anything a peer sends.
     pub fn action_queue_max_size(&self) -> usize {
         self.action_queue_max_size
     }

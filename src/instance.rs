@@ -12,6 +12,7 @@ use crate::policy::Permission;
 use crate::process::{Message, ProcessShared, encode_payload};
 use crate::proto::state::group_name_problem;
 use crate::scope::Scope;
+use crate::wire::Frame;
 use crate::{Members, Subscription};
 
 /// One group name or a batch of them: `"workers"`, `["workers", "all"]`, a `Vec<String>`, a
@@ -195,7 +196,7 @@ impl Instance {
     ) -> Result<usize> {
         self.group(group, Permission::Broadcast)?;
         let (all, local) = self.scope.targets(group);
-        self.deliver(all.len(), &local, topic, payload)
+        self.deliver(&all, &local, topic, payload)
     }
 
     /// Like [`broadcast`](Self::broadcast), to the slots of `group` on this node only.
@@ -207,14 +208,14 @@ impl Instance {
     ) -> Result<usize> {
         self.group(group, Permission::BroadcastLocal)?;
         let local = self.scope.local_members(group);
-        self.deliver(local.len(), &local, topic, payload)
+        self.deliver(&local, &local, topic, payload)
     }
 
-    /// Encodes once and serves the local slots in place. Slots on other nodes are counted in
-    /// `targeted`; reaching them is the network layer's part.
+    /// Encodes once, serves the local slots in place and queues one frame per other node
+    /// (with that node's slots as targets) for its outbox.
     fn deliver<T: Serialize + ?Sized>(
         &self,
-        targeted: usize,
+        all: &Members,
         local: &Members,
         topic: &str,
         payload: &T,
@@ -222,18 +223,24 @@ impl Instance {
         if topic.is_empty() {
             return Err(Error::EmptyTopic);
         }
-        if targeted == 0 {
+        if all.is_empty() {
             return Ok(0);
         }
         let message = Message::new(self.process.pid, topic, encode_payload(payload)?);
         self.node.deliver_local_slots(local, &message);
-        if targeted > local.len() {
-            tracing::debug!(
-                remote = targeted - local.len(),
-                "slots on other nodes are not reachable without a network"
-            );
+        if all.len() > local.len() {
+            let me = self.node.peer_id;
+            for (node, targets) in all.node_runs().filter(|(n, _)| *n != me) {
+                let frame = Frame {
+                    from: self.process.pid.id(),
+                    topic: message.topic_shared(),
+                    payload: message.payload().clone(),
+                    targets,
+                };
+                self.node.deliver_remote(node, frame)?;
+            }
         }
-        Ok(targeted)
+        Ok(all.len())
     }
 
     /// Subscribes to the joins and leaves of `group` and returns its current members, in one

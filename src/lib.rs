@@ -12,7 +12,12 @@
 //! # async fn main() -> procgroups::Result<()> {
 //! use procgroups::{EventKind, Node, ScopeConfig};
 //!
-//! let node = Node::builder().scope("app:pg", ScopeConfig::default()).build().await?;
+//! let node = Node::builder()
+//!     .mdns(false) // mDNS is for LANs; here one node is enough
+//!     .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+//!     .scope("app:pg", ScopeConfig::default())
+//!     .build()
+//!     .await?;
 //! let p = node.spawn_process();
 //! let pg = p.open("app:pg")?;
 //!
@@ -39,20 +44,23 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod behaviour;
+pub mod codec;
 pub mod config;
 mod error;
 mod instance;
+mod keep_alive;
 mod members;
+mod net;
 mod node;
+mod outbox;
 mod pid;
 mod policy;
 mod process;
-// The peer-facing half of the core (deltas, syncs, versions) is driven by the simulator and the
-// tests until the network layer drives it too.
-#[cfg_attr(not(test), allow(dead_code))]
 mod proto;
 mod scope;
 mod subscription;
+pub mod wire;
 
 pub use config::{ConfigError, ScopeConfig, ScopeConfigBuilder};
 pub use error::{Error, ErrorKind, Limit, Result};

@@ -75,6 +75,17 @@ impl Members {
         }
     }
 
+    /// The slots grouped by node: each node once, with its process ids (once per slot).
+    pub(crate) fn node_runs(&self) -> impl Iterator<Item = (PeerId, Arc<[u64]>)> + '_ {
+        let nodes = self.inner.as_ref().map(|s| &s.nodes);
+        self.slots()
+            .chunk_by(|a, b| a.0 == b.0)
+            .filter_map(move |run| {
+                let node = *nodes?.get(run[0].0 as usize)?;
+                Some((node, run.iter().map(|(_, id)| *id).collect()))
+            })
+    }
+
     /// The process ids of the slots, without their nodes: for snapshots of one node.
     pub(crate) fn ids(&self) -> impl Iterator<Item = u64> + '_ {
         self.slots().iter().map(|(_, id)| *id)

@@ -1,19 +1,24 @@
 //! The node: identity, scopes, processes.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hashbrown::HashMap;
-use libp2p::PeerId;
 use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::Notify;
 
+use crate::behaviour::BehaviourConfig;
 use crate::config::{ConfigError, load_scopes_file, validate_scope_id};
 use crate::error::{Error, Result};
+use crate::net::{NetConfig, NetHandle};
+use crate::outbox::DeliveryPolicy;
 use crate::policy::{AllowAll, Permission, Policy, Request};
-use crate::process::{Message, Process, ProcessShared};
+use crate::process::{Message, Process, ProcessShared, ProcessTable};
 use crate::scope::Scope;
+use crate::wire::Frame;
 use crate::{Members, Pid, ScopeConfig};
 
 /// The default capacity of each inbox of a process.
@@ -26,9 +31,35 @@ pub struct NodeBuilder {
     files: Vec<PathBuf>,
     policy: Arc<dyn Policy>,
     mailbox_capacity: usize,
+    listen: Vec<Multiaddr>,
+    bootstrap: Vec<Multiaddr>,
+    mdns: bool,
 }
 
 impl NodeBuilder {
+    /// Listens on `addr` (TCP or QUIC); call it once per address. Without any, the node
+    /// listens on one TCP and one QUIC port of every interface
+    /// (`/ip4/0.0.0.0/tcp/0`, `/ip4/0.0.0.0/udp/0/quic-v1`).
+    pub fn listen_on(mut self, addr: Multiaddr) -> Self {
+        self.listen.push(addr);
+        self
+    }
+
+    /// Finds peers on the LAN by mDNS (default `true`). mDNS multicasts on every interface:
+    /// turn it off wherever that is not wanted (tests, shared hosts).
+    pub fn mdns(mut self, on: bool) -> Self {
+        self.mdns = on;
+        self
+    }
+
+    /// Kademlia bootstrap nodes, as multiaddresses ending in `/p2p/<peer-id>`: the node dials
+    /// them, joins the DHT through them, provides a key per scope and dials the other
+    /// providers, so the members of a scope find each other beyond the LAN. Default none.
+    pub fn bootstrap(mut self, addrs: impl IntoIterator<Item = Multiaddr>) -> Self {
+        self.bootstrap.extend(addrs);
+        self
+    }
+
     /// The node's identity; default a fresh ed25519 key. A node restarted with the same key is
     /// a new incarnation of the same peer.
     pub fn keypair(mut self, keypair: Keypair) -> Self {
@@ -62,7 +93,8 @@ impl NodeBuilder {
         self
     }
 
-    /// Validates the configuration and starts the node.
+    /// Validates the configuration and starts the node; returns once every listener is bound
+    /// (see [`Node::listen_addrs`]).
     pub async fn build(self) -> Result<Node> {
         if self.mailbox_capacity == 0 {
             return Err(ConfigError::InvalidField {
@@ -84,16 +116,62 @@ impl NodeBuilder {
         let keypair = self.keypair.unwrap_or_else(Keypair::generate_ed25519);
         let peer_id = keypair.public().to_peer_id();
         let incarnation: u64 = rand::random();
+        let wake = Arc::new(Notify::new());
         let mut table: HashMap<Arc<str>, Arc<Scope>> = HashMap::new();
+        let mut ordered = Vec::new();
         for (id, config) in scopes {
             validate_scope_id(&id)?;
             let id: Arc<str> = id.into();
             if table.contains_key(&id) {
                 return Err(ConfigError::DuplicateScope(id.to_string()).into());
             }
-            let scope = Scope::new(id.clone(), config, peer_id, incarnation);
-            table.insert(id, Arc::new(scope));
+            let scope = Arc::new(Scope::new(
+                id.clone(),
+                config,
+                peer_id,
+                incarnation,
+                wake.clone(),
+            ));
+            ordered.push(scope.clone());
+            table.insert(id, scope);
         }
+        let mut behaviour = BehaviourConfig {
+            mdns: self.mdns,
+            ..BehaviourConfig::default()
+        };
+        let policy = DeliveryPolicy::from_scopes(
+            ordered.iter().map(|s| &s.config),
+            behaviour.max_request_bytes / 2,
+        );
+        behaviour.deliver_timeout = policy.timeout;
+        if let Some(t) = ordered.iter().map(|s| s.config.protocol_timeout()).max() {
+            behaviour.sync_timeout = t;
+        }
+        let listen = if self.listen.is_empty() {
+            vec![
+                "/ip4/0.0.0.0/tcp/0".parse().expect("a valid multiaddr"),
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .expect("a valid multiaddr"),
+            ]
+        } else {
+            self.listen
+        };
+        let processes: Arc<ProcessTable> = Arc::default();
+        let net = crate::net::start(
+            NetConfig {
+                keypair,
+                listen,
+                bootstrap: self.bootstrap,
+                behaviour,
+                policy,
+                incarnation,
+            },
+            ordered,
+            processes.clone(),
+            wake,
+        )
+        .await?;
         // Ids of a new incarnation start at its start time in nanoseconds: above every id an
         // earlier incarnation handed out (see `Pid`).
         let first_id = SystemTime::now()
@@ -104,7 +182,8 @@ impl NodeBuilder {
                 peer_id,
                 incarnation,
                 scopes: table,
-                processes: RwLock::new(HashMap::new()),
+                processes,
+                net,
                 next_pid: AtomicU64::new(first_id),
                 next_instance: AtomicU64::new(1),
                 policy: self.policy,
@@ -124,7 +203,12 @@ impl NodeBuilder {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> procgroups::Result<()> {
 /// use procgroups::{Node, ScopeConfig};
-/// let node = Node::builder().scope("app:pg", ScopeConfig::default()).build().await?;
+/// let node = Node::builder()
+///     .mdns(false) // no multicast from doc tests
+///     .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+///     .scope("app:pg", ScopeConfig::default())
+///     .build()
+///     .await?;
 /// let p = node.spawn_process();
 /// let pg = p.open("app:pg")?;
 /// pg.join(["workers", "all"])?;
@@ -148,7 +232,57 @@ impl Node {
             files: Vec::new(),
             policy: Arc::new(AllowAll),
             mailbox_capacity: DEFAULT_MAILBOX_CAPACITY,
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            mdns: true,
         }
+    }
+
+    /// The addresses the node listens on, with `/p2p/<peer-id>` appended: what another node
+    /// passes to [`dial`](Self::dial) or [`NodeBuilder::bootstrap`].
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let peer = self.shared.peer_id;
+        self.shared
+            .net
+            .shared
+            .listen_addrs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|a| a.clone().with_p2p(peer).unwrap_or_else(|a| a))
+            .collect()
+    }
+
+    /// Dials `addr` (ideally ending in `/p2p/<peer-id>`). Returns at once; the connection, if
+    /// it succeeds, shows in [`connected_peers`](Self::connected_peers), and the peers then
+    /// exchange their scopes' state.
+    pub fn dial(&self, addr: Multiaddr) -> Result<()> {
+        self.shared.check_running()?;
+        self.shared.net.dial(addr)
+    }
+
+    /// Closes every connection to `peer` and stops dialing it again on its own (a later
+    /// [`dial`](Self::dial), or discovery, reconnects). Its members stay until
+    /// `node_down_grace` passes without a connection, as for any lost peer.
+    pub fn disconnect(&self, peer: PeerId) -> Result<()> {
+        self.shared.check_running()?;
+        self.shared.net.disconnect(peer)
+    }
+
+    /// The peers this node has at least one connection to, sorted.
+    pub fn connected_peers(&self) -> Vec<PeerId> {
+        let mut peers: Vec<PeerId> = self
+            .shared
+            .net
+            .shared
+            .connected
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        peers.sort();
+        peers
     }
 
     /// The node's identity.
@@ -180,10 +314,13 @@ impl Node {
         Process::new(shared, self.shared.clone())
     }
 
-    /// Stops the node: every process exits (leaving its groups) and every later call is
-    /// `Unavailable`. Idempotent.
+    /// Stops the node gracefully: every process exits (leaving its groups), the peers are
+    /// told, so they drop this node's members at once rather than after `node_down_grace`,
+    /// the network task stops (waiting up to a second for the peers' acknowledgements), and
+    /// every later call is `Unavailable`. Idempotent.
     pub async fn shutdown(&self) {
         if !self.shared.running.swap(false, Ordering::AcqRel) {
+            self.shared.net.shutdown().await;
             return;
         }
         let processes: Vec<Arc<ProcessShared>> = self
@@ -197,6 +334,7 @@ impl Node {
         for process in processes {
             self.shared.exit_process(&process);
         }
+        self.shared.net.shutdown().await;
     }
 }
 
@@ -214,7 +352,8 @@ pub(crate) struct NodeShared {
     pub(crate) peer_id: PeerId,
     incarnation: u64,
     scopes: HashMap<Arc<str>, Arc<Scope>>,
-    processes: RwLock<HashMap<u64, Arc<ProcessShared>>>,
+    processes: Arc<ProcessTable>,
+    net: NetHandle,
     next_pid: AtomicU64,
     next_instance: AtomicU64,
     policy: Arc<dyn Policy>,
@@ -290,6 +429,11 @@ impl NodeShared {
                 p.deliver(message.clone());
             }
         }
+    }
+
+    /// Queues a frame for processes of another node.
+    pub(crate) fn deliver_remote(&self, peer: PeerId, frame: Frame) -> Result<()> {
+        self.net.deliver(peer, frame)
     }
 
     /// The exit of a process: idempotent.

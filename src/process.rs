@@ -32,11 +32,19 @@ struct Envelope {
 
 impl Message {
     pub(crate) fn new(from: Pid, topic: &str, payload: Bytes) -> Self {
+        Self::new_shared(from, topic.into(), payload)
+    }
+
+    pub(crate) fn new_shared(from: Pid, topic: Arc<str>, payload: Bytes) -> Self {
         Self(Arc::new(Envelope {
             from,
-            topic: topic.into(),
+            topic,
             payload,
         }))
+    }
+
+    pub(crate) fn topic_shared(&self) -> Arc<str> {
+        self.0.topic.clone()
     }
 
     /// The sending process.
@@ -120,6 +128,9 @@ impl futures::Stream for Inbox {
     }
 }
 
+/// The processes of a node by id, shared by the node's handles and its network task.
+pub(crate) type ProcessTable = std::sync::RwLock<HashMap<u64, Arc<ProcessShared>>>;
+
 /// What the node and the scopes know of a process.
 pub(crate) struct ProcessShared {
     pub(crate) pid: Pid,
@@ -190,7 +201,12 @@ impl ProcessShared {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> procgroups::Result<()> {
 /// use procgroups::{Node, ScopeConfig};
-/// let node = Node::builder().scope("app:pg", ScopeConfig::default()).build().await?;
+/// let node = Node::builder()
+///     .mdns(false)
+///     .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+///     .scope("app:pg", ScopeConfig::default())
+///     .build()
+///     .await?;
 /// let worker = node.spawn_process();
 /// let mut tasks = worker.listen("task");          // listen before joining
 /// let pg = worker.open("app:pg")?;
@@ -249,19 +265,29 @@ impl Process {
     ///
     /// A local target that does not exist is `NotFound`. Otherwise the message is either in
     /// the target's inbox or counted in its [`dropped`](Self::dropped) (nobody listening to the
-    /// topic, inbox full), as for a broadcast. A target on another node is `Unavailable` while
-    /// this node has no connection to it.
+    /// topic, inbox full), as for a broadcast.
+    ///
+    /// A message to another node's process goes through that node's outbox and the call does
+    /// not wait for it: messages to one node arrive in the order sent, a batch that fails is
+    /// retried (`max_retries`, `retry_base_delay`, `retry_max_delay`), and what cannot be
+    /// delivered (no route, breaker open, retries exhausted) is lost and counted by the
+    /// sending node. A remote process that does not exist drops it silently.
     pub fn send<T: Serialize + ?Sized>(&self, to: &Pid, topic: &str, payload: &T) -> Result<()> {
         self.node.check_running()?;
         if topic.is_empty() {
             return Err(Error::EmptyTopic);
         }
-        let message = Message::new(self.pid(), topic, encode_payload(payload)?);
+        let payload = encode_payload(payload)?;
         if to.node() != self.node.peer_id {
-            return Err(Error::Unavailable {
-                reason: format!("no connection to node {}", to.node()),
-            });
+            let frame = crate::wire::Frame {
+                from: self.pid().id(),
+                topic: topic.into(),
+                payload,
+                targets: Arc::new([to.id()]),
+            };
+            return self.node.deliver_remote(to.node(), frame);
         }
+        let message = Message::new(self.pid(), topic, payload);
         if self.node.deliver_local(to.id(), message) {
             Ok(())
         } else {

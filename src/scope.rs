@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hashbrown::HashMap;
+use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
 use crate::process::ProcessShared;
@@ -23,11 +24,15 @@ pub(crate) struct Scope {
     pub(crate) id: Arc<str>,
     pub(crate) config: ScopeConfig,
     state: Mutex<ScopeState>,
+    /// Wakes the network task when a local change is queued for the peers.
+    wake: Arc<Notify>,
 }
 
 struct ScopeState {
     core: ScopeCore,
     subscribers: Subscribers,
+    /// The action queue is above `action_queue_size` and that was logged.
+    queue_warned: bool,
 }
 
 #[derive(Default)]
@@ -113,6 +118,7 @@ impl Scope {
         config: ScopeConfig,
         local: libp2p::PeerId,
         incarnation: u64,
+        wake: Arc<Notify>,
     ) -> Self {
         let mut core = ScopeCore::new(
             local,
@@ -126,7 +132,46 @@ impl Scope {
             state: Mutex::new(ScopeState {
                 core,
                 subscribers: Subscribers::default(),
+                queue_warned: false,
             }),
+            wake,
+        }
+    }
+
+    /// Runs `f` on the core (for the network task) and hands the changes it made to the
+    /// subscribers.
+    pub(crate) fn with_core<R>(&self, f: impl FnOnce(&mut ScopeCore) -> R) -> R {
+        let mut state = self.lock();
+        let r = f(&mut state.core);
+        state.flush();
+        r
+    }
+
+    /// The queue of changes for the peers: past `action_queue_size` a warning, past
+    /// `action_queue_max_size` joins and leaves are `Unavailable` at once. Exits are never
+    /// refused (a dead process must not stay a member).
+    fn backpressure(&self, state: &mut ScopeState) -> Result<()> {
+        let queued = state.core.queued_deltas();
+        if queued >= self.config.action_queue_max_size() {
+            return Err(Error::Unavailable {
+                reason: format!(
+                    "scope {:?}: {queued} deltas wait for the network (action_queue_max_size)",
+                    self.id
+                ),
+            });
+        }
+        let over = queued >= self.config.action_queue_size();
+        if over && !state.queue_warned {
+            tracing::warn!(scope = %self.id, queued, "action queue above action_queue_size");
+        }
+        state.queue_warned = over;
+        Ok(())
+    }
+
+    /// Tells the network task that a change waits for the peers.
+    fn changed(&self, state: &ScopeState) {
+        if state.core.is_publishing() {
+            self.wake.notify_one();
         }
     }
 
@@ -153,6 +198,7 @@ impl Scope {
     pub(crate) fn join(&self, process: &ProcessShared, names: &[&str]) -> Result<()> {
         let mut state = self.lock();
         self.usable(process, None)?;
+        self.backpressure(&mut state)?;
         state
             .core
             .join(process.pid.id(), names)
@@ -163,12 +209,14 @@ impl Scope {
                 max: e.max,
             })?;
         state.flush();
+        self.changed(&state);
         Ok(())
     }
 
     pub(crate) fn leave(&self, process: &ProcessShared, names: &[&str]) -> Result<()> {
         let mut state = self.lock();
         self.usable(process, None)?;
+        self.backpressure(&mut state)?;
         if state.core.leave(process.pid.id(), names) == 0 {
             return Err(Error::NotMember {
                 scope: self.id.to_string(),
@@ -176,6 +224,7 @@ impl Scope {
             });
         }
         state.flush();
+        self.changed(&state);
         Ok(())
     }
 
@@ -184,6 +233,7 @@ impl Scope {
         let mut state = self.lock();
         state.core.exit(id);
         state.flush();
+        self.changed(&state);
         state.subscribers.remove_where(|s| s.process == id);
         let record = !state.subscribers.is_empty();
         state.core.set_record_changes(record);

@@ -21,6 +21,8 @@ const WAIT: Duration = Duration::from_secs(5);
 /// A node hosting `SCOPE` and `OTHER`, both with `config`, deciding with `policy`.
 async fn node_with(config: ScopeConfig, policy: impl Policy) -> Node {
     Node::builder()
+        .mdns(false)
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
         .scope(SCOPE, config.clone())
         .scope(OTHER, config)
         .policy(policy)

@@ -269,6 +269,10 @@ impl ScopeCore {
         self.version
     }
 
+    #[cfg_attr(
+        not(test),
+        allow(dead_code, reason = "read by the per-scope metrics (issue 4)")
+    )]
     pub(crate) fn stats(&self) -> &CoreStats {
         &self.stats
     }
@@ -277,6 +281,18 @@ impl ScopeCore {
     /// drops nothing already queued.
     pub(crate) fn set_publishing(&mut self, on: bool) {
         self.publishing = on;
+    }
+
+    pub(crate) fn is_publishing(&self) -> bool {
+        self.publishing
+    }
+
+    /// The peers whose members this node holds (applied and not purged).
+    pub(crate) fn live_origins(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.origins
+            .values()
+            .filter(|o| o.alive && o.version.is_some())
+            .map(|o| o.peer)
     }
 
     /// Whether changes are recorded for [`drain_changes`](Self::drain_changes); off when nobody
@@ -502,10 +518,10 @@ impl ScopeCore {
         self.ready.drain(..).collect()
     }
 
-    /// Ops queued for deltas and deltas built but not yet taken: the depth of the outgoing
-    /// queue.
-    pub(crate) fn queued_ops(&self) -> usize {
-        self.pending.len() + self.ready.iter().map(|d| d.ops.len()).sum::<usize>()
+    /// The depth of the outgoing queue, in deltas: those built and not yet taken by the
+    /// network task, plus the queued ops counted as the deltas they will fill.
+    pub(crate) fn queued_deltas(&self) -> usize {
+        self.ready.len() + (self.pending.len() * OP_BYTES).div_ceil(self.cfg.max_delta_bytes)
     }
 
     /// This node's whole local state with its version, for a Sync request. Queued changes are

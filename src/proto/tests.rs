@@ -87,7 +87,7 @@ fn without_peers_changes_bump_the_version_but_queue_nothing() {
     a.leave(1, &["g"]);
     assert_eq!(a.version().seq, 2);
     assert!(a.take_deltas().is_empty());
-    assert_eq!(a.queued_ops(), 0);
+    assert_eq!(a.queued_deltas(), 0);
 }
 
 #[test]

@@ -1,0 +1,233 @@
+//! The libp2p side of a node: one [`NetworkBehaviour`] composing the protocols procgroups uses.
+
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{StreamProtocol, gossipsub, identify, kad, mdns, ping, request_response};
+
+use crate::codec::Codec;
+use crate::keep_alive::KeepAlive;
+use crate::wire::{
+    DELIVER_PROTOCOL, DeliverAck, DeliverBatch, SYNC_PROTOCOL, SyncRequest, SyncResponse,
+};
+
+/// The codec of `/procgroups/sync/1`.
+pub type SyncCodec = Codec<SyncRequest, SyncResponse>;
+/// The codec of `/procgroups/deliver/1`.
+pub type DeliverCodec = Codec<DeliverBatch, DeliverAck>;
+
+/// The identify protocol version procgroups announces.
+pub const IDENTIFY_PROTOCOL: &str = "/procgroups/1";
+
+/// The size caps and timers of a [`Behaviour`]. `Default` gives the values a [`Node`]
+/// uses unless told otherwise.
+///
+/// [`Node`]: crate::Node
+#[derive(Debug, Clone)]
+pub struct BehaviourConfig {
+    /// Discover peers on the LAN by mDNS. Default `true`.
+    pub mdns: bool,
+    /// Largest gossipsub message (a delta), in bytes. Default 256 KiB; deltas are cut at
+    /// 60 KiB.
+    pub max_transmit_size: usize,
+    /// Largest request frame of either request-response protocol. Default 1 MiB.
+    pub max_request_bytes: usize,
+    /// Largest response frame (a sync page). Default 4 MiB.
+    pub max_response_bytes: usize,
+    /// Timeout of Discover and Sync requests (`protocol_timeout`). Default 5 s.
+    pub sync_timeout: Duration,
+    /// Timeout of a delivery batch (`broadcast_timeout`). Default 5 s.
+    pub deliver_timeout: Duration,
+    /// How often every connection is pinged. Default 1 s.
+    pub ping_interval: Duration,
+    /// A ping unanswered this long closes the connection. Default 5 s.
+    pub ping_timeout: Duration,
+}
+
+impl Default for BehaviourConfig {
+    fn default() -> Self {
+        Self {
+            mdns: true,
+            max_transmit_size: 256 * 1024,
+            max_request_bytes: crate::codec::DEFAULT_MAX_REQUEST_BYTES,
+            max_response_bytes: crate::codec::DEFAULT_MAX_RESPONSE_BYTES,
+            sync_timeout: Duration::from_secs(5),
+            deliver_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(1),
+            ping_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Every protocol of a procgroups node, as one [`NetworkBehaviour`]:
+///
+/// | field | protocol | what for |
+/// |---|---|---|
+/// | `gossipsub` | gossipsub, one topic per scope (`procgroups/<scope-id>/1`), signed messages, strict validation, manual acceptance | membership deltas; a delta is accepted only when its origin is the message's signed source and the core takes it |
+/// | `sync` | `/procgroups/sync/1` request-response ([`SyncCodec`]) | Discover (versions), Sync (paged full state), Goodbye |
+/// | `deliver` | `/procgroups/deliver/1` request-response ([`DeliverCodec`]) | batches of `broadcast` and `send` frames |
+/// | `mdns` | mDNS (can be off) | peers on the LAN |
+/// | `kad` | Kademlia, server mode | peers beyond the LAN: providers of a key per scope |
+/// | `identify` | identify | listen addresses of peers, fed to Kademlia |
+/// | `ping` | ping | liveness: a failed ping closes the connection |
+/// | `keep_alive` | none | keeps connections to peers that share a scope |
+///
+/// A [`Node`](crate::Node) builds one, runs it in its own swarm and handles its events. To
+/// embed the protocols in an application's own swarm, add this behaviour as a field of the
+/// application's `#[derive(NetworkBehaviour)]` struct; the membership logic that reacts to
+/// its events is the node's, so an embedding application runs a `Node` beside it for the
+/// groups themselves.
+#[derive(NetworkBehaviour)]
+#[behaviour(to_swarm = "BehaviourEvent", prelude = "libp2p::swarm::derive_prelude")]
+pub struct Behaviour {
+    /// Deltas.
+    pub gossipsub: gossipsub::Behaviour,
+    /// Discover, Sync, Goodbye.
+    pub sync: request_response::Behaviour<SyncCodec>,
+    /// Message batches.
+    pub deliver: request_response::Behaviour<DeliverCodec>,
+    /// LAN discovery, when on.
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+    /// The DHT.
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Listen addresses.
+    pub identify: identify::Behaviour,
+    /// Liveness.
+    pub ping: ping::Behaviour,
+    /// Keeps connections to peers sharing a scope.
+    pub keep_alive: KeepAlive,
+}
+
+/// An event of one of the protocols of [`Behaviour`].
+#[derive(Debug)]
+pub enum BehaviourEvent {
+    /// From gossipsub.
+    Gossipsub(gossipsub::Event),
+    /// From the sync protocol.
+    Sync(request_response::Event<SyncRequest, SyncResponse>),
+    /// From the delivery protocol.
+    Deliver(request_response::Event<DeliverBatch, DeliverAck>),
+    /// From mDNS.
+    Mdns(mdns::Event),
+    /// From Kademlia.
+    Kad(kad::Event),
+    /// From identify.
+    Identify(Box<identify::Event>),
+    /// From ping.
+    Ping(ping::Event),
+}
+
+macro_rules! from_event {
+    ($($variant:ident($ty:ty) => $wrap:expr),* $(,)?) => {$(
+        impl From<$ty> for BehaviourEvent {
+            fn from(e: $ty) -> Self {
+                BehaviourEvent::$variant($wrap(e))
+            }
+        }
+    )*};
+}
+
+from_event! {
+    Gossipsub(gossipsub::Event) => std::convert::identity,
+    Sync(request_response::Event<SyncRequest, SyncResponse>) => std::convert::identity,
+    Deliver(request_response::Event<DeliverBatch, DeliverAck>) => std::convert::identity,
+    Mdns(mdns::Event) => std::convert::identity,
+    Kad(kad::Event) => std::convert::identity,
+    Identify(identify::Event) => Box::new,
+    Ping(ping::Event) => std::convert::identity,
+}
+
+impl From<std::convert::Infallible> for BehaviourEvent {
+    fn from(e: std::convert::Infallible) -> Self {
+        match e {}
+    }
+}
+
+/// Why a [`Behaviour`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BehaviourError {
+    /// The gossipsub configuration was refused.
+    #[error("gossipsub: {0}")]
+    Gossipsub(String),
+    /// mDNS could not open its sockets.
+    #[error("mdns: {0}")]
+    Mdns(#[from] std::io::Error),
+}
+
+/// The gossipsub topic of a scope.
+pub fn scope_topic(scope: &str) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("procgroups/{scope}/1"))
+}
+
+/// The Kademlia key whose providers are the nodes hosting `scope`.
+pub fn scope_provider_key(scope: &str) -> kad::RecordKey {
+    kad::RecordKey::new(&format!("/procgroups/scope/{scope}/1"))
+}
+
+impl Behaviour {
+    /// The behaviour of a node with identity `keypair`.
+    pub fn new(keypair: &Keypair, config: &BehaviourConfig) -> Result<Self, BehaviourError> {
+        let peer_id = keypair.public().to_peer_id();
+        let gossip_config = gossipsub::ConfigBuilder::default()
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .validate_messages()
+            .max_transmit_size(config.max_transmit_size)
+            .heartbeat_interval(Duration::from_millis(500))
+            .build()
+            .map_err(|e| BehaviourError::Gossipsub(e.to_string()))?;
+        let gossipsub = gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(keypair.clone()),
+            gossip_config,
+        )
+        .map_err(|e| BehaviourError::Gossipsub(e.to_string()))?;
+        let sync = request_response::Behaviour::with_codec(
+            SyncCodec::default()
+                .set_request_size_maximum(config.max_request_bytes)
+                .set_response_size_maximum(config.max_response_bytes),
+            [(SYNC_PROTOCOL, request_response::ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(config.sync_timeout),
+        );
+        let deliver = request_response::Behaviour::with_codec(
+            DeliverCodec::default()
+                .set_request_size_maximum(config.max_request_bytes)
+                .set_response_size_maximum(1024),
+            [(DELIVER_PROTOCOL, request_response::ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(config.deliver_timeout),
+        );
+        let mdns = if config.mdns {
+            Some(mdns::tokio::Behaviour::new(
+                mdns::Config::default(),
+                peer_id,
+            )?)
+        } else {
+            None
+        };
+        let mut kad = kad::Behaviour::with_config(
+            peer_id,
+            kad::store::MemoryStore::new(peer_id),
+            kad::Config::new(StreamProtocol::new("/ipfs/kad/1.0.0")),
+        );
+        kad.set_mode(Some(kad::Mode::Server));
+        let identify = identify::Behaviour::new(identify::Config::new(
+            IDENTIFY_PROTOCOL.into(),
+            keypair.public(),
+        ));
+        let ping = ping::Behaviour::new(
+            ping::Config::new()
+                .with_interval(config.ping_interval)
+                .with_timeout(config.ping_timeout),
+        );
+        Ok(Self {
+            gossipsub,
+            sync,
+            deliver,
+            mdns: mdns.into(),
+            kad,
+            identify,
+            ping,
+            keep_alive: KeepAlive::default(),
+        })
+    }
+}

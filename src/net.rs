@@ -1,0 +1,1449 @@
+//! The node's network task: it drives the swarm, the timers and the outboxes, and feeds the
+//! scopes' cores with what peers say (the protocol of DESIGN section 4).
+//!
+//! The task runs on its own thread with a `current_thread` runtime: the swarm is one state
+//! machine, and on small machines a single-threaded runtime drives it with less overhead than
+//! a work-stealing one (measured: PERFORMANCE.md). The application's calls never wait for it:
+//! a join changes the scope's core under its mutex and wakes the task, which publishes what
+//! queued since its last turn as one delta, so changes batch themselves under load.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::gossipsub::{self, MessageAcceptance, TopicHash};
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns, noise, ping, tcp, yamux};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::Pid;
+use crate::behaviour::{
+    Behaviour, BehaviourConfig, BehaviourEvent, scope_provider_key, scope_topic,
+};
+use crate::error::{Error, Result};
+use crate::outbox::{DeliveryPolicy, Outbox};
+use crate::process::{Message, ProcessTable};
+use crate::proto::messages::{Delta, SyncGroup, SyncState, Version};
+use crate::proto::state::Output;
+use crate::scope::Scope;
+use crate::wire::{DeliverAck, DeliverBatch, Frame, SyncRequest, SyncResponse};
+
+/// How often timers are checked: retries, reorder windows, grace periods, anti-entropy.
+const HOUSEKEEPING: Duration = Duration::from_millis(20);
+/// Discover requests in flight at once; more peers wait their turn.
+const MAX_DISCOVERS_IN_FLIGHT: usize = 8;
+/// First and longest wait before dialing a known peer again.
+const REDIAL_FIRST: Duration = Duration::from_millis(250);
+const REDIAL_MAX: Duration = Duration::from_secs(30);
+/// Dial attempts to a lost peer before it is left to discovery.
+const MAX_REDIALS: u32 = 10;
+/// How long a shutting-down node waits for its goodbyes to be acknowledged.
+const GOODBYE_WAIT: Duration = Duration::from_secs(1);
+/// Kademlia rounds (provide + look up providers): first soon after a connection, then less
+/// and less often.
+const KAD_FIRST: Duration = Duration::from_millis(200);
+const KAD_MAX: Duration = Duration::from_secs(30);
+/// Addresses remembered per peer for dialing it again.
+const MAX_ADDRS: usize = 8;
+
+/// What the node's builder hands the task.
+pub(crate) struct NetConfig {
+    pub keypair: Keypair,
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub behaviour: BehaviourConfig,
+    pub policy: DeliveryPolicy,
+    pub incarnation: u64,
+}
+
+/// Counters of the network task, readable from any thread.
+#[derive(Debug, Default)]
+pub(crate) struct NetStats {
+    pub deltas_published: AtomicU64,
+    pub deltas_rejected: AtomicU64,
+    pub syncs_served: AtomicU64,
+    pub requests_failed: AtomicU64,
+    pub frames_sent: AtomicU64,
+    pub frames_received: AtomicU64,
+    pub frames_lost: AtomicU64,
+    pub batches_duplicate: AtomicU64,
+    pub malformed: AtomicU64,
+}
+
+/// What the application's threads can read of the task's state.
+#[derive(Default)]
+pub(crate) struct NetShared {
+    pub listen_addrs: RwLock<Vec<Multiaddr>>,
+    pub connected: RwLock<HashSet<PeerId>>,
+    pub stats: NetStats,
+}
+
+enum Command {
+    Dial(Multiaddr),
+    Disconnect(PeerId),
+    Deliver { peer: PeerId, frame: Frame },
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The application's side of the task.
+pub(crate) struct NetHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    pub(crate) shared: Arc<NetShared>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl NetHandle {
+    fn send(&self, command: Command) -> Result<()> {
+        self.commands.send(command).map_err(|_| Error::Unavailable {
+            reason: "the node's network task has stopped".into(),
+        })
+    }
+
+    pub(crate) fn dial(&self, addr: Multiaddr) -> Result<()> {
+        self.send(Command::Dial(addr))
+    }
+
+    pub(crate) fn disconnect(&self, peer: PeerId) -> Result<()> {
+        self.send(Command::Disconnect(peer))
+    }
+
+    pub(crate) fn deliver(&self, peer: PeerId, frame: Frame) -> Result<()> {
+        self.send(Command::Deliver { peer, frame })
+    }
+
+    /// Says goodbye to the peers and stops the task; returns once it has stopped.
+    pub(crate) async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Command::Shutdown(tx)).is_ok() {
+            // An error means the task ended on its own: nothing left to wait for.
+            rx.await.ok();
+        }
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            // The task has answered or is gone; joining does not block for long.
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .ok();
+        }
+    }
+}
+
+/// Starts the task on its own thread and returns once every listener is bound.
+pub(crate) async fn start(
+    config: NetConfig,
+    scopes: Vec<Arc<Scope>>,
+    processes: Arc<ProcessTable>,
+    wake: Arc<Notify>,
+) -> Result<NetHandle> {
+    let (commands, command_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(NetShared::default());
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let task_shared = shared.clone();
+    let thread = std::thread::Builder::new()
+        .name("procgroups-net".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    ready_tx
+                        .send(Err(unavailable(format!("runtime: {e}"))))
+                        .ok();
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let net = match Net::new(config, scopes, processes, task_shared).await {
+                    Ok(net) => {
+                        ready_tx.send(Ok(())).ok();
+                        net
+                    }
+                    Err(e) => {
+                        ready_tx.send(Err(e)).ok();
+                        return;
+                    }
+                };
+                net.run(command_rx, wake).await;
+            });
+        })
+        .map_err(|e| unavailable(format!("cannot start the network thread: {e}")))?;
+    match ready_rx.await {
+        Ok(Ok(())) => Ok(NetHandle {
+            commands,
+            shared,
+            thread: Mutex::new(Some(thread)),
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(unavailable(
+            "the network thread ended while starting".into(),
+        )),
+    }
+}
+
+fn unavailable(reason: String) -> Error {
+    Error::Unavailable { reason }
+}
+
+struct ScopeNet {
+    scope: Arc<Scope>,
+    topic: gossipsub::IdentTopic,
+    key: kad::RecordKey,
+    /// Peers known to host the scope, for anti-entropy's round robin.
+    peers: Vec<PeerId>,
+    next_anti_entropy: Option<Instant>,
+    cursor: usize,
+}
+
+#[derive(Default)]
+struct Peer {
+    connections: usize,
+    /// Indices of the scopes the peer hosts.
+    scopes: HashSet<usize>,
+    /// Unreachable since; `None` while connected or before anything was known.
+    down_since: Option<Instant>,
+    /// Scopes in which the peer's members were purged during this outage.
+    purged: HashSet<usize>,
+    addrs: Vec<Multiaddr>,
+    redial: Option<(Instant, Duration, u32)>,
+    /// Told to disconnect: no automatic redial until a new connection.
+    forgotten: bool,
+    outbox: Outbox,
+}
+
+impl Peer {
+    fn remember(&mut self, addr: Multiaddr) {
+        if !self.addrs.contains(&addr) {
+            if self.addrs.len() >= MAX_ADDRS {
+                self.addrs.remove(0);
+            }
+            self.addrs.push(addr);
+        }
+    }
+}
+
+enum SyncOut {
+    Discover,
+    Sync { peer: PeerId, scope: usize },
+    Goodbye,
+}
+
+struct PartialSync {
+    version: Version,
+    pages: u32,
+    groups: Vec<SyncGroup>,
+}
+
+struct ServedPages {
+    version: Version,
+    pages: Vec<Vec<SyncGroup>>,
+    at: Instant,
+}
+
+struct Shutdown {
+    done: oneshot::Sender<()>,
+    deadline: Instant,
+    waiting: usize,
+}
+
+struct Net {
+    swarm: Swarm<Behaviour>,
+    me: PeerId,
+    scopes: Vec<ScopeNet>,
+    by_topic: HashMap<TopicHash, usize>,
+    by_id: HashMap<String, usize>,
+    peers: HashMap<PeerId, Peer>,
+    sync_out: HashMap<OutboundRequestId, SyncOut>,
+    deliver_out: HashMap<OutboundRequestId, (PeerId, u64)>,
+    partial_syncs: HashMap<(PeerId, usize), PartialSync>,
+    served_pages: HashMap<(PeerId, usize), ServedPages>,
+    /// Per sender: (incarnation, last batch delivered).
+    received: HashMap<PeerId, (u64, u64)>,
+    discover_queue: VecDeque<PeerId>,
+    discovers_in_flight: usize,
+    start: Instant,
+    policy: DeliveryPolicy,
+    incarnation: u64,
+    page_bytes: usize,
+    shared: Arc<NetShared>,
+    processes: Arc<ProcessTable>,
+    kad_enabled: bool,
+    kad_next: Option<Instant>,
+    kad_interval: Duration,
+    shutdown: Option<Shutdown>,
+}
+
+impl Net {
+    async fn new(
+        config: NetConfig,
+        scopes: Vec<Arc<Scope>>,
+        processes: Arc<ProcessTable>,
+        shared: Arc<NetShared>,
+    ) -> Result<Self> {
+        let behaviour_config = config.behaviour.clone();
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| unavailable(format!("tcp transport: {e}")))?
+            .with_quic()
+            .with_behaviour(|key| {
+                Behaviour::new(key, &behaviour_config)
+                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            })
+            .map_err(|e| unavailable(format!("behaviour: {e}")))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(10)))
+            .build();
+        let me = *swarm.local_peer_id();
+        let now = Instant::now();
+        let mut by_topic = HashMap::new();
+        let mut by_id = HashMap::new();
+        let mut nets = Vec::new();
+        for (i, scope) in scopes.into_iter().enumerate() {
+            let topic = scope_topic(&scope.id);
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(&topic)
+                .map_err(|e| unavailable(format!("gossipsub subscribe: {e}")))?;
+            by_topic.insert(topic.hash(), i);
+            by_id.insert(scope.id.to_string(), i);
+            let next_anti_entropy = scope.config.anti_entropy_interval().map(|d| now + d);
+            nets.push(ScopeNet {
+                key: scope_provider_key(&scope.id),
+                topic,
+                scope,
+                peers: Vec::new(),
+                next_anti_entropy,
+                cursor: 0,
+            });
+        }
+        let mut listeners = Vec::new();
+        for addr in &config.listen {
+            let id = swarm
+                .listen_on(addr.clone())
+                .map_err(|e| unavailable(format!("cannot listen on {addr}: {e}")))?;
+            listeners.push(id);
+        }
+        // `build` returns once every listener has an address: the caller may hand them out.
+        let mut bound: HashSet<_> = HashSet::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while bound.len() < listeners.len() {
+            let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
+                .await
+                .map_err(|_| unavailable("listeners not bound within 10 s".into()))?;
+            match event {
+                SwarmEvent::NewListenAddr {
+                    listener_id,
+                    address,
+                } => {
+                    bound.insert(listener_id);
+                    shared
+                        .listen_addrs
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(address);
+                }
+                SwarmEvent::ListenerClosed {
+                    addresses, reason, ..
+                } => {
+                    return Err(unavailable(format!(
+                        "listener on {addresses:?} closed: {reason:?}"
+                    )));
+                }
+                SwarmEvent::ListenerError { error, .. } => {
+                    return Err(unavailable(format!("listener error: {error}")));
+                }
+                other => tracing::trace!(?other, "event while binding"),
+            }
+        }
+        let mut net = Net {
+            swarm,
+            me,
+            scopes: nets,
+            by_topic,
+            by_id,
+            peers: HashMap::new(),
+            sync_out: HashMap::new(),
+            deliver_out: HashMap::new(),
+            partial_syncs: HashMap::new(),
+            served_pages: HashMap::new(),
+            received: HashMap::new(),
+            discover_queue: VecDeque::new(),
+            discovers_in_flight: 0,
+            start: now,
+            page_bytes: config.behaviour.max_response_bytes / 2,
+            policy: config.policy,
+            incarnation: config.incarnation,
+            shared,
+            processes,
+            kad_enabled: !config.bootstrap.is_empty(),
+            kad_next: None,
+            kad_interval: KAD_FIRST,
+            shutdown: None,
+        };
+        for addr in config.bootstrap {
+            net.bootstrap(addr);
+        }
+        Ok(net)
+    }
+
+    fn bootstrap(&mut self, addr: Multiaddr) {
+        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, addr.clone());
+            self.peers.entry(peer).or_default().remember(addr.clone());
+        }
+        self.dial(addr);
+    }
+
+    fn dial(&mut self, addr: Multiaddr) {
+        if let Err(e) = self.swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, error = %e, "dial failed");
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, wake: Arc<Notify>) {
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => {
+                        // Every handle is gone: nobody is left to say goodbye for.
+                        tracing::debug!("node dropped; network task ends");
+                        return;
+                    }
+                },
+                () = wake.notified() => self.publish_deltas(),
+                _ = housekeeping.tick() => self.housekeeping(),
+            }
+            if let Some(s) = &self.shutdown
+                && (s.waiting == 0 || Instant::now() >= s.deadline)
+            {
+                if let Some(s) = self.shutdown.take() {
+                    s.done.send(()).ok();
+                }
+                return;
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ commands
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Dial(addr) => {
+                if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+                    let p = self.peers.entry(peer).or_default();
+                    p.forgotten = false;
+                    p.remember(addr.clone());
+                }
+                self.dial(addr);
+            }
+            Command::Disconnect(peer) => {
+                let p = self.peers.entry(peer).or_default();
+                p.forgotten = true;
+                p.redial = None;
+                self.swarm.disconnect_peer_id(peer).ok();
+            }
+            Command::Deliver { peer, frame } => {
+                let now = Instant::now();
+                let p = self.peers.entry(peer).or_default();
+                if let Err(refused) = p.outbox.push(frame, &self.policy, now) {
+                    self.shared
+                        .stats
+                        .frames_lost
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, ?refused, "frame refused");
+                }
+                self.pump(peer, now);
+            }
+            Command::Shutdown(done) => self.begin_shutdown(done),
+        }
+    }
+
+    fn begin_shutdown(&mut self, done: oneshot::Sender<()>) {
+        self.publish_deltas();
+        let peers: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.connections > 0 && !p.scopes.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in &peers {
+            let id = self.swarm.behaviour_mut().sync.send_request(
+                peer,
+                SyncRequest::Goodbye {
+                    incarnation: self.incarnation,
+                },
+            );
+            self.sync_out.insert(id, SyncOut::Goodbye);
+        }
+        self.shutdown = Some(Shutdown {
+            done,
+            deadline: Instant::now() + GOODBYE_WAIT,
+            waiting: peers.len(),
+        });
+    }
+
+    fn goodbye_answered(&mut self) {
+        if let Some(s) = &mut self.shutdown {
+            s.waiting = s.waiting.saturating_sub(1);
+        }
+    }
+
+    // ------------------------------------------------------------------ deltas
+
+    fn publish_deltas(&mut self) {
+        for i in 0..self.scopes.len() {
+            let deltas = self.scopes[i].scope.with_core(|c| c.take_deltas());
+            for delta in deltas {
+                let mut data = Vec::new();
+                if let Err(e) = ciborium::into_writer(&delta, &mut data) {
+                    tracing::error!(error = %e, "cannot encode a delta");
+                    continue;
+                }
+                let topic = self.scopes[i].topic.clone();
+                match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
+                    Ok(_) => {
+                        self.shared
+                            .stats
+                            .deltas_published
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Peers that miss it see the gap or a newer version and pull a sync.
+                    Err(e) => {
+                        tracing::debug!(scope = %self.scopes[i].scope.id, seq = delta.seq, error = %e, "delta not published")
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_gossip_message(
+        &mut self,
+        propagation_source: PeerId,
+        id: gossipsub::MessageId,
+        message: gossipsub::Message,
+    ) {
+        let acceptance = self.accept_delta(&message);
+        if acceptance == MessageAcceptance::Reject {
+            self.shared
+                .stats
+                .deltas_rejected
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &propagation_source, acceptance);
+    }
+
+    fn accept_delta(&mut self, message: &gossipsub::Message) -> MessageAcceptance {
+        let Some(&scope) = self.by_topic.get(&message.topic) else {
+            return MessageAcceptance::Ignore;
+        };
+        let Some(source) = message.source else {
+            return MessageAcceptance::Reject;
+        };
+        let delta: Delta = match ciborium::from_reader(&message.data[..]) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(%source, error = %e, "malformed delta");
+                self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                return MessageAcceptance::Reject;
+            }
+        };
+        let now = self.now();
+        let result = self.scopes[scope]
+            .scope
+            .with_core(|c| c.handle_delta(source, delta, now));
+        match result {
+            Ok(_) => {
+                self.note_sharing(source, scope);
+                self.drain_outputs(scope);
+                MessageAcceptance::Accept
+            }
+            Err(rejection) => {
+                tracing::warn!(%source, scope = %self.scopes[scope].scope.id, %rejection, "delta rejected");
+                MessageAcceptance::Reject
+            }
+        }
+    }
+
+    /// Sends the requests the core asked for.
+    fn drain_outputs(&mut self, scope: usize) {
+        while let Some(output) = self.scopes[scope].scope.with_core(|c| c.poll_output()) {
+            match output {
+                Output::RequestSync { peer } => self.request_sync(peer, scope, 0, None),
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ sync protocol
+
+    fn request_sync(&mut self, peer: PeerId, scope: usize, page: u32, version: Option<Version>) {
+        if !self.swarm.is_connected(&peer) {
+            let now = self.now();
+            self.scopes[scope]
+                .scope
+                .with_core(|c| c.sync_failed(peer, now));
+            return;
+        }
+        let request = SyncRequest::Sync {
+            scope: self.scopes[scope].scope.id.to_string(),
+            page,
+            version,
+        };
+        let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
+        self.sync_out.insert(id, SyncOut::Sync { peer, scope });
+    }
+
+    fn my_versions(&self, only: Option<usize>) -> Vec<(String, Version)> {
+        self.scopes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| only.is_none_or(|o| o == *i))
+            .map(|(_, s)| (s.scope.id.to_string(), s.scope.with_core(|c| c.version())))
+            .collect()
+    }
+
+    fn send_discover(&mut self, peer: PeerId, only: Option<usize>) {
+        let scopes = self.my_versions(only);
+        if scopes.is_empty() {
+            return;
+        }
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .sync
+            .send_request(&peer, SyncRequest::Discover { scopes });
+        self.sync_out.insert(id, SyncOut::Discover);
+        self.discovers_in_flight += 1;
+    }
+
+    fn pump_discovers(&mut self) {
+        while self.discovers_in_flight < MAX_DISCOVERS_IN_FLIGHT {
+            let Some(peer) = self.discover_queue.pop_front() else {
+                break;
+            };
+            if self.swarm.is_connected(&peer) {
+                self.send_discover(peer, None);
+            }
+        }
+    }
+
+    /// The peer told us its versions: remember that it hosts those scopes, pull what differs.
+    fn on_peer_versions(&mut self, peer: PeerId, versions: Vec<(String, Version)>) {
+        let now = self.now();
+        for (id, version) in versions {
+            let Some(&scope) = self.by_id.get(&id) else {
+                continue;
+            };
+            self.note_sharing(peer, scope);
+            self.scopes[scope]
+                .scope
+                .with_core(|c| c.handle_peer_version(peer, version, now));
+            self.drain_outputs(scope);
+        }
+    }
+
+    /// `peer` hosts `scope`: keep its connections, publish our changes for it.
+    fn note_sharing(&mut self, peer: PeerId, scope: usize) {
+        if peer == self.me {
+            return;
+        }
+        let p = self.peers.entry(peer).or_default();
+        if p.scopes.insert(scope) {
+            self.scopes[scope].peers.push(peer);
+            self.swarm.behaviour_mut().keep_alive.set(peer, true);
+            self.scopes[scope].scope.with_core(|c| {
+                if !c.is_publishing() {
+                    c.set_publishing(true);
+                }
+            });
+        }
+    }
+
+    fn on_sync_event(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => self.on_sync_request(peer, request, channel),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => self.on_sync_response(peer, request_id, response),
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                self.shared
+                    .stats
+                    .requests_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, %error, "sync request failed");
+                match self.sync_out.remove(&request_id) {
+                    Some(SyncOut::Discover) => {
+                        self.discovers_in_flight = self.discovers_in_flight.saturating_sub(1);
+                        self.pump_discovers();
+                    }
+                    Some(SyncOut::Sync { peer, scope }) => {
+                        self.partial_syncs.remove(&(peer, scope));
+                        let now = self.now();
+                        self.scopes[scope]
+                            .scope
+                            .with_core(|c| c.sync_failed(peer, now));
+                    }
+                    Some(SyncOut::Goodbye) => self.goodbye_answered(),
+                    None => {}
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                if matches!(error, request_response::InboundFailure::Io(_)) {
+                    self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::debug!(%peer, %error, "inbound sync request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn respond(&mut self, channel: ResponseChannel<SyncResponse>, response: SyncResponse) {
+        if self
+            .swarm
+            .behaviour_mut()
+            .sync
+            .send_response(channel, response)
+            .is_err()
+        {
+            tracing::debug!("sync response not sent: the connection closed");
+        }
+    }
+
+    fn on_sync_request(
+        &mut self,
+        peer: PeerId,
+        request: SyncRequest,
+        channel: ResponseChannel<SyncResponse>,
+    ) {
+        match request {
+            SyncRequest::Discover { scopes } => {
+                let shared: Vec<usize> = scopes
+                    .iter()
+                    .filter_map(|(id, _)| self.by_id.get(id).copied())
+                    .collect();
+                self.on_peer_versions(peer, scopes);
+                let mut mine = Vec::new();
+                for i in shared {
+                    mine.extend(self.my_versions(Some(i)));
+                }
+                self.respond(channel, SyncResponse::Discover { scopes: mine });
+            }
+            SyncRequest::Sync {
+                scope,
+                page,
+                version,
+            } => {
+                let response = self.serve_sync(peer, &scope, page, version);
+                self.respond(channel, response);
+            }
+            SyncRequest::Goodbye { incarnation } => {
+                for i in 0..self.scopes.len() {
+                    let leaving = self.scopes[i].scope.with_core(|c| {
+                        let same = c
+                            .applied_version(&peer)
+                            .is_none_or(|v| v.incarnation == incarnation);
+                        if same {
+                            c.peer_down(peer);
+                        }
+                        same
+                    });
+                    if leaving && let Some(p) = self.peers.get_mut(&peer) {
+                        p.purged.insert(i);
+                    }
+                }
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    // It left on purpose: do not dial it again.
+                    p.forgotten = true;
+                    p.redial = None;
+                }
+                self.respond(channel, SyncResponse::Ack);
+            }
+        }
+    }
+
+    fn serve_sync(
+        &mut self,
+        peer: PeerId,
+        scope_id: &str,
+        page: u32,
+        version: Option<Version>,
+    ) -> SyncResponse {
+        let Some(&scope) = self.by_id.get(scope_id) else {
+            return SyncResponse::Refused {
+                reason: format!("scope {scope_id:?} is not hosted here"),
+            };
+        };
+        self.note_sharing(peer, scope);
+        self.shared
+            .stats
+            .syncs_served
+            .fetch_add(1, Ordering::Relaxed);
+        if page == 0 {
+            let state = self.scopes[scope].scope.with_core(|c| c.sync_state());
+            let pages = paginate(state.groups, self.page_bytes);
+            let count = pages.len() as u32;
+            let mut pages = pages.into_iter();
+            let first = pages.next().unwrap_or_default();
+            let rest: Vec<Vec<SyncGroup>> = pages.collect();
+            if !rest.is_empty() {
+                // Keep the later pages: they must come from the same state as the first.
+                let mut all = vec![Vec::new()];
+                all.extend(rest);
+                self.served_pages.insert(
+                    (peer, scope),
+                    ServedPages {
+                        version: state.version,
+                        pages: all,
+                        at: Instant::now(),
+                    },
+                );
+            }
+            return SyncResponse::Page {
+                scope: scope_id.to_owned(),
+                version: state.version,
+                page: 0,
+                pages: count,
+                groups: first,
+            };
+        }
+        let Some(served) = self.served_pages.get_mut(&(peer, scope)) else {
+            return SyncResponse::Refused {
+                reason: "pages expired".into(),
+            };
+        };
+        if Some(served.version) != version || page as usize >= served.pages.len() {
+            return SyncResponse::Refused {
+                reason: "no such page of that version".into(),
+            };
+        }
+        let version = served.version;
+        let pages = served.pages.len() as u32;
+        let groups = std::mem::take(&mut served.pages[page as usize]);
+        if page + 1 == pages {
+            self.served_pages.remove(&(peer, scope));
+        }
+        SyncResponse::Page {
+            scope: scope_id.to_owned(),
+            version,
+            page,
+            pages,
+            groups,
+        }
+    }
+
+    fn on_sync_response(&mut self, peer: PeerId, id: OutboundRequestId, response: SyncResponse) {
+        let Some(out) = self.sync_out.remove(&id) else {
+            return;
+        };
+        match (out, response) {
+            (SyncOut::Discover, SyncResponse::Discover { scopes }) => {
+                self.discovers_in_flight = self.discovers_in_flight.saturating_sub(1);
+                self.on_peer_versions(peer, scopes);
+                self.pump_discovers();
+            }
+            (
+                SyncOut::Sync { scope, .. },
+                SyncResponse::Page {
+                    scope: scope_id,
+                    version,
+                    page,
+                    pages,
+                    groups,
+                },
+            ) if self.scopes[scope].scope.id.as_ref() == scope_id => {
+                self.on_sync_page(peer, scope, version, page, pages, groups);
+            }
+            (SyncOut::Goodbye, _) => self.goodbye_answered(),
+            (SyncOut::Discover, other) => {
+                self.discovers_in_flight = self.discovers_in_flight.saturating_sub(1);
+                tracing::debug!(%peer, ?other, "unexpected answer to Discover");
+            }
+            (SyncOut::Sync { scope, .. }, other) => {
+                tracing::debug!(%peer, ?other, "sync refused or unexpected");
+                self.partial_syncs.remove(&(peer, scope));
+                let now = self.now();
+                self.scopes[scope]
+                    .scope
+                    .with_core(|c| c.sync_failed(peer, now));
+            }
+        }
+    }
+
+    fn on_sync_page(
+        &mut self,
+        peer: PeerId,
+        scope: usize,
+        version: Version,
+        page: u32,
+        pages: u32,
+        groups: Vec<SyncGroup>,
+    ) {
+        let now = self.now();
+        let key = (peer, scope);
+        let complete = if page == 0 {
+            if pages <= 1 {
+                Some(groups)
+            } else {
+                self.partial_syncs.insert(
+                    key,
+                    PartialSync {
+                        version,
+                        pages,
+                        groups,
+                    },
+                );
+                None
+            }
+        } else {
+            match self.partial_syncs.get_mut(&key) {
+                Some(p) if p.version == version && p.pages == pages => {
+                    for g in groups {
+                        // A group too big for one page continues on the next.
+                        match p.groups.last_mut() {
+                            Some(last) if last.name == g.name => last.members.extend(g.members),
+                            _ => p.groups.push(g),
+                        }
+                    }
+                    if page + 1 == pages {
+                        self.partial_syncs.remove(&key).map(|p| p.groups)
+                    } else {
+                        None
+                    }
+                }
+                _ => {
+                    self.partial_syncs.remove(&key);
+                    self.scopes[scope]
+                        .scope
+                        .with_core(|c| c.sync_failed(peer, now));
+                    return;
+                }
+            }
+        };
+        match complete {
+            None => self.request_sync(peer, scope, page + 1, Some(version)),
+            Some(groups) => {
+                let state = SyncState {
+                    origin: peer,
+                    version,
+                    groups,
+                };
+                let result = self.scopes[scope]
+                    .scope
+                    .with_core(|c| c.handle_sync(peer, state, now));
+                if let Err(rejection) = result {
+                    tracing::warn!(%peer, %rejection, "sync rejected");
+                }
+                self.drain_outputs(scope);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ delivery
+
+    fn pump(&mut self, peer: PeerId, now: Instant) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        while let Some(send) = p.outbox.poll_send(&self.policy, now) {
+            self.shared
+                .stats
+                .frames_sent
+                .fetch_add(send.frames.len() as u64, Ordering::Relaxed);
+            let batch = DeliverBatch {
+                incarnation: self.incarnation,
+                seq: send.seq,
+                frames: send.frames,
+            };
+            let id = self
+                .swarm
+                .behaviour_mut()
+                .deliver
+                .send_request(&peer, batch);
+            self.deliver_out.insert(id, (peer, send.seq));
+        }
+    }
+
+    fn on_deliver_event(&mut self, event: request_response::Event<DeliverBatch, DeliverAck>) {
+        let now = Instant::now();
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let seq = request.seq;
+                    self.on_batch(peer, request);
+                    if self
+                        .swarm
+                        .behaviour_mut()
+                        .deliver
+                        .send_response(channel, DeliverAck { seq })
+                        .is_err()
+                    {
+                        tracing::debug!(%peer, "delivery ack not sent: the connection closed");
+                    }
+                }
+                request_response::Message::Response { request_id, .. } => {
+                    if let Some((peer, seq)) = self.deliver_out.remove(&request_id)
+                        && let Some(p) = self.peers.get_mut(&peer)
+                    {
+                        p.outbox.on_success(seq);
+                        self.pump(peer, now);
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some((peer, seq)) = self.deliver_out.remove(&request_id)
+                    && let Some(p) = self.peers.get_mut(&peer)
+                {
+                    tracing::debug!(%peer, seq, %error, "delivery batch failed");
+                    if let Some(lost) = p.outbox.on_failure(seq, &self.policy, now) {
+                        self.shared
+                            .stats
+                            .frames_lost
+                            .fetch_add(lost as u64, Ordering::Relaxed);
+                        tracing::warn!(%peer, lost, "delivery given up");
+                    }
+                    self.pump(peer, now);
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                if matches!(error, request_response::InboundFailure::Io(_)) {
+                    self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::debug!(%peer, %error, "inbound delivery failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// Delivers a batch once: a retried batch (same incarnation, a sequence already seen) is
+    /// acknowledged again but not delivered again.
+    fn on_batch(&mut self, peer: PeerId, batch: DeliverBatch) {
+        if let Some(&(incarnation, last)) = self.received.get(&peer)
+            && incarnation == batch.incarnation
+            && batch.seq <= last
+        {
+            self.shared
+                .stats
+                .batches_duplicate
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.received.insert(peer, (batch.incarnation, batch.seq));
+        let processes = self.processes.read().unwrap_or_else(|e| e.into_inner());
+        let mut count = 0;
+        for frame in batch.frames {
+            let message =
+                Message::new_shared(Pid::new(peer, frame.from), frame.topic, frame.payload);
+            for id in frame.targets.iter() {
+                if let Some(p) = processes.get(id) {
+                    p.deliver(message.clone());
+                }
+                count += 1;
+            }
+        }
+        self.shared
+            .stats
+            .frames_received
+            .fetch_add(count, Ordering::Relaxed);
+    }
+
+    // ------------------------------------------------------------------ swarm events
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                endpoint,
+                ..
+            } => {
+                let p = self.peers.entry(peer_id).or_default();
+                p.connections = num_established.get() as usize;
+                if endpoint.is_dialer() {
+                    p.remember(endpoint.get_remote_address().clone());
+                }
+                if p.connections == 1 {
+                    p.down_since = None;
+                    p.purged.clear();
+                    p.redial = None;
+                    p.forgotten = false;
+                    self.shared
+                        .connected
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(peer_id);
+                    self.discover_queue.push_back(peer_id);
+                    self.pump_discovers();
+                    if self.kad_enabled && self.kad_next.is_none() {
+                        self.kad_next = Some(Instant::now() + KAD_FIRST);
+                    }
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established == 0 {
+                    let p = self.peers.entry(peer_id).or_default();
+                    p.connections = 0;
+                    p.down_since = Some(Instant::now());
+                    if !p.scopes.is_empty() && !p.forgotten {
+                        p.redial = Some((Instant::now() + REDIAL_FIRST, REDIAL_FIRST, 0));
+                    }
+                    self.shared
+                        .connected
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&peer_id);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "dial failed");
+                if let Some(p) = self.peers.get_mut(&peer)
+                    && p.connections == 0
+                    && !p.forgotten
+                {
+                    let (_, backoff, attempts) =
+                        p.redial.unwrap_or((Instant::now(), REDIAL_FIRST / 2, 0));
+                    if attempts < MAX_REDIALS {
+                        let backoff = (backoff * 2).min(REDIAL_MAX);
+                        p.redial = Some((Instant::now() + backoff, backoff, attempts + 1));
+                    } else {
+                        p.redial = None;
+                    }
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let mut addrs = self
+                    .shared
+                    .listen_addrs
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner());
+                if !addrs.contains(&address) {
+                    addrs.push(address);
+                }
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.shared
+                    .listen_addrs
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|a| *a != address);
+            }
+            other => tracing::trace!(?other, "swarm event"),
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => self.on_gossip_message(propagation_source, message_id, message),
+            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic }) => {
+                // From now on our deltas reach it; ask for versions once more in case one
+                // was published between its sync and its subscription.
+                if let Some(&scope) = self.by_topic.get(&topic) {
+                    self.note_sharing(peer_id, scope);
+                    self.send_discover(peer_id, Some(scope));
+                }
+            }
+            BehaviourEvent::Gossipsub(_) => {}
+            BehaviourEvent::Sync(event) => self.on_sync_event(event),
+            BehaviourEvent::Deliver(event) => self.on_deliver_event(event),
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+                for (peer, addr) in found {
+                    by_peer.entry(peer).or_default().push(addr);
+                }
+                for (peer, addrs) in by_peer {
+                    if peer == self.me {
+                        continue;
+                    }
+                    let p = self.peers.entry(peer).or_default();
+                    for a in &addrs {
+                        p.remember(a.clone());
+                    }
+                    if p.connections == 0 {
+                        // Both sides discover each other at once: a fresh port for the
+                        // outgoing socket, so the two dials cannot collide on one TCP
+                        // connection (DESIGN section 4).
+                        let opts = DialOpts::peer_id(peer)
+                            .addresses(addrs)
+                            .allocate_new_port()
+                            .build();
+                        if let Err(e) = self.swarm.dial(opts) {
+                            tracing::debug!(%peer, error = %e, "mdns dial");
+                        }
+                    }
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
+            BehaviourEvent::Kad(event) => self.on_kad_event(event),
+            BehaviourEvent::Identify(event) => {
+                if let identify::Event::Received { peer_id, info, .. } = *event {
+                    let speaks_kad = info
+                        .protocols
+                        .iter()
+                        .any(|p| p.as_ref() == "/ipfs/kad/1.0.0");
+                    let p = self.peers.entry(peer_id).or_default();
+                    for addr in info.listen_addrs.into_iter().take(MAX_ADDRS) {
+                        p.remember(addr.clone());
+                        if speaks_kad {
+                            self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                        }
+                    }
+                }
+            }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(error),
+            }) => {
+                tracing::debug!(%peer, %error, "ping failed: closing the connection");
+                self.swarm.close_connection(connection);
+            }
+            BehaviourEvent::Ping(_) => {}
+        }
+    }
+
+    fn on_kad_event(&mut self, event: kad::Event) {
+        if let kad::Event::OutboundQueryProgressed {
+            result:
+                kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                    providers,
+                    ..
+                })),
+            ..
+        } = event
+        {
+            for peer in providers {
+                if peer != self.me && !self.swarm.is_connected(&peer) {
+                    // The query is still running: Kademlia supplies the addresses it learnt.
+                    if let Err(e) = self.swarm.dial(DialOpts::peer_id(peer).build()) {
+                        tracing::debug!(%peer, error = %e, "provider dial");
+                    }
+                }
+            }
+        }
+    }
+
+    fn kad_round(&mut self) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if kad.bootstrap().is_err() {
+            return; // no known peer yet
+        }
+        for s in &self.scopes {
+            if let Err(e) = kad.start_providing(s.key.clone()) {
+                tracing::warn!(scope = %s.scope.id, error = %e, "cannot provide");
+            }
+            kad.get_providers(s.key.clone());
+        }
+    }
+
+    // ------------------------------------------------------------------ timers
+
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        let core_now = self.now();
+        for i in 0..self.scopes.len() {
+            self.scopes[i].scope.with_core(|c| c.tick(core_now));
+            self.drain_outputs(i);
+            self.anti_entropy(i, now);
+        }
+        self.watch_origins(now);
+        self.node_down(now);
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.outbox.next_due().is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in due {
+            self.pump(peer, now);
+        }
+        self.redials(now);
+        let ttl = self.policy.timeout.max(Duration::from_secs(5)) * 2;
+        self.served_pages
+            .retain(|_, s| now.duration_since(s.at) < ttl);
+        if self.kad_enabled && self.kad_next.is_some_and(|t| t <= now) {
+            self.kad_round();
+            self.kad_interval = (self.kad_interval * 2).min(KAD_MAX);
+            self.kad_next = Some(now + self.kad_interval);
+        }
+    }
+
+    fn anti_entropy(&mut self, scope: usize, now: Instant) {
+        let s = &mut self.scopes[scope];
+        let (Some(next), Some(interval)) =
+            (s.next_anti_entropy, s.scope.config.anti_entropy_interval())
+        else {
+            return;
+        };
+        if now < next {
+            return;
+        }
+        s.next_anti_entropy = Some(now + interval);
+        let connected: Vec<PeerId> = s
+            .peers
+            .iter()
+            .filter(|p| self.peers.get(p).is_some_and(|p| p.connections > 0))
+            .copied()
+            .collect();
+        if connected.is_empty() {
+            return;
+        }
+        s.cursor = (s.cursor + 1) % connected.len();
+        let peer = connected[s.cursor];
+        self.send_discover(peer, Some(scope));
+    }
+
+    /// Origins whose members we hold but to which we have no connection (their deltas came
+    /// through other peers) are unreachable too: start their grace period and try to reach
+    /// them.
+    fn watch_origins(&mut self, now: Instant) {
+        for i in 0..self.scopes.len() {
+            let origins: Vec<PeerId> = self.scopes[i]
+                .scope
+                .with_core(|c| c.live_origins().collect());
+            for origin in origins {
+                let p = self.peers.entry(origin).or_default();
+                p.scopes.insert(i);
+                if p.connections == 0 && p.down_since.is_none() {
+                    p.down_since = Some(now);
+                    if !p.forgotten && p.redial.is_none() {
+                        p.redial = Some((now, REDIAL_FIRST, 0));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Purges the members of peers unreachable for longer than each scope's grace period.
+    fn node_down(&mut self, now: Instant) {
+        let mut purge = Vec::new();
+        for (peer, p) in &mut self.peers {
+            let Some(since) = p.down_since else { continue };
+            for &i in &p.scopes {
+                if !p.purged.contains(&i)
+                    && now.duration_since(since) >= self.scopes[i].scope.config.node_down_grace()
+                {
+                    purge.push((*peer, i));
+                }
+            }
+            for (_, i) in purge.iter().filter(|(q, _)| q == peer) {
+                p.purged.insert(*i);
+            }
+        }
+        for (peer, i) in purge {
+            tracing::info!(%peer, scope = %self.scopes[i].scope.id, "node down: purging its members");
+            self.scopes[i].scope.with_core(|c| c.peer_down(peer));
+            self.partial_syncs.remove(&(peer, i));
+        }
+    }
+
+    fn redials(&mut self, now: Instant) {
+        let due: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .peers
+            .iter_mut()
+            .filter(|(_, p)| p.connections == 0 && !p.forgotten)
+            .filter_map(|(id, p)| match p.redial {
+                Some((at, backoff, attempts)) if at <= now => {
+                    // Until the dial reports back, wait as if it failed.
+                    p.redial = Some((now + backoff.max(REDIAL_FIRST) * 4, backoff, attempts));
+                    Some((*id, p.addrs.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        for (peer, addrs) in due {
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .allocate_new_port()
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, error = %e, "redial");
+            }
+        }
+    }
+}
+
+/// Cuts a state into pages of about `page_bytes` each (a group is never split unless it alone
+/// is bigger, in which case its members are). Always at least one page.
+fn paginate(groups: Vec<SyncGroup>, page_bytes: usize) -> Vec<Vec<SyncGroup>> {
+    const MEMBER_BYTES: usize = 14;
+    let mut pages = vec![Vec::new()];
+    let mut size = 0;
+    for group in groups {
+        let per_member_cap = (page_bytes / MEMBER_BYTES).max(1);
+        let chunks: Vec<Vec<(u64, u32)>> = if group.members.len() > per_member_cap {
+            group
+                .members
+                .chunks(per_member_cap)
+                .map(<[_]>::to_vec)
+                .collect()
+        } else {
+            vec![group.members]
+        };
+        for members in chunks {
+            let bytes = 16 + group.name.len() + MEMBER_BYTES * members.len();
+            if size + bytes > page_bytes && !pages.last().is_some_and(Vec::is_empty) {
+                pages.push(Vec::new());
+                size = 0;
+            }
+            size += bytes;
+            if let Some(page) = pages.last_mut() {
+                page.push(SyncGroup {
+                    name: group.name.clone(),
+                    members,
+                });
+            }
+        }
+    }
+    pages
+}
