@@ -70,8 +70,8 @@ pub use instance::{GroupNames, Instance};
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-/// Re-exported so that users name the same `PeerId` and `Keypair` types.
-pub use libp2p::{PeerId, identity::Keypair};
+/// Re-exported so that users name the same libp2p types (`PeerId`, `Keypair`, `Multiaddr`).
+pub use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr};
 pub use members::Members;
 pub use node::{DEFAULT_MAILBOX_CAPACITY, Node, NodeBuilder};
 pub use pid::{ParsePidError, Pid};
