@@ -188,6 +188,12 @@ impl Instance {
     /// Each recipient gets it in its inbox for `topic`, or counts it as dropped (see
     /// [`Process::listen`](crate::Process::listen)). Messages from one process to another
     /// arrive in the order sent.
+    ///
+    /// Local slots are served in place. Each other node with members gets one frame (the
+    /// payload and its slots) through its outbox: batched, retried and guarded by a circuit
+    /// breaker per the scope's delivery settings; what cannot be delivered is lost and
+    /// counted by this node, and the call does not wait. When 65 536 frames already wait for
+    /// the network, the broadcast is `Unavailable` and delivers nothing.
     pub fn broadcast<T: Serialize + ?Sized>(
         &self,
         group: &str,
@@ -225,6 +231,9 @@ impl Instance {
         }
         if all.is_empty() {
             return Ok(0);
+        }
+        if all.len() > local.len() {
+            self.node.check_network_room()?;
         }
         let message = Message::new(self.process.pid, topic, encode_payload(payload)?);
         self.node.deliver_local_slots(local, &message);

@@ -27,7 +27,7 @@ use crate::behaviour::{
     Behaviour, BehaviourConfig, BehaviourEvent, scope_provider_key, scope_topic,
 };
 use crate::error::{Error, Result};
-use crate::outbox::{DeliveryPolicy, Outbox};
+use crate::outbox::{DeliveryPolicy, MAX_QUEUED_FRAMES, Outbox};
 use crate::process::{Message, ProcessTable};
 use crate::proto::messages::{Delta, SyncGroup, SyncState, Version};
 use crate::proto::state::Output;
@@ -79,6 +79,8 @@ pub(crate) struct NetStats {
 /// What the application's threads can read of the task's state.
 #[derive(Default)]
 pub(crate) struct NetShared {
+    /// Frames handed to the task and not yet acknowledged, given up or refused.
+    pub queued_frames: std::sync::atomic::AtomicUsize,
     pub listen_addrs: RwLock<Vec<Multiaddr>>,
     pub connected: RwLock<HashSet<PeerId>>,
     pub stats: NetStats,
@@ -113,7 +115,26 @@ impl NetHandle {
         self.send(Command::Disconnect(peer))
     }
 
+    /// `Unavailable` when [`MAX_QUEUED_FRAMES`] frames wait already.
+    pub(crate) fn check_room(&self) -> Result<()> {
+        let queued = self.shared.queued_frames.load(Ordering::Relaxed);
+        if queued >= MAX_QUEUED_FRAMES {
+            return Err(Error::Unavailable {
+                reason: format!("{queued} messages wait for the network"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Queues a frame, or refuses it at once when [`MAX_QUEUED_FRAMES`] wait already.
     pub(crate) fn deliver(&self, peer: PeerId, frame: Frame) -> Result<()> {
+        let queued = self.shared.queued_frames.fetch_add(1, Ordering::Relaxed);
+        if queued >= MAX_QUEUED_FRAMES {
+            self.shared.queued_frames.fetch_sub(1, Ordering::Relaxed);
+            return Err(Error::Unavailable {
+                reason: format!("{queued} messages wait for the network"),
+            });
+        }
         self.send(Command::Deliver { peer, frame })
     }
 
@@ -1021,7 +1042,8 @@ impl Net {
                     if let Some((peer, seq)) = self.deliver_out.remove(&request_id)
                         && let Some(p) = self.peers.get_mut(&peer)
                     {
-                        p.outbox.on_success(seq);
+                        let done = p.outbox.on_success(seq);
+                        self.shared.queued_frames.fetch_sub(done, Ordering::Relaxed);
                         self.pump(peer, now);
                     }
                 }
@@ -1034,6 +1056,7 @@ impl Net {
                 {
                     tracing::debug!(%peer, seq, %error, "delivery batch failed");
                     if let Some(lost) = p.outbox.on_failure(seq, &self.policy, now) {
+                        self.shared.queued_frames.fetch_sub(lost, Ordering::Relaxed);
                         self.shared
                             .stats
                             .frames_lost

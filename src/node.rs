@@ -431,6 +431,11 @@ impl NodeShared {
         }
     }
 
+    /// `Unavailable` when too many messages wait for the network already.
+    pub(crate) fn check_network_room(&self) -> Result<()> {
+        self.net.check_room()
+    }
+
     /// Queues a frame for processes of another node.
     pub(crate) fn deliver_remote(&self, peer: PeerId, frame: Frame) -> Result<()> {
         self.net.deliver(peer, frame)

@@ -14,6 +14,12 @@ use std::time::{Duration, Instant};
 
 use crate::wire::Frame;
 
+/// Frames waiting for the network on one node (all peers together) beyond which `broadcast`
+/// and `send` to other nodes are `Unavailable` at once: a frame is a few handles (the payload
+/// is shared), so this bounds memory to a few MiB plus the payloads, and no loop of sends
+/// outruns the network unnoticed.
+pub const MAX_QUEUED_FRAMES: usize = 65_536;
+
 /// How the node retries and when it stops trying a peer. Built from the scopes' settings (see
 /// [`DeliveryPolicy::from_scopes`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +55,7 @@ impl DeliveryPolicy {
             retry_max_delay: first.retry_max_delay(),
             breaker_failures: first.circuit_breaker_failures(),
             breaker_reset: first.circuit_breaker_reset_time(),
-            max_queued_frames: first.action_queue_max_size().max(1),
+            max_queued_frames: MAX_QUEUED_FRAMES,
             max_batch_bytes,
         };
         for s in scopes {
@@ -59,7 +65,6 @@ impl DeliveryPolicy {
             p.retry_max_delay = p.retry_max_delay.max(s.retry_max_delay());
             p.breaker_failures = p.breaker_failures.min(s.circuit_breaker_failures());
             p.breaker_reset = p.breaker_reset.max(s.circuit_breaker_reset_time());
-            p.max_queued_frames = p.max_queued_frames.max(s.action_queue_max_size());
         }
         p
     }
@@ -254,11 +259,15 @@ impl Outbox {
         Some(Send { seq, frames })
     }
 
-    /// The batch `seq` was acknowledged.
-    pub(crate) fn on_success(&mut self, seq: u64) {
-        if let Some(f) = self.in_flight.take_if(|f| f.seq == seq) {
-            self.stats.frames_delivered += f.frames.len() as u64;
-            self.breaker = Breaker::Closed { failures: 0 };
+    /// The batch `seq` was acknowledged; returns the number of frames it carried.
+    pub(crate) fn on_success(&mut self, seq: u64) -> usize {
+        match self.in_flight.take_if(|f| f.seq == seq) {
+            Some(f) => {
+                self.stats.frames_delivered += f.frames.len() as u64;
+                self.breaker = Breaker::Closed { failures: 0 };
+                f.frames.len()
+            }
+            None => 0,
         }
     }
 
