@@ -61,6 +61,34 @@ impl Default for BehaviourConfig {
     }
 }
 
+impl BehaviourConfig {
+    /// Checks the caps and timers; [`NodeBuilder::build`](crate::NodeBuilder::build) calls it.
+    pub fn validate(&self) -> Result<(), crate::ConfigError> {
+        let invalid = |field: &'static str, reason: &str| {
+            Err(crate::ConfigError::InvalidField {
+                field,
+                reason: reason.into(),
+            })
+        };
+        if self.max_transmit_size < 64 * 1024 {
+            return invalid(
+                "max_transmit_size",
+                "must be at least 64 KiB: deltas are cut at 60 KiB",
+            );
+        }
+        if self.max_request_bytes < 1024 {
+            return invalid("max_request_bytes", "must be at least 1024 bytes");
+        }
+        if self.max_response_bytes < 1024 {
+            return invalid("max_response_bytes", "must be at least 1024 bytes");
+        }
+        if self.ping_interval.is_zero() || self.ping_timeout.is_zero() {
+            return invalid("ping_interval", "ping interval and timeout must be > 0");
+        }
+        Ok(())
+    }
+}
+
 /// Every protocol of a procgroups node, as one [`NetworkBehaviour`]:
 ///
 /// | field | protocol | what for |

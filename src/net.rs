@@ -953,13 +953,7 @@ impl Net {
         } else {
             match self.partial_syncs.get_mut(&key) {
                 Some(p) if p.version == version && p.pages == pages => {
-                    for g in groups {
-                        // A group too big for one page continues on the next.
-                        match p.groups.last_mut() {
-                            Some(last) if last.name == g.name => last.members.extend(g.members),
-                            _ => p.groups.push(g),
-                        }
-                    }
+                    append_page(&mut p.groups, groups);
                     if page + 1 == pages {
                         self.partial_syncs.remove(&key).map(|p| p.groups)
                     } else {
@@ -1436,6 +1430,17 @@ impl Net {
     }
 }
 
+/// Appends a page to the groups of the pages before it: a group too big for one page
+/// continues on the next.
+fn append_page(groups: &mut Vec<SyncGroup>, page: Vec<SyncGroup>) {
+    for g in page {
+        match groups.last_mut() {
+            Some(last) if last.name == g.name => last.members.extend(g.members),
+            _ => groups.push(g),
+        }
+    }
+}
+
 /// Cuts a state into pages of about `page_bytes` each (a group is never split unless it alone
 /// is bigger, in which case its members are). Always at least one page.
 fn paginate(groups: Vec<SyncGroup>, page_bytes: usize) -> Vec<Vec<SyncGroup>> {
@@ -1443,7 +1448,8 @@ fn paginate(groups: Vec<SyncGroup>, page_bytes: usize) -> Vec<Vec<SyncGroup>> {
     let mut pages = vec![Vec::new()];
     let mut size = 0;
     for group in groups {
-        let per_member_cap = (page_bytes / MEMBER_BYTES).max(1);
+        let per_member_cap =
+            (page_bytes.saturating_sub(16 + group.name.len()) / MEMBER_BYTES).max(1);
         let chunks: Vec<Vec<(u64, u32)>> = if group.members.len() > per_member_cap {
             group
                 .members
@@ -1469,4 +1475,44 @@ fn paginate(groups: Vec<SyncGroup>, page_bytes: usize) -> Vec<Vec<SyncGroup>> {
         }
     }
     pages
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(name: &str, members: u64) -> SyncGroup {
+        SyncGroup {
+            name: name.into(),
+            members: (1..=members).map(|id| (id, 1)).collect(),
+        }
+    }
+
+    #[test]
+    fn pages_stay_under_the_size_and_reassemble_to_the_same_state() {
+        let groups: Vec<SyncGroup> = (0..50)
+            .map(|i| group(&format!("g{i}"), i * 7))
+            .chain([group("huge", 5000)])
+            .filter(|g| !g.members.is_empty())
+            .collect();
+        let pages = paginate(groups.clone(), 4096);
+        assert!(pages.len() > 10, "{} pages", pages.len());
+        for page in &pages {
+            let bytes: usize = page
+                .iter()
+                .map(|g| 16 + g.name.len() + 14 * g.members.len())
+                .sum();
+            assert!(bytes <= 4096, "page of {bytes} bytes");
+        }
+        let mut back = Vec::new();
+        for page in pages {
+            append_page(&mut back, page);
+        }
+        assert_eq!(back, groups);
+    }
+
+    #[test]
+    fn an_empty_state_is_one_empty_page() {
+        assert_eq!(paginate(Vec::new(), 4096), vec![Vec::<SyncGroup>::new()]);
+    }
 }

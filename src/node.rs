@@ -33,7 +33,7 @@ pub struct NodeBuilder {
     mailbox_capacity: usize,
     listen: Vec<Multiaddr>,
     bootstrap: Vec<Multiaddr>,
-    mdns: bool,
+    network: BehaviourConfig,
 }
 
 impl NodeBuilder {
@@ -48,7 +48,16 @@ impl NodeBuilder {
     /// Finds peers on the LAN by mDNS (default `true`). mDNS multicasts on every interface:
     /// turn it off wherever that is not wanted (tests, shared hosts).
     pub fn mdns(mut self, on: bool) -> Self {
-        self.mdns = on;
+        self.network.mdns = on;
+        self
+    }
+
+    /// The size caps and timers of the node's protocols (see [`BehaviourConfig`]); replaces
+    /// every field, `mdns` included. The timeouts of requests follow the scopes:
+    /// `sync_timeout` becomes the longest `protocol_timeout` and `deliver_timeout` the longest
+    /// `broadcast_timeout` of the node's scopes.
+    pub fn network_config(mut self, config: BehaviourConfig) -> Self {
+        self.network = config;
         self
     }
 
@@ -135,10 +144,8 @@ impl NodeBuilder {
             ordered.push(scope.clone());
             table.insert(id, scope);
         }
-        let mut behaviour = BehaviourConfig {
-            mdns: self.mdns,
-            ..BehaviourConfig::default()
-        };
+        self.network.validate()?;
+        let mut behaviour = self.network;
         let policy = DeliveryPolicy::from_scopes(
             ordered.iter().map(|s| &s.config),
             behaviour.max_request_bytes / 2,
@@ -234,7 +241,7 @@ impl Node {
             mailbox_capacity: DEFAULT_MAILBOX_CAPACITY,
             listen: Vec::new(),
             bootstrap: Vec::new(),
-            mdns: true,
+            network: BehaviourConfig::default(),
         }
     }
 
