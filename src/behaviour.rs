@@ -1,4 +1,5 @@
-//! The libp2p side of a node: one [`NetworkBehaviour`] composing the protocols procgroups uses.
+//! The libp2p side of a node: [`Behaviour`], the node's network logic as one
+//! [`NetworkBehaviour`], over [`Protocols`], the libp2p protocols it composes.
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use libp2p::{StreamProtocol, gossipsub, identify, kad, mdns, ping, request_respo
 
 use crate::codec::Codec;
 use crate::keep_alive::KeepAlive;
+pub use crate::net::{Behaviour, Event};
 use crate::wire::{
     DELIVER_PROTOCOL, DeliverAck, DeliverBatch, SYNC_PROTOCOL, SyncRequest, SyncResponse,
 };
@@ -21,7 +23,7 @@ pub type DeliverCodec = Codec<DeliverBatch, DeliverAck>;
 /// The identify protocol version procgroups announces.
 pub const IDENTIFY_PROTOCOL: &str = "/procgroups/1";
 
-/// The size caps and timers of a [`Behaviour`]. `Default` gives the values a [`Node`]
+/// The size caps and timers of the [`Protocols`]. `Default` gives the values a [`Node`]
 /// uses unless told otherwise.
 ///
 /// [`Node`]: crate::Node
@@ -102,14 +104,12 @@ impl BehaviourConfig {
 /// | `ping` | ping | liveness: a failed ping closes the connection |
 /// | `keep_alive` | none | keeps connections to peers that share a scope |
 ///
-/// A [`Node`](crate::Node) builds one, runs it in its own swarm and handles its events. To
-/// embed the protocols in an application's own swarm, add this behaviour as a field of the
-/// application's `#[derive(NetworkBehaviour)]` struct; the membership logic that reacts to
-/// its events is the node's, so an embedding application runs a `Node` beside it for the
-/// groups themselves.
+/// [`Behaviour`] drives them: it reacts to their events and decides what they send. They are
+/// public so that an application can read their state (for instance the Kademlia routing
+/// table) through [`Behaviour::protocols`].
 #[derive(NetworkBehaviour)]
-#[behaviour(to_swarm = "BehaviourEvent", prelude = "libp2p::swarm::derive_prelude")]
-pub struct Behaviour {
+#[behaviour(to_swarm = "ProtocolsEvent", prelude = "libp2p::swarm::derive_prelude")]
+pub struct Protocols {
     /// Deltas.
     pub gossipsub: gossipsub::Behaviour,
     /// Discover, Sync, Goodbye.
@@ -128,9 +128,9 @@ pub struct Behaviour {
     pub keep_alive: KeepAlive,
 }
 
-/// An event of one of the protocols of [`Behaviour`].
+/// An event of one of the [`Protocols`].
 #[derive(Debug)]
-pub enum BehaviourEvent {
+pub enum ProtocolsEvent {
     /// From gossipsub.
     Gossipsub(gossipsub::Event),
     /// From the sync protocol.
@@ -149,9 +149,9 @@ pub enum BehaviourEvent {
 
 macro_rules! from_event {
     ($($variant:ident($ty:ty) => $wrap:expr),* $(,)?) => {$(
-        impl From<$ty> for BehaviourEvent {
+        impl From<$ty> for ProtocolsEvent {
             fn from(e: $ty) -> Self {
-                BehaviourEvent::$variant($wrap(e))
+                ProtocolsEvent::$variant($wrap(e))
             }
         }
     )*};
@@ -167,13 +167,13 @@ from_event! {
     Ping(ping::Event) => std::convert::identity,
 }
 
-impl From<std::convert::Infallible> for BehaviourEvent {
+impl From<std::convert::Infallible> for ProtocolsEvent {
     fn from(e: std::convert::Infallible) -> Self {
         match e {}
     }
 }
 
-/// Why a [`Behaviour`] could not be built.
+/// Why the [`Protocols`] could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BehaviourError {
     /// The gossipsub configuration was refused.
@@ -194,8 +194,8 @@ pub fn scope_provider_key(scope: &str) -> kad::RecordKey {
     kad::RecordKey::new(&format!("/procgroups/scope/{scope}/1"))
 }
 
-impl Behaviour {
-    /// The behaviour of a node with identity `keypair`.
+impl Protocols {
+    /// The protocols of a node with identity `keypair`.
     pub fn new(keypair: &Keypair, config: &BehaviourConfig) -> Result<Self, BehaviourError> {
         let peer_id = keypair.public().to_peer_id();
         let gossip_config = gossipsub::ConfigBuilder::default()

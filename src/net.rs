@@ -8,23 +8,30 @@
 //! queued since its last turn as one delta, so changes batch themselves under load.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use futures::task::AtomicWaker;
+use libp2p::core::transport::PortUse;
+use libp2p::core::{ConnectedPoint, Endpoint};
 use libp2p::gossipsub::{self, MessageAcceptance, TopicHash};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
-use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{
+    CloseConnection, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, SwarmEvent,
+    THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns, noise, ping, tcp, yamux};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::Pid;
 use crate::behaviour::{
-    Behaviour, BehaviourConfig, BehaviourEvent, scope_provider_key, scope_topic,
+    BehaviourConfig, Protocols, ProtocolsEvent, scope_provider_key, scope_topic,
 };
 use crate::error::{Error, Result};
 use crate::outbox::{DeliveryPolicy, MAX_QUEUED_FRAMES, Outbox};
@@ -52,17 +59,16 @@ const KAD_MAX: Duration = Duration::from_secs(30);
 /// Addresses remembered per peer for dialing it again.
 const MAX_ADDRS: usize = 8;
 
-/// What the node's builder hands the task.
+/// What the node's builder hands the behaviour.
 pub(crate) struct NetConfig {
     pub keypair: Keypair,
-    pub listen: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
     pub behaviour: BehaviourConfig,
     pub policy: DeliveryPolicy,
     pub incarnation: u64,
 }
 
-/// Counters of the network task, readable from any thread.
+/// Counters of the network side, readable from any thread.
 #[derive(Debug, Default)]
 pub(crate) struct NetStats {
     pub deltas_published: AtomicU64,
@@ -76,14 +82,27 @@ pub(crate) struct NetStats {
     pub malformed: AtomicU64,
 }
 
-/// What the application's threads can read of the task's state.
+/// What the application's threads can read of the behaviour's state, and how they wake it.
 #[derive(Default)]
 pub(crate) struct NetShared {
-    /// Frames handed to the task and not yet acknowledged, given up or refused.
-    pub queued_frames: std::sync::atomic::AtomicUsize,
+    /// Frames handed over and not yet acknowledged, given up or refused.
+    pub queued_frames: AtomicUsize,
     pub listen_addrs: RwLock<Vec<Multiaddr>>,
     pub connected: RwLock<HashSet<PeerId>>,
     pub stats: NetStats,
+    /// Set with [`wake`](Self::wake) when a scope queued a change for the peers.
+    dirty: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl NetShared {
+    /// A local change waits for the peers: the behaviour publishes it at its next turn,
+    /// with whatever else queued meanwhile.
+    pub(crate) fn wake(&self) {
+        if !self.dirty.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
 }
 
 enum Command {
@@ -93,17 +112,19 @@ enum Command {
     Shutdown(oneshot::Sender<()>),
 }
 
-/// The application's side of the task.
+/// The application's side of the behaviour.
 pub(crate) struct NetHandle {
     commands: mpsc::UnboundedSender<Command>,
     pub(crate) shared: Arc<NetShared>,
+    /// The thread that drives the node's own swarm; `None` when the application embeds the
+    /// behaviour in its swarm.
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl NetHandle {
     fn send(&self, command: Command) -> Result<()> {
         self.commands.send(command).map_err(|_| Error::Unavailable {
-            reason: "the node's network task has stopped".into(),
+            reason: "the node's network behaviour has stopped".into(),
         })
     }
 
@@ -138,16 +159,17 @@ impl NetHandle {
         self.send(Command::Deliver { peer, frame })
     }
 
-    /// Says goodbye to the peers and stops the task; returns once it has stopped.
+    /// Says goodbye to the peers and stops the behaviour; returns once it has stopped (and,
+    /// for the node's own swarm, once its thread has ended).
     pub(crate) async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
         if self.send(Command::Shutdown(tx)).is_ok() {
-            // An error means the task ended on its own: nothing left to wait for.
+            // An error means the behaviour is gone already: nothing left to wait for.
             rx.await.ok();
         }
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(thread) = thread {
-            // The task has answered or is gone; joining does not block for long.
+            // The behaviour has stopped, so the thread is ending: joining is short.
             tokio::task::spawn_blocking(move || thread.join())
                 .await
                 .ok();
@@ -155,17 +177,33 @@ impl NetHandle {
     }
 }
 
-/// Starts the task on its own thread and returns once every listener is bound.
-pub(crate) async fn start(
+/// Builds the behaviour and the application's handle on it.
+pub(crate) fn behaviour(
     config: NetConfig,
     scopes: Vec<Arc<Scope>>,
     processes: Arc<ProcessTable>,
-    wake: Arc<Notify>,
-) -> Result<NetHandle> {
+    shared: Arc<NetShared>,
+) -> Result<(Behaviour, NetHandle)> {
     let (commands, command_rx) = mpsc::unbounded_channel();
-    let shared = Arc::new(NetShared::default());
+    let behaviour = Behaviour::new(config, scopes, processes, shared.clone(), command_rx)?;
+    let handle = NetHandle {
+        commands,
+        shared,
+        thread: Mutex::new(None),
+    };
+    Ok((behaviour, handle))
+}
+
+/// Runs `behaviour` in a swarm of its own (TCP and QUIC, noise, yamux) on a dedicated thread
+/// with a `current_thread` runtime, listening on `listen`; returns once every listener is
+/// bound.
+pub(crate) async fn spawn_swarm(
+    keypair: Keypair,
+    behaviour: Behaviour,
+    handle: &NetHandle,
+    listen: Vec<Multiaddr>,
+) -> Result<()> {
     let (ready_tx, ready_rx) = oneshot::channel();
-    let task_shared = shared.clone();
     let thread = std::thread::Builder::new()
         .name("procgroups-net".into())
         .spawn(move || {
@@ -182,31 +220,85 @@ pub(crate) async fn start(
                 }
             };
             runtime.block_on(async move {
-                let net = match Net::new(config, scopes, processes, task_shared).await {
-                    Ok(net) => {
+                let mut swarm = match bind(keypair, behaviour, listen).await {
+                    Ok(swarm) => {
                         ready_tx.send(Ok(())).ok();
-                        net
+                        swarm
                     }
                     Err(e) => {
                         ready_tx.send(Err(e)).ok();
                         return;
                     }
                 };
-                net.run(command_rx, wake).await;
+                loop {
+                    match swarm.select_next_some().await {
+                        SwarmEvent::Behaviour(Event::Stopped) => return,
+                        other => tracing::trace!(?other, "swarm event"),
+                    }
+                }
             });
         })
         .map_err(|e| unavailable(format!("cannot start the network thread: {e}")))?;
+    *handle.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
     match ready_rx.await {
-        Ok(Ok(())) => Ok(NetHandle {
-            commands,
-            shared,
-            thread: Mutex::new(Some(thread)),
-        }),
-        Ok(Err(e)) => Err(e),
+        Ok(result) => result,
         Err(_) => Err(unavailable(
             "the network thread ended while starting".into(),
         )),
     }
+}
+
+/// Builds the node's swarm and waits until every listener has an address.
+async fn bind(
+    keypair: Keypair,
+    behaviour: Behaviour,
+    listen: Vec<Multiaddr>,
+) -> Result<Swarm<Behaviour>> {
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| unavailable(format!("tcp transport: {e}")))?
+        .with_quic()
+        .with_behaviour(|_| behaviour)
+        .map_err(|e| unavailable(format!("behaviour: {e}")))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(10)))
+        .build();
+    let mut listeners = Vec::new();
+    for addr in &listen {
+        let id = swarm
+            .listen_on(addr.clone())
+            .map_err(|e| unavailable(format!("cannot listen on {addr}: {e}")))?;
+        listeners.push(id);
+    }
+    let mut bound: HashSet<_> = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bound.len() < listeners.len() {
+        let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .map_err(|_| unavailable("listeners not bound within 10 s".into()))?;
+        match event {
+            // The behaviour records the address too (for `listen_addrs`).
+            SwarmEvent::NewListenAddr { listener_id, .. } => {
+                bound.insert(listener_id);
+            }
+            SwarmEvent::ListenerClosed {
+                addresses, reason, ..
+            } => {
+                return Err(unavailable(format!(
+                    "listener on {addresses:?} closed: {reason:?}"
+                )));
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                return Err(unavailable(format!("listener error: {error}")));
+            }
+            other => tracing::trace!(?other, "event while binding"),
+        }
+    }
+    Ok(swarm)
 }
 
 fn unavailable(reason: String) -> Error {
@@ -274,8 +366,34 @@ struct Shutdown {
     waiting: usize,
 }
 
-struct Net {
-    swarm: Swarm<Behaviour>,
+/// What a procgroups [`Behaviour`] tells the swarm's owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The node shut down, or every handle on it was dropped: the behaviour does nothing more
+    /// and the swarm may be dropped.
+    Stopped,
+}
+
+/// A procgroups node's network side as one [`NetworkBehaviour`]: the [`Protocols`] and the
+/// logic that drives them (DESIGN section 4: Discover, Sync, deltas, anti-entropy, node-down,
+/// delivery with outboxes and breakers, discovery by mDNS and Kademlia).
+///
+/// [`NodeBuilder::build`](crate::NodeBuilder::build) runs one in a swarm of its own. To run it
+/// in an application's swarm instead (one set of connections for everything),
+/// [`NodeBuilder::build_behaviour`](crate::NodeBuilder::build_behaviour) returns the
+/// [`Node`](crate::Node) and its behaviour: add the behaviour as a field of the application's
+/// `#[derive(NetworkBehaviour)]` and keep polling the swarm. The swarm must run on tokio
+/// (mDNS and the timers use it); its idle-connection timeout does not matter, because the
+/// behaviour keeps the connections to peers that share a scope.
+///
+/// [`Protocols`]: crate::behaviour::Protocols
+pub struct Behaviour {
+    protocols: Protocols,
+    commands: mpsc::UnboundedReceiver<Command>,
+    pending: VecDeque<ToSwarm<Event, THandlerInEvent<Protocols>>>,
+    housekeeping: Option<tokio::time::Interval>,
+    stopped: bool,
     me: PeerId,
     scopes: Vec<ScopeNet>,
     by_topic: HashMap<TopicHash, usize>,
@@ -301,39 +419,24 @@ struct Net {
     shutdown: Option<Shutdown>,
 }
 
-impl Net {
-    async fn new(
+impl Behaviour {
+    fn new(
         config: NetConfig,
         scopes: Vec<Arc<Scope>>,
         processes: Arc<ProcessTable>,
         shared: Arc<NetShared>,
+        commands: mpsc::UnboundedReceiver<Command>,
     ) -> Result<Self> {
-        let behaviour_config = config.behaviour.clone();
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair)
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .map_err(|e| unavailable(format!("tcp transport: {e}")))?
-            .with_quic()
-            .with_behaviour(|key| {
-                Behaviour::new(key, &behaviour_config)
-                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-            })
-            .map_err(|e| unavailable(format!("behaviour: {e}")))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(10)))
-            .build();
-        let me = *swarm.local_peer_id();
+        let mut protocols = Protocols::new(&config.keypair, &config.behaviour)
+            .map_err(|e| unavailable(format!("behaviour: {e}")))?;
+        let me = config.keypair.public().to_peer_id();
         let now = Instant::now();
         let mut by_topic = HashMap::new();
         let mut by_id = HashMap::new();
         let mut nets = Vec::new();
         for (i, scope) in scopes.into_iter().enumerate() {
             let topic = scope_topic(&scope.id);
-            swarm
-                .behaviour_mut()
+            protocols
                 .gossipsub
                 .subscribe(&topic)
                 .map_err(|e| unavailable(format!("gossipsub subscribe: {e}")))?;
@@ -349,47 +452,12 @@ impl Net {
                 cursor: 0,
             });
         }
-        let mut listeners = Vec::new();
-        for addr in &config.listen {
-            let id = swarm
-                .listen_on(addr.clone())
-                .map_err(|e| unavailable(format!("cannot listen on {addr}: {e}")))?;
-            listeners.push(id);
-        }
-        // `build` returns once every listener has an address: the caller may hand them out.
-        let mut bound: HashSet<_> = HashSet::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while bound.len() < listeners.len() {
-            let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
-                .await
-                .map_err(|_| unavailable("listeners not bound within 10 s".into()))?;
-            match event {
-                SwarmEvent::NewListenAddr {
-                    listener_id,
-                    address,
-                } => {
-                    bound.insert(listener_id);
-                    shared
-                        .listen_addrs
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(address);
-                }
-                SwarmEvent::ListenerClosed {
-                    addresses, reason, ..
-                } => {
-                    return Err(unavailable(format!(
-                        "listener on {addresses:?} closed: {reason:?}"
-                    )));
-                }
-                SwarmEvent::ListenerError { error, .. } => {
-                    return Err(unavailable(format!("listener error: {error}")));
-                }
-                other => tracing::trace!(?other, "event while binding"),
-            }
-        }
-        let mut net = Net {
-            swarm,
+        let mut net = Behaviour {
+            protocols,
+            commands,
+            pending: VecDeque::new(),
+            housekeeping: None,
+            stopped: false,
             me,
             scopes: nets,
             by_topic,
@@ -419,53 +487,31 @@ impl Net {
         Ok(net)
     }
 
+    /// The protocols, for inspection (their own state and configuration).
+    pub fn protocols(&self) -> &Protocols {
+        &self.protocols
+    }
+
+    fn is_connected(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.connections > 0)
+    }
+
     fn bootstrap(&mut self, addr: Multiaddr) {
         if let Some(Protocol::P2p(peer)) = addr.iter().last() {
-            self.swarm
-                .behaviour_mut()
-                .kad
-                .add_address(&peer, addr.clone());
+            self.protocols.kad.add_address(&peer, addr.clone());
             self.peers.entry(peer).or_default().remember(addr.clone());
         }
         self.dial(addr);
     }
 
     fn dial(&mut self, addr: Multiaddr) {
-        if let Err(e) = self.swarm.dial(addr.clone()) {
-            tracing::warn!(%addr, error = %e, "dial failed");
-        }
+        self.pending.push_back(ToSwarm::Dial {
+            opts: DialOpts::from(addr),
+        });
     }
 
     fn now(&self) -> Duration {
         self.start.elapsed()
-    }
-
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, wake: Arc<Notify>) {
-        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
-        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                command = commands.recv() => match command {
-                    Some(command) => self.on_command(command),
-                    None => {
-                        // Every handle is gone: nobody is left to say goodbye for.
-                        tracing::debug!("node dropped; network task ends");
-                        return;
-                    }
-                },
-                () = wake.notified() => self.publish_deltas(),
-                _ = housekeeping.tick() => self.housekeeping(),
-            }
-            if let Some(s) = &self.shutdown
-                && (s.waiting == 0 || Instant::now() >= s.deadline)
-            {
-                if let Some(s) = self.shutdown.take() {
-                    s.done.send(()).ok();
-                }
-                return;
-            }
-        }
     }
 
     // ------------------------------------------------------------------ commands
@@ -484,7 +530,10 @@ impl Net {
                 let p = self.peers.entry(peer).or_default();
                 p.forgotten = true;
                 p.redial = None;
-                self.swarm.disconnect_peer_id(peer).ok();
+                self.pending.push_back(ToSwarm::CloseConnection {
+                    peer_id: peer,
+                    connection: CloseConnection::All,
+                });
             }
             Command::Deliver { peer, frame } => {
                 let now = Instant::now();
@@ -511,7 +560,7 @@ impl Net {
             .map(|(id, _)| *id)
             .collect();
         for peer in &peers {
-            let id = self.swarm.behaviour_mut().sync.send_request(
+            let id = self.protocols.sync.send_request(
                 peer,
                 SyncRequest::Goodbye {
                     incarnation: self.incarnation,
@@ -544,7 +593,7 @@ impl Net {
                     continue;
                 }
                 let topic = self.scopes[i].topic.clone();
-                match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
+                match self.protocols.gossipsub.publish(topic, data) {
                     Ok(_) => {
                         self.shared
                             .stats
@@ -573,10 +622,11 @@ impl Net {
                 .deltas_rejected
                 .fetch_add(1, Ordering::Relaxed);
         }
-        self.swarm
-            .behaviour_mut()
-            .gossipsub
-            .report_message_validation_result(&id, &propagation_source, acceptance);
+        self.protocols.gossipsub.report_message_validation_result(
+            &id,
+            &propagation_source,
+            acceptance,
+        );
     }
 
     fn accept_delta(&mut self, message: &gossipsub::Message) -> MessageAcceptance {
@@ -623,7 +673,7 @@ impl Net {
     // ------------------------------------------------------------------ sync protocol
 
     fn request_sync(&mut self, peer: PeerId, scope: usize, page: u32, version: Option<Version>) {
-        if !self.swarm.is_connected(&peer) {
+        if !self.is_connected(&peer) {
             let now = self.now();
             self.scopes[scope]
                 .scope
@@ -635,7 +685,7 @@ impl Net {
             page,
             version,
         };
-        let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
+        let id = self.protocols.sync.send_request(&peer, request);
         self.sync_out.insert(id, SyncOut::Sync { peer, scope });
     }
 
@@ -654,8 +704,7 @@ impl Net {
             return;
         }
         let id = self
-            .swarm
-            .behaviour_mut()
+            .protocols
             .sync
             .send_request(&peer, SyncRequest::Discover { scopes });
         self.sync_out.insert(id, SyncOut::Discover);
@@ -667,7 +716,7 @@ impl Net {
             let Some(peer) = self.discover_queue.pop_front() else {
                 break;
             };
-            if self.swarm.is_connected(&peer) {
+            if self.is_connected(&peer) {
                 self.send_discover(peer, None);
             }
         }
@@ -696,7 +745,7 @@ impl Net {
         let p = self.peers.entry(peer).or_default();
         if p.scopes.insert(scope) {
             self.scopes[scope].peers.push(peer);
-            self.swarm.behaviour_mut().keep_alive.set(peer, true);
+            self.protocols.keep_alive.set(peer, true);
             self.scopes[scope].scope.with_core(|c| {
                 if !c.is_publishing() {
                     c.set_publishing(true);
@@ -755,8 +804,7 @@ impl Net {
 
     fn respond(&mut self, channel: ResponseChannel<SyncResponse>, response: SyncResponse) {
         if self
-            .swarm
-            .behaviour_mut()
+            .protocols
             .sync
             .send_response(channel, response)
             .is_err()
@@ -1004,11 +1052,7 @@ impl Net {
                 seq: send.seq,
                 frames: send.frames,
             };
-            let id = self
-                .swarm
-                .behaviour_mut()
-                .deliver
-                .send_request(&peer, batch);
+            let id = self.protocols.deliver.send_request(&peer, batch);
             self.deliver_out.insert(id, (peer, send.seq));
         }
     }
@@ -1023,8 +1067,7 @@ impl Net {
                     let seq = request.seq;
                     self.on_batch(peer, request);
                     if self
-                        .swarm
-                        .behaviour_mut()
+                        .protocols
                         .deliver
                         .send_response(channel, DeliverAck { seq })
                         .is_err()
@@ -1104,105 +1147,101 @@ impl Net {
 
     // ------------------------------------------------------------------ swarm events
 
-    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
-        match event {
-            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                num_established,
-                endpoint,
-                ..
-            } => {
-                let p = self.peers.entry(peer_id).or_default();
-                p.connections = num_established.get() as usize;
-                if endpoint.is_dialer() {
-                    p.remember(endpoint.get_remote_address().clone());
-                }
-                if p.connections == 1 {
-                    p.down_since = None;
-                    p.purged.clear();
-                    p.redial = None;
-                    p.forgotten = false;
-                    self.shared
-                        .connected
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(peer_id);
-                    self.discover_queue.push_back(peer_id);
-                    self.pump_discovers();
-                    if self.kad_enabled && self.kad_next.is_none() {
-                        self.kad_next = Some(Instant::now() + KAD_FIRST);
-                    }
-                }
+    fn on_connection_established(&mut self, peer_id: PeerId, endpoint: &ConnectedPoint) {
+        let p = self.peers.entry(peer_id).or_default();
+        p.connections += 1;
+        if endpoint.is_dialer() {
+            p.remember(endpoint.get_remote_address().clone());
+        }
+        if p.connections == 1 {
+            p.down_since = None;
+            p.purged.clear();
+            p.redial = None;
+            p.forgotten = false;
+            self.shared
+                .connected
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(peer_id);
+            self.discover_queue.push_back(peer_id);
+            self.pump_discovers();
+            if self.kad_enabled && self.kad_next.is_none() {
+                self.kad_next = Some(Instant::now() + KAD_FIRST);
             }
-            SwarmEvent::ConnectionClosed {
-                peer_id,
-                num_established,
-                ..
-            } => {
-                if num_established == 0 {
-                    let p = self.peers.entry(peer_id).or_default();
-                    p.connections = 0;
-                    p.down_since = Some(Instant::now());
-                    if !p.scopes.is_empty() && !p.forgotten {
-                        p.redial = Some((Instant::now() + REDIAL_FIRST, REDIAL_FIRST, 0));
-                    }
-                    self.shared
-                        .connected
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&peer_id);
-                }
-            }
-            SwarmEvent::OutgoingConnectionError {
-                peer_id: Some(peer),
-                error,
-                ..
-            } => {
-                tracing::debug!(%peer, %error, "dial failed");
-                if let Some(p) = self.peers.get_mut(&peer)
-                    && p.connections == 0
-                    && !p.forgotten
-                {
-                    let (_, backoff, attempts) =
-                        p.redial.unwrap_or((Instant::now(), REDIAL_FIRST / 2, 0));
-                    if attempts < MAX_REDIALS {
-                        let backoff = (backoff * 2).min(REDIAL_MAX);
-                        p.redial = Some((Instant::now() + backoff, backoff, attempts + 1));
-                    } else {
-                        p.redial = None;
-                    }
-                }
-            }
-            SwarmEvent::NewListenAddr { address, .. } => {
-                let mut addrs = self
-                    .shared
-                    .listen_addrs
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner());
-                if !addrs.contains(&address) {
-                    addrs.push(address);
-                }
-            }
-            SwarmEvent::ExpiredListenAddr { address, .. } => {
-                self.shared
-                    .listen_addrs
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .retain(|a| *a != address);
-            }
-            other => tracing::trace!(?other, "swarm event"),
         }
     }
 
-    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+    fn on_connection_closed(&mut self, peer_id: PeerId, remaining: usize) {
+        if remaining > 0 {
+            if let Some(p) = self.peers.get_mut(&peer_id) {
+                p.connections = remaining;
+            }
+            return;
+        }
+        let p = self.peers.entry(peer_id).or_default();
+        p.connections = 0;
+        p.down_since = Some(Instant::now());
+        if !p.scopes.is_empty() && !p.forgotten {
+            p.redial = Some((Instant::now() + REDIAL_FIRST, REDIAL_FIRST, 0));
+        }
+        self.shared
+            .connected
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&peer_id);
+    }
+
+    fn on_dial_failure(&mut self, peer: PeerId) {
+        if let Some(p) = self.peers.get_mut(&peer)
+            && p.connections == 0
+            && !p.forgotten
+        {
+            let (_, backoff, attempts) = p.redial.unwrap_or((Instant::now(), REDIAL_FIRST / 2, 0));
+            if attempts < MAX_REDIALS {
+                let backoff = (backoff * 2).min(REDIAL_MAX);
+                p.redial = Some((Instant::now() + backoff, backoff, attempts + 1));
+            } else {
+                p.redial = None;
+            }
+        }
+    }
+
+    fn on_listen_addr(&mut self, address: &Multiaddr, added: bool) {
+        let mut addrs = self
+            .shared
+            .listen_addrs
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if added {
+            if !addrs.contains(address) {
+                addrs.push(address.clone());
+            }
+        } else {
+            addrs.retain(|a| a != address);
+        }
+    }
+
+    /// Everything stops: no more timers, requests or events; the owner may drop the swarm.
+    fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        if let Some(s) = self.shutdown.take() {
+            s.done.send(()).ok();
+        }
+        self.pending
+            .push_back(ToSwarm::GenerateEvent(Event::Stopped));
+    }
+
+    fn on_behaviour_event(&mut self, event: ProtocolsEvent) {
         match event {
-            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+            ProtocolsEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
                 message_id,
                 message,
             }) => self.on_gossip_message(propagation_source, message_id, message),
-            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic }) => {
+            ProtocolsEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic }) => {
                 // From now on our deltas reach it; ask for versions once more in case one
                 // was published between its sync and its subscription.
                 if let Some(&scope) = self.by_topic.get(&topic) {
@@ -1210,10 +1249,10 @@ impl Net {
                     self.send_discover(peer_id, Some(scope));
                 }
             }
-            BehaviourEvent::Gossipsub(_) => {}
-            BehaviourEvent::Sync(event) => self.on_sync_event(event),
-            BehaviourEvent::Deliver(event) => self.on_deliver_event(event),
-            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+            ProtocolsEvent::Gossipsub(_) => {}
+            ProtocolsEvent::Sync(event) => self.on_sync_event(event),
+            ProtocolsEvent::Deliver(event) => self.on_deliver_event(event),
+            ProtocolsEvent::Mdns(mdns::Event::Discovered(found)) => {
                 let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
                 for (peer, addr) in found {
                     by_peer.entry(peer).or_default().push(addr);
@@ -1234,15 +1273,13 @@ impl Net {
                             .addresses(addrs)
                             .allocate_new_port()
                             .build();
-                        if let Err(e) = self.swarm.dial(opts) {
-                            tracing::debug!(%peer, error = %e, "mdns dial");
-                        }
+                        self.pending.push_back(ToSwarm::Dial { opts });
                     }
                 }
             }
-            BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
-            BehaviourEvent::Kad(event) => self.on_kad_event(event),
-            BehaviourEvent::Identify(event) => {
+            ProtocolsEvent::Mdns(mdns::Event::Expired(_)) => {}
+            ProtocolsEvent::Kad(event) => self.on_kad_event(event),
+            ProtocolsEvent::Identify(event) => {
                 if let identify::Event::Received { peer_id, info, .. } = *event {
                     let speaks_kad = info
                         .protocols
@@ -1252,20 +1289,23 @@ impl Net {
                     for addr in info.listen_addrs.into_iter().take(MAX_ADDRS) {
                         p.remember(addr.clone());
                         if speaks_kad {
-                            self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                            self.protocols.kad.add_address(&peer_id, addr);
                         }
                     }
                 }
             }
-            BehaviourEvent::Ping(ping::Event {
+            ProtocolsEvent::Ping(ping::Event {
                 peer,
                 connection,
                 result: Err(error),
             }) => {
                 tracing::debug!(%peer, %error, "ping failed: closing the connection");
-                self.swarm.close_connection(connection);
+                self.pending.push_back(ToSwarm::CloseConnection {
+                    peer_id: peer,
+                    connection: CloseConnection::One(connection),
+                });
             }
-            BehaviourEvent::Ping(_) => {}
+            ProtocolsEvent::Ping(_) => {}
         }
     }
 
@@ -1280,18 +1320,18 @@ impl Net {
         } = event
         {
             for peer in providers {
-                if peer != self.me && !self.swarm.is_connected(&peer) {
+                if peer != self.me && !self.is_connected(&peer) {
                     // The query is still running: Kademlia supplies the addresses it learnt.
-                    if let Err(e) = self.swarm.dial(DialOpts::peer_id(peer).build()) {
-                        tracing::debug!(%peer, error = %e, "provider dial");
-                    }
+                    self.pending.push_back(ToSwarm::Dial {
+                        opts: DialOpts::peer_id(peer).build(),
+                    });
                 }
             }
         }
     }
 
     fn kad_round(&mut self) {
-        let kad = &mut self.swarm.behaviour_mut().kad;
+        let kad = &mut self.protocols.kad;
         if kad.bootstrap().is_err() {
             return; // no known peer yet
         }
@@ -1423,8 +1463,160 @@ impl Net {
                 .addresses(addrs)
                 .allocate_new_port()
                 .build();
-            if let Err(e) = self.swarm.dial(opts) {
-                tracing::debug!(%peer, error = %e, "redial");
+            self.pending.push_back(ToSwarm::Dial { opts });
+        }
+    }
+}
+
+impl NetworkBehaviour for Behaviour {
+    type ConnectionHandler = THandler<Protocols>;
+    type ToSwarm = Event;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> std::result::Result<(), ConnectionDenied> {
+        self.protocols
+            .handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> std::result::Result<THandler<Self>, ConnectionDenied> {
+        self.protocols.handle_established_inbound_connection(
+            connection_id,
+            peer,
+            local_addr,
+            remote_addr,
+        )
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        maybe_peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        effective_role: Endpoint,
+    ) -> std::result::Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.protocols.handle_pending_outbound_connection(
+            connection_id,
+            maybe_peer,
+            addresses,
+            effective_role,
+        )
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role_override: Endpoint,
+        port_use: PortUse,
+    ) -> std::result::Result<THandler<Self>, ConnectionDenied> {
+        self.protocols.handle_established_outbound_connection(
+            connection_id,
+            peer,
+            addr,
+            role_override,
+            port_use,
+        )
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        self.protocols.on_swarm_event(event);
+        if self.stopped {
+            return;
+        }
+        match event {
+            FromSwarm::ConnectionEstablished(e) => {
+                self.on_connection_established(e.peer_id, e.endpoint)
+            }
+            FromSwarm::ConnectionClosed(e) => {
+                self.on_connection_closed(e.peer_id, e.remaining_established)
+            }
+            FromSwarm::DialFailure(e) => {
+                if let Some(peer) = e.peer_id {
+                    tracing::debug!(%peer, error = %e.error, "dial failed");
+                    self.on_dial_failure(peer);
+                }
+            }
+            FromSwarm::NewListenAddr(e) => self.on_listen_addr(e.addr, true),
+            FromSwarm::ExpiredListenAddr(e) => self.on_listen_addr(e.addr, false),
+            _ => {}
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer_id: PeerId,
+        connection_id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        self.protocols
+            .on_connection_handler_event(peer_id, connection_id, event);
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
+        loop {
+            if let Some(action) = self.pending.pop_front() {
+                return Poll::Ready(action);
+            }
+            if self.stopped {
+                // The protocols still answer what is in flight; nothing new starts.
+                return match self.protocols.poll(cx) {
+                    Poll::Ready(ToSwarm::GenerateEvent(_)) => continue,
+                    Poll::Ready(action) => Poll::Ready(action.map_out(|_| Event::Stopped)),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+            if let Some(s) = &self.shutdown
+                && (s.waiting == 0 || Instant::now() >= s.deadline)
+            {
+                self.stop();
+                continue;
+            }
+            match self.commands.poll_recv(cx) {
+                Poll::Ready(Some(command)) => {
+                    self.on_command(command);
+                    continue;
+                }
+                Poll::Ready(None) => {
+                    // Every handle is gone: nobody is left to say goodbye for.
+                    tracing::debug!("node dropped; its behaviour stops");
+                    self.stop();
+                    continue;
+                }
+                Poll::Pending => {}
+            }
+            self.shared.waker.register(cx.waker());
+            if self.shared.dirty.swap(false, Ordering::AcqRel) {
+                self.publish_deltas();
+                continue;
+            }
+            let timer = self.housekeeping.get_or_insert_with(|| {
+                let mut t = tokio::time::interval(HOUSEKEEPING);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                t
+            });
+            if timer.poll_tick(cx).is_ready() {
+                self.housekeeping();
+                continue;
+            }
+            match self.protocols.poll(cx) {
+                Poll::Ready(ToSwarm::GenerateEvent(event)) => {
+                    self.on_behaviour_event(event);
+                    continue;
+                }
+                // Only `GenerateEvent` carries an event, and it is handled above.
+                Poll::Ready(action) => return Poll::Ready(action.map_out(|_| Event::Stopped)),
+                Poll::Pending => return Poll::Pending,
             }
         }
     }

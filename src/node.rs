@@ -8,12 +8,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hashbrown::HashMap;
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
-use tokio::sync::Notify;
 
 use crate::behaviour::BehaviourConfig;
 use crate::config::{ConfigError, load_scopes_file, validate_scope_id};
 use crate::error::{Error, Result};
-use crate::net::{NetConfig, NetHandle};
+use crate::net::{NetConfig, NetHandle, NetShared};
 use crate::outbox::DeliveryPolicy;
 use crate::policy::{AllowAll, Permission, Policy, Request};
 use crate::process::{Message, Process, ProcessShared, ProcessTable};
@@ -102,9 +101,66 @@ impl NodeBuilder {
         self
     }
 
-    /// Validates the configuration and starts the node; returns once every listener is bound
-    /// (see [`Node::listen_addrs`]).
-    pub async fn build(self) -> Result<Node> {
+    /// Validates the configuration and starts the node in a swarm of its own (TCP and QUIC,
+    /// noise, yamux, on a dedicated thread); returns once every listener is bound (see
+    /// [`Node::listen_addrs`]).
+    pub async fn build(mut self) -> Result<Node> {
+        let listen = if self.listen.is_empty() {
+            vec![
+                "/ip4/0.0.0.0/tcp/0".parse().expect("a valid multiaddr"),
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .expect("a valid multiaddr"),
+            ]
+        } else {
+            std::mem::take(&mut self.listen)
+        };
+        let (node, behaviour, keypair) = self.prepare()?;
+        crate::net::spawn_swarm(keypair, behaviour, &node.shared.net, listen).await?;
+        Ok(node)
+    }
+
+    /// Validates the configuration and returns the node with its network
+    /// [`Behaviour`](crate::behaviour::Behaviour), for the application to run in a swarm of
+    /// its own (built with the same keypair: pass one with [`keypair`](Self::keypair)). The
+    /// node does nothing on the network until that swarm is polled; `listen_on` is ignored
+    /// (the application's swarm listens), and [`Node::listen_addrs`] reports what it binds.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use futures::StreamExt;
+    /// use libp2p::swarm::NetworkBehaviour;
+    /// use procgroups::{Keypair, Node, ScopeConfig};
+    ///
+    /// #[derive(NetworkBehaviour)]
+    /// struct App {
+    ///     groups: procgroups::behaviour::Behaviour,
+    ///     ping: libp2p::ping::Behaviour, // and whatever else the application speaks
+    /// }
+    ///
+    /// let keypair = Keypair::generate_ed25519();
+    /// let (node, groups) = Node::builder()
+    ///     .keypair(keypair.clone())
+    ///     .mdns(false)
+    ///     .scope("app:pg", ScopeConfig::default())
+    ///     .build_behaviour()?;
+    /// let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+    ///     .with_tokio()
+    ///     .with_tcp(Default::default(), libp2p::noise::Config::new, libp2p::yamux::Config::default)?
+    ///     .with_behaviour(|_| App { groups, ping: Default::default() })?
+    ///     .build();
+    /// swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+    /// tokio::spawn(async move { loop { swarm.select_next_some().await; } });
+    /// let p = node.spawn_process();
+    /// p.open("app:pg")?.join("workers")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn build_behaviour(self) -> Result<(Node, crate::behaviour::Behaviour)> {
+        let (node, behaviour, _) = self.prepare()?;
+        Ok((node, behaviour))
+    }
+
+    fn prepare(self) -> Result<(Node, crate::behaviour::Behaviour, Keypair)> {
         if self.mailbox_capacity == 0 {
             return Err(ConfigError::InvalidField {
                 field: "mailbox_capacity",
@@ -122,10 +178,11 @@ impl NodeBuilder {
                 }
             }
         }
+        self.network.validate()?;
         let keypair = self.keypair.unwrap_or_else(Keypair::generate_ed25519);
         let peer_id = keypair.public().to_peer_id();
         let incarnation: u64 = rand::random();
-        let wake = Arc::new(Notify::new());
+        let net_shared = Arc::new(NetShared::default());
         let mut table: HashMap<Arc<str>, Arc<Scope>> = HashMap::new();
         let mut ordered = Vec::new();
         for (id, config) in scopes {
@@ -139,52 +196,39 @@ impl NodeBuilder {
                 config,
                 peer_id,
                 incarnation,
-                wake.clone(),
+                net_shared.clone(),
             ));
             ordered.push(scope.clone());
             table.insert(id, scope);
         }
-        self.network.validate()?;
-        let mut behaviour = self.network;
+        let mut network = self.network;
         let policy = DeliveryPolicy::from_scopes(
             ordered.iter().map(|s| &s.config),
-            behaviour.max_request_bytes / 2,
+            network.max_request_bytes / 2,
         );
-        behaviour.deliver_timeout = policy.timeout;
+        network.deliver_timeout = policy.timeout;
         if let Some(t) = ordered.iter().map(|s| s.config.protocol_timeout()).max() {
-            behaviour.sync_timeout = t;
+            network.sync_timeout = t;
         }
-        let listen = if self.listen.is_empty() {
-            vec![
-                "/ip4/0.0.0.0/tcp/0".parse().expect("a valid multiaddr"),
-                "/ip4/0.0.0.0/udp/0/quic-v1"
-                    .parse()
-                    .expect("a valid multiaddr"),
-            ]
-        } else {
-            self.listen
-        };
         let processes: Arc<ProcessTable> = Arc::default();
-        let net = crate::net::start(
+        let (behaviour, net) = crate::net::behaviour(
             NetConfig {
-                keypair,
-                listen,
+                keypair: keypair.clone(),
                 bootstrap: self.bootstrap,
-                behaviour,
+                behaviour: network,
                 policy,
                 incarnation,
             },
             ordered,
             processes.clone(),
-            wake,
-        )
-        .await?;
+            net_shared,
+        )?;
         // Ids of a new incarnation start at its start time in nanoseconds: above every id an
         // earlier incarnation handed out (see `Pid`).
         let first_id = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
-        Ok(Node {
+        let node = Node {
             shared: Arc::new(NodeShared {
                 peer_id,
                 incarnation,
@@ -197,7 +241,8 @@ impl NodeBuilder {
                 mailbox_capacity: self.mailbox_capacity,
                 running: AtomicBool::new(true),
             }),
-        })
+        };
+        Ok((node, behaviour, keypair))
     }
 }
 

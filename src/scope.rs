@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hashbrown::HashMap;
-use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
+use crate::net::NetShared;
 use crate::process::ProcessShared;
 use crate::proto::state::GroupName;
 use crate::proto::{Change, CoreConfig, ScopeCore};
@@ -24,8 +24,8 @@ pub(crate) struct Scope {
     pub(crate) id: Arc<str>,
     pub(crate) config: ScopeConfig,
     state: Mutex<ScopeState>,
-    /// Wakes the network task when a local change is queued for the peers.
-    wake: Arc<Notify>,
+    /// Wakes the network behaviour when a local change is queued for the peers.
+    net: Arc<NetShared>,
 }
 
 struct ScopeState {
@@ -118,7 +118,7 @@ impl Scope {
         config: ScopeConfig,
         local: libp2p::PeerId,
         incarnation: u64,
-        wake: Arc<Notify>,
+        net: Arc<NetShared>,
     ) -> Self {
         let mut core = ScopeCore::new(
             local,
@@ -134,7 +134,7 @@ impl Scope {
                 subscribers: Subscribers::default(),
                 queue_warned: false,
             }),
-            wake,
+            net,
         }
     }
 
@@ -171,7 +171,7 @@ impl Scope {
     /// Tells the network task that a change waits for the peers.
     fn changed(&self, state: &ScopeState) {
         if state.core.is_publishing() {
-            self.wake.notify_one();
+            self.net.wake();
         }
     }
 

@@ -1,5 +1,5 @@
 //! What nodes say to each other over request-response, besides the deltas (which travel over
-//! gossipsub as a CBOR [`Delta`](crate::proto::messages::Delta)).
+//! gossipsub as a CBOR [`Delta`]).
 //!
 //! Two protocols: `/procgroups/sync/1` (membership: Discover, Sync pages, Goodbye) and
 //! `/procgroups/deliver/1` (message batches of `broadcast` and `send`).

@@ -1,0 +1,111 @@
+//! The node's behaviour embedded in an application's own swarm.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use procgroups::behaviour::Event;
+use procgroups::{Keypair, Node, ScopeConfig};
+
+const SCOPE: &str = "test:embed";
+
+#[derive(NetworkBehaviour)]
+struct App {
+    groups: procgroups::behaviour::Behaviour,
+    ping: libp2p::ping::Behaviour,
+}
+
+async fn eventually(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_node_talks_to_a_standalone_one() {
+    let keypair = Keypair::generate_ed25519();
+    let (a, groups) = Node::builder()
+        .keypair(keypair.clone())
+        .mdns(false)
+        .scope(SCOPE, ScopeConfig::default())
+        .build_behaviour()
+        .unwrap();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            Default::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| App {
+            groups,
+            ping: Default::default(),
+        })
+        .unwrap()
+        .build();
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        loop {
+            if let SwarmEvent::Behaviour(AppEvent::Groups(Event::Stopped)) =
+                swarm.select_next_some().await
+            {
+                stopped_tx.send(()).ok();
+                return;
+            }
+        }
+    });
+    eventually("the application's swarm listens", 5, || {
+        !a.listen_addrs().is_empty()
+    })
+    .await;
+
+    let b = Node::builder()
+        .mdns(false)
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .scope(SCOPE, ScopeConfig::default())
+        .build()
+        .await
+        .unwrap();
+    b.dial(a.listen_addrs()[0].clone()).unwrap();
+
+    let pa = a.spawn_process();
+    let ga = pa.open(SCOPE).unwrap();
+    let mut inbox = pa.listen("news");
+    ga.join("g").unwrap();
+    let pb = b.spawn_process();
+    let gb = pb.open(SCOPE).unwrap();
+    gb.join("g").unwrap();
+    eventually("both members on both nodes", 10, || {
+        ga.get_members("g").unwrap().len() == 2 && gb.get_members("g").unwrap().len() == 2
+    })
+    .await;
+    gb.broadcast("g", "news", &7u32).unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((m.from(), m.decode::<u32>().unwrap()), (pb.pid(), 7));
+
+    // A graceful shutdown tells B, and the behaviour reports that it stopped.
+    drop(ga);
+    drop(pa);
+    a.shutdown().await;
+    tokio::time::timeout(Duration::from_secs(5), stopped_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    eventually("a's member gone from b", 5, || {
+        gb.get_members("g").unwrap().len() == 1
+    })
+    .await;
+    b.shutdown().await;
+}
