@@ -15,10 +15,7 @@ use procgroups::{
 use tokio::time::timeout;
 
 const SCOPE: &str = "test:cluster";
-/// A second scope hosted by the partition tests, with a short grace: a clock that shows a
-/// partition lasted longer than that grace, without sleeping.
-const WITNESS: &str = "test:witness";
-/// The short `node_down_grace` of the tests where a peer must be purged.
+/// The short `node_down_grace` of the tests where a dead peer must be purged.
 const SHORT_GRACE: Duration = Duration::from_millis(300);
 /// The default `node_down_grace` (DESIGN section 3.10).
 const DEFAULT_GRACE: Duration = Duration::from_secs(2);
@@ -29,8 +26,12 @@ const WAIT: Duration = Duration::from_secs(WAIT_SECS);
 // ------------------------------------------------------------------------------------ helpers
 
 fn short_grace() -> ScopeConfig {
+    grace(SHORT_GRACE)
+}
+
+fn grace(grace: Duration) -> ScopeConfig {
     ScopeConfig::builder()
-        .node_down_grace(SHORT_GRACE)
+        .node_down_grace(grace)
         .build()
         .expect("a valid config")
 }
@@ -48,15 +49,6 @@ async fn node() -> Node {
 
 async fn node_with(config: ScopeConfig) -> Node {
     builder(config).build().await.expect("node")
-}
-
-/// A node hosting `SCOPE` with `config` and `WITNESS` with the short grace.
-async fn node_with_witness(config: ScopeConfig) -> Node {
-    builder(config)
-        .scope(WITNESS, short_grace())
-        .build()
-        .await
-        .expect("node")
 }
 
 /// A new process and its instance of `SCOPE`.
@@ -121,11 +113,6 @@ fn truth(groups: &[(&str, &[Pid])]) -> View {
     }
     v.retain(|_, p| !p.is_empty());
     v
-}
-
-fn sorted(mut pids: Vec<Pid>) -> Vec<Pid> {
-    pids.sort();
-    pids
 }
 
 /// Moves the queued events of `sub` into `into`.
@@ -440,159 +427,6 @@ async fn monitors_and_events_see_local_and_remote_changes_in_order() {
     }
 }
 
-/// 6a. A partition longer than `node_down_grace`: each side purges the other's members (with
-/// events), both sides change while cut, and after the reconnection every view is the union
-/// of the truths, the purged members restored.
-#[tokio::test]
-async fn partition_longer_than_grace_purges_then_restores() {
-    partition(short_grace(), true).await;
-}
-
-/// 6b. A partition shorter than the default `node_down_grace`: nobody is purged, and after the
-/// reconnection every view is the union of the truths.
-#[tokio::test]
-async fn partition_shorter_than_grace_keeps_members() {
-    partition(ScopeConfig::default(), false).await;
-}
-
-/// Three nodes, C cut from A and B while both sides change their members.
-async fn partition(config: ScopeConfig, purged: bool) {
-    let a = node_with_witness(config.clone()).await;
-    let b = node_with_witness(config.clone()).await;
-    let c = node_with_witness(config).await;
-    connect(&b, &a).await;
-    connect(&c, &a).await;
-    connect(&c, &b).await;
-    let (pa, ga) = spawn(&a);
-    let (pb, gb) = spawn(&b);
-    let (pc_stay, gc) = spawn(&c);
-    let (pc_gone, gc_gone) = spawn(&c);
-    ga.join("g").unwrap();
-    gb.join("g").unwrap();
-    gc.join(["g", "c"]).unwrap();
-    gc_gone.join("g").unwrap();
-    // C's member of the witness scope (short grace on every node).
-    let witness_c = pc_stay.open(WITNESS).unwrap();
-    witness_c.join("w").unwrap();
-    let witness_a = pa.open(WITNESS).unwrap();
-
-    let before = truth(&[
-        ("g", &[pa.pid(), pb.pid(), pc_stay.pid(), pc_gone.pid()]),
-        ("c", &[pc_stay.pid()]),
-    ]);
-    eventually("the first state everywhere", WAIT_SECS, || {
-        view(&ga) == before
-            && view(&gb) == before
-            && view(&gc) == before
-            && witness_a.get_members("w").unwrap().len() == 1
-    })
-    .await;
-    let (_wa, wa) = spawn(&a);
-    let (_wc, wc) = spawn(&c);
-    let (mut sub_a, snap_a) = wa.events().unwrap();
-    let (mut sub_c, snap_c) = wc.events().unwrap();
-    let (mut ev_a, mut ev_c) = (Vec::new(), Vec::new());
-
-    cut(&c, &a).await;
-    cut(&c, &b).await;
-    let cut_at = Instant::now();
-
-    // Both sides change while cut.
-    ga.leave("g").unwrap();
-    ga.join("a").unwrap();
-    let (pa2, ga2) = spawn(&a);
-    ga2.join("g").unwrap();
-    let (pc_new, gc_new) = spawn(&c);
-    gc_new.join("g").unwrap();
-    let gone = pc_gone.pid();
-    drop(gc_gone);
-    drop(pc_gone);
-
-    let side_ab = truth(&[("g", &[pb.pid(), pa2.pid()]), ("a", &[pa.pid()])]);
-    let side_c = truth(&[
-        ("g", &[pc_stay.pid(), pc_new.pid()]),
-        ("c", &[pc_stay.pid()]),
-    ]);
-    // Each side's own changes, plus the other side's old members unless purged.
-    let (seen_ab, seen_c) = if purged {
-        (side_ab.clone(), side_c.clone())
-    } else {
-        (
-            truth(&[
-                ("g", &[pb.pid(), pa2.pid(), pc_stay.pid(), gone]),
-                ("a", &[pa.pid()]),
-                ("c", &[pc_stay.pid()]),
-            ]),
-            truth(&[
-                ("g", &[pa.pid(), pb.pid(), pc_stay.pid(), pc_new.pid()]),
-                ("c", &[pc_stay.pid()]),
-            ]),
-        )
-    };
-    if purged {
-        eventually("each side purges the other", WAIT_SECS, || {
-            view(&ga) == seen_ab && view(&gb) == seen_ab && view(&gc) == seen_c
-        })
-        .await;
-        assert!(cut_at.elapsed() >= SHORT_GRACE, "purged before the grace");
-    } else {
-        // The witness scope's grace passing proves the cut lasted longer than SHORT_GRACE;
-        // the scope under test keeps the default grace and purges nobody.
-        eventually("the witness scope purges c", WAIT_SECS, || {
-            witness_a.get_members("w").unwrap().is_empty()
-        })
-        .await;
-        assert!(
-            cut_at.elapsed() < DEFAULT_GRACE,
-            "the test was too slow to stay within the default grace"
-        );
-        assert_eq!(view(&ga), seen_ab);
-        assert_eq!(view(&gb), seen_ab);
-        assert_eq!(view(&gc), seen_c);
-    }
-    drain(&mut sub_a, &mut ev_a);
-    drain(&mut sub_c, &mut ev_c);
-    let purge_events = usize::from(purged);
-    assert_eq!(
-        carried(&ev_a, EventKind::MemberLeft, pc_stay.pid()),
-        2 * purge_events,
-        "a: pc_stay left g and c iff purged: {ev_a:?}"
-    );
-    assert_eq!(
-        carried(&ev_c, EventKind::MemberLeft, pb.pid()),
-        purge_events,
-        "c: pb left iff purged: {ev_c:?}"
-    );
-
-    // Heal.
-    connect(&c, &a).await;
-    connect(&c, &b).await;
-    let union = truth(&[
-        ("g", &[pb.pid(), pa2.pid(), pc_stay.pid(), pc_new.pid()]),
-        ("a", &[pa.pid()]),
-        ("c", &[pc_stay.pid()]),
-    ]);
-    eventually("the union everywhere", WAIT_SECS, || {
-        view(&ga) == union && view(&gb) == union && view(&gc) == union
-    })
-    .await;
-    eventually("the witness member back", WAIT_SECS, || {
-        witness_a.get_members("w").unwrap().len() == 1
-    })
-    .await;
-    drain(&mut sub_a, &mut ev_a);
-    drain(&mut sub_c, &mut ev_c);
-    assert_eq!(replay(&snap_a, &ev_a), union, "a's events: {ev_a:?}");
-    assert_eq!(replay(&snap_c, &ev_c), union, "c's events: {ev_c:?}");
-    assert_eq!(
-        carried(&ev_a, EventKind::MemberJoined, pc_stay.pid()),
-        2 * purge_events,
-        "a: pc_stay restored iff purged: {ev_a:?}"
-    );
-    assert_eq!(carried(&ev_a, EventKind::MemberLeft, gone), 1, "{ev_a:?}");
-    assert_eq!(sub_a.dropped() + sub_c.dropped(), 0);
-}
-
 /// 7. A node that arrives after a partition healed gets the healed state, and the others get
 /// its members.
 #[tokio::test]
@@ -751,23 +585,16 @@ async fn an_unreachable_dead_node_is_purged_after_the_grace() {
     assert!(down_at.elapsed() >= SHORT_GRACE, "purged before the grace");
     let mut events = Vec::new();
     drain(&mut sub, &mut events);
-    let left: Vec<(&str, &[Pid])> = events
+    let mut left: Vec<(&str, &[Pid])> = events
         .iter()
         .map(|e| {
             assert_eq!(e.kind, EventKind::MemberLeft, "{events:?}");
             (&*e.group, &*e.pids)
         })
         .collect();
-    assert_eq!(
-        sorted_events(left),
-        vec![("g", &[gone][..]), ("h", &[gone][..])]
-    );
+    left.sort();
+    assert_eq!(left, vec![("g", &[gone][..]), ("h", &[gone][..])]);
     assert_eq!(replay(&snap, &events), after);
-}
-
-fn sorted_events(mut v: Vec<(&str, &[Pid])>) -> Vec<(&str, &[Pid])> {
-    v.sort();
-    v
 }
 
 /// 9a. A node that crashes and restarts with the same identity before the grace ends: the
@@ -895,11 +722,7 @@ async fn broadcasts_reach_every_slot_once_in_order() {
     }
     for (p, inbox, slots) in &mut receivers {
         let mut got: BTreeMap<Pid, Vec<u32>> = BTreeMap::new();
-        while got.values().filter(|v| v.last() == Some(&N)).count() < 2
-            || got
-                .values()
-                .any(|v| v.iter().filter(|n| **n == N).count() < *slots)
-        {
+        for _ in 0..2 * (N as usize + 1) * *slots {
             let m = next_message(inbox).await;
             got.entry(m.from()).or_default().push(m.decode().unwrap());
         }
@@ -928,5 +751,4 @@ async fn broadcasts_reach_every_slot_once_in_order() {
     }
     assert_eq!(got, (0..=N).collect::<Vec<_>>());
     assert!(direct.try_recv().is_none() && inbox.try_recv().is_none());
-    assert_eq!(sorted(vec![target.pid()]).len(), 1);
 }
