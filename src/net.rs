@@ -39,7 +39,9 @@ use crate::process::{Message, ProcessTable};
 use crate::proto::messages::{Delta, SyncGroup, SyncState, Version};
 use crate::proto::state::Output;
 use crate::scope::Scope;
-use crate::wire::{DeliverAck, DeliverBatch, Frame, SyncRequest, SyncResponse};
+use crate::wire::{
+    DeliverAck, DeliverBatch, Frame, MAX_PEERS_EXCHANGED, SyncRequest, SyncResponse,
+};
 
 /// How often timers are checked: retries, reorder windows, grace periods, anti-entropy.
 const HOUSEKEEPING: Duration = Duration::from_millis(20);
@@ -326,8 +328,11 @@ struct Peer {
     purged: HashSet<usize>,
     addrs: Vec<Multiaddr>,
     redial: Option<(Instant, Duration, u32)>,
-    /// Told to disconnect: no automatic redial until a new connection.
+    /// The application disconnected it: no dial to it, by us or by any protocol, until it
+    /// dials the peer again or the peer connects to us.
     forgotten: bool,
+    /// It said goodbye: not redialed when its connection closes.
+    departed: bool,
     outbox: Outbox,
 }
 
@@ -365,6 +370,11 @@ struct Shutdown {
     deadline: Instant,
     waiting: usize,
 }
+
+/// Why a dial was refused: the application disconnected that peer.
+#[derive(Debug, thiserror::Error)]
+#[error("the application disconnected this peer (Node::disconnect); dial it to reconnect")]
+struct Disconnected;
 
 /// What a procgroups [`Behaviour`] tells the swarm's owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -674,6 +684,9 @@ impl Behaviour {
 
     fn request_sync(&mut self, peer: PeerId, scope: usize, page: u32, version: Option<Version>) {
         if !self.is_connected(&peer) {
+            // Its deltas reached us through others: reach it directly (the addresses come
+            // from what the protocols know of it), and pull again once connected.
+            self.dial_known(peer);
             let now = self.now();
             self.scopes[scope]
                 .scope
@@ -687,6 +700,33 @@ impl Behaviour {
         };
         let id = self.protocols.sync.send_request(&peer, request);
         self.sync_out.insert(id, SyncOut::Sync { peer, scope });
+    }
+
+    /// Dials a peer we know of, unless the application disconnected it or it is being dialed.
+    fn dial_known(&mut self, peer: PeerId) {
+        if peer == self.me {
+            return;
+        }
+        let p = self.peers.entry(peer).or_default();
+        if p.forgotten || p.connections > 0 {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer).addresses(p.addrs.clone()).build();
+        self.pending.push_back(ToSwarm::Dial { opts });
+    }
+
+    /// Peers a Discover answer told us of: remember their addresses and connect.
+    fn meet(&mut self, peers: Vec<(PeerId, Vec<Multiaddr>)>) {
+        for (peer, addrs) in peers.into_iter().take(MAX_PEERS_EXCHANGED) {
+            if peer == self.me {
+                continue;
+            }
+            let p = self.peers.entry(peer).or_default();
+            for addr in addrs.into_iter().take(MAX_ADDRS) {
+                p.remember(addr);
+            }
+            self.dial_known(peer);
+        }
     }
 
     fn my_versions(&self, only: Option<usize>) -> Vec<(String, Version)> {
@@ -827,10 +867,28 @@ impl Behaviour {
                     .collect();
                 self.on_peer_versions(peer, scopes);
                 let mut mine = Vec::new();
-                for i in shared {
+                for &i in &shared {
                     mine.extend(self.my_versions(Some(i)));
                 }
-                self.respond(channel, SyncResponse::Discover { scopes: mine });
+                let peers = self
+                    .peers
+                    .iter()
+                    .filter(|(id, p)| {
+                        **id != peer
+                            && p.connections > 0
+                            && !p.addrs.is_empty()
+                            && shared.iter().any(|s| p.scopes.contains(s))
+                    })
+                    .take(MAX_PEERS_EXCHANGED)
+                    .map(|(id, p)| (*id, p.addrs.clone()))
+                    .collect();
+                self.respond(
+                    channel,
+                    SyncResponse::Discover {
+                        scopes: mine,
+                        peers,
+                    },
+                );
             }
             SyncRequest::Sync {
                 scope,
@@ -856,8 +914,8 @@ impl Behaviour {
                     }
                 }
                 if let Some(p) = self.peers.get_mut(&peer) {
-                    // It left on purpose: do not dial it again.
-                    p.forgotten = true;
+                    // It left on purpose: do not dial it again (it may come back and dial).
+                    p.departed = true;
                     p.redial = None;
                 }
                 self.respond(channel, SyncResponse::Ack);
@@ -940,9 +998,10 @@ impl Behaviour {
             return;
         };
         match (out, response) {
-            (SyncOut::Discover, SyncResponse::Discover { scopes }) => {
+            (SyncOut::Discover, SyncResponse::Discover { scopes, peers }) => {
                 self.discovers_in_flight = self.discovers_in_flight.saturating_sub(1);
                 self.on_peer_versions(peer, scopes);
+                self.meet(peers);
                 self.pump_discovers();
             }
             (
@@ -1158,6 +1217,7 @@ impl Behaviour {
             p.purged.clear();
             p.redial = None;
             p.forgotten = false;
+            p.departed = false;
             self.shared
                 .connected
                 .write()
@@ -1181,7 +1241,7 @@ impl Behaviour {
         let p = self.peers.entry(peer_id).or_default();
         p.connections = 0;
         p.down_since = Some(Instant::now());
-        if !p.scopes.is_empty() && !p.forgotten {
+        if !p.scopes.is_empty() && !p.forgotten && !p.departed {
             p.redial = Some((Instant::now() + REDIAL_FIRST, REDIAL_FIRST, 0));
         }
         self.shared
@@ -1504,6 +1564,12 @@ impl NetworkBehaviour for Behaviour {
         addresses: &[Multiaddr],
         effective_role: Endpoint,
     ) -> std::result::Result<Vec<Multiaddr>, ConnectionDenied> {
+        if let Some(peer) = maybe_peer
+            && self.peers.get(&peer).is_some_and(|p| p.forgotten)
+        {
+            // Whoever dials (Kademlia's own bootstrap, a request): the application said no.
+            return Err(ConnectionDenied::new(Disconnected));
+        }
         self.protocols.handle_pending_outbound_connection(
             connection_id,
             maybe_peer,

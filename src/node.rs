@@ -313,9 +313,10 @@ impl Node {
         self.shared.net.dial(addr)
     }
 
-    /// Closes every connection to `peer` and stops dialing it again on its own (a later
-    /// [`dial`](Self::dial), or discovery, reconnects). Its members stay until
-    /// `node_down_grace` passes without a connection, as for any lost peer.
+    /// Closes every connection to `peer` and refuses every dial to it, whoever asks (the
+    /// node's redial, Kademlia, a request), until the application [`dial`](Self::dial)s it
+    /// again with an address ending in `/p2p/<peer>`, or the peer connects to us. Its members
+    /// stay until `node_down_grace` passes without a connection, as for any lost peer.
     pub fn disconnect(&self, peer: PeerId) -> Result<()> {
         self.shared.check_running()?;
         self.shared.net.disconnect(peer)

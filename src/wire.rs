@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use libp2p::StreamProtocol;
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
 pub use crate::proto::messages::{Delta, Op, SyncGroup, SyncState, Version};
@@ -16,6 +16,9 @@ pub use crate::proto::messages::{Delta, Op, SyncGroup, SyncState, Version};
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/procgroups/sync/1");
 /// The delivery protocol.
 pub const DELIVER_PROTOCOL: StreamProtocol = StreamProtocol::new("/procgroups/deliver/1");
+
+/// Peers listed in one Discover answer, at most (and addresses per peer, at most 8).
+pub const MAX_PEERS_EXCHANGED: usize = 64;
 
 /// A request of the membership protocol.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,10 +49,14 @@ pub enum SyncRequest {
 /// A response of the membership protocol.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SyncResponse {
-    /// The responder's scopes and its own version of each.
+    /// The responder's scopes and its own version of each, and the other peers it is
+    /// connected to that host one of those scopes (so that every member of a scope ends up
+    /// connected to every other: a sync needs a direct connection to the origin).
     Discover {
         /// `(scope id, version)`.
         scopes: Vec<(String, Version)>,
+        /// `(peer, its listen addresses)`, at most [`MAX_PEERS_EXCHANGED`].
+        peers: Vec<(PeerId, Vec<Multiaddr>)>,
     },
     /// One page of the responder's state of a scope.
     Page {

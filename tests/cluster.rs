@@ -15,8 +15,14 @@ use procgroups::{
 use tokio::time::timeout;
 
 const SCOPE: &str = "test:cluster";
+/// A second scope hosted by the partition tests, with `PARTITION_GRACE`: a clock that shows a
+/// partition lasted longer than that grace, without sleeping.
+const WITNESS: &str = "test:witness";
 /// The short `node_down_grace` of the tests where a dead peer must be purged.
 const SHORT_GRACE: Duration = Duration::from_millis(300);
+/// The `node_down_grace` of the partitions that outlast it: long enough that a cut that does
+/// not hold (the peers reconnect on their own) shows before the purge.
+const PARTITION_GRACE: Duration = Duration::from_secs(1);
 /// The default `node_down_grace` (DESIGN section 3.10).
 const DEFAULT_GRACE: Duration = Duration::from_secs(2);
 /// Deadline of every wait, in seconds.
@@ -49,6 +55,15 @@ async fn node() -> Node {
 
 async fn node_with(config: ScopeConfig) -> Node {
     builder(config).build().await.expect("node")
+}
+
+/// A node hosting `SCOPE` with `config` and `WITNESS` with `PARTITION_GRACE`.
+async fn node_with_witness(config: ScopeConfig) -> Node {
+    builder(config)
+        .scope(WITNESS, grace(PARTITION_GRACE))
+        .build()
+        .await
+        .expect("node")
 }
 
 /// A new process and its instance of `SCOPE`.
@@ -113,6 +128,22 @@ fn truth(groups: &[(&str, &[Pid])]) -> View {
     }
     v.retain(|_, p| !p.is_empty());
     v
+}
+
+/// Waits until each instance's view is its expected view; fails after `WAIT` showing them all.
+async fn converge(what: &str, expected: &[(&Instance, &View)]) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let views: Vec<View> = expected.iter().map(|(pg, _)| view(pg)).collect();
+        if views.iter().zip(expected).all(|(v, (_, e))| v == *e) {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let want: Vec<&View> = expected.iter().map(|(_, e)| *e).collect();
+            panic!("timed out waiting for: {what}\nviews    {views:#?}\nexpected {want:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Moves the queued events of `sub` into `into`.
@@ -425,6 +456,178 @@ async fn monitors_and_events_see_local_and_remote_changes_in_order() {
         assert!(sub.try_recv().is_none(), "{name}: no other event");
         assert_eq!(sub.dropped(), 0, "{name}");
     }
+}
+
+/// 6a. A partition longer than `node_down_grace`: each side purges the other's members (with
+/// events), both sides change while cut, and after the reconnection every view is the union
+/// of the truths, the purged members restored.
+#[tokio::test]
+async fn partition_longer_than_grace_purges_then_restores() {
+    partition(grace(PARTITION_GRACE), true).await;
+}
+
+/// 6b. A partition shorter than the default `node_down_grace`: nobody is purged, and after the
+/// reconnection every view is the union of the truths.
+#[tokio::test]
+async fn partition_shorter_than_grace_keeps_members() {
+    partition(ScopeConfig::default(), false).await;
+}
+
+/// Three nodes, C cut from A and B while both sides change their members.
+async fn partition(config: ScopeConfig, purged: bool) {
+    let a = node_with_witness(config.clone()).await;
+    let b = node_with_witness(config.clone()).await;
+    let c = node_with_witness(config).await;
+    connect(&b, &a).await;
+    connect(&c, &a).await;
+    connect(&c, &b).await;
+    let (pa, ga) = spawn(&a);
+    let (pb, gb) = spawn(&b);
+    let (pc_stay, gc) = spawn(&c);
+    let (pc_gone, gc_gone) = spawn(&c);
+    ga.join("g").unwrap();
+    gb.join("g").unwrap();
+    gc.join(["g", "c"]).unwrap();
+    gc_gone.join("g").unwrap();
+    // C's member of the witness scope (short grace on every node).
+    let witness_c = pc_stay.open(WITNESS).unwrap();
+    witness_c.join("w").unwrap();
+    let witness_a = pa.open(WITNESS).unwrap();
+
+    let before = truth(&[
+        ("g", &[pa.pid(), pb.pid(), pc_stay.pid(), pc_gone.pid()]),
+        ("c", &[pc_stay.pid()]),
+    ]);
+    eventually("the first state everywhere", WAIT_SECS, || {
+        view(&ga) == before
+            && view(&gb) == before
+            && view(&gc) == before
+            && witness_a.get_members("w").unwrap().len() == 1
+    })
+    .await;
+    let (_wa, wa) = spawn(&a);
+    let (_wc, wc) = spawn(&c);
+    let (mut sub_a, snap_a) = wa.events().unwrap();
+    let (mut sub_c, snap_c) = wc.events().unwrap();
+    let (mut ev_a, mut ev_c) = (Vec::new(), Vec::new());
+
+    let cut_at = Instant::now();
+    cut(&c, &a).await;
+    cut(&c, &b).await;
+
+    // Both sides change while cut.
+    ga.leave("g").unwrap();
+    ga.join("a").unwrap();
+    let (pa2, ga2) = spawn(&a);
+    ga2.join("g").unwrap();
+    let (pc_new, gc_new) = spawn(&c);
+    gc_new.join("g").unwrap();
+    let gone = pc_gone.pid();
+    drop(gc_gone);
+    drop(pc_gone);
+
+    let side_ab = truth(&[("g", &[pb.pid(), pa2.pid()]), ("a", &[pa.pid()])]);
+    let side_c = truth(&[
+        ("g", &[pc_stay.pid(), pc_new.pid()]),
+        ("c", &[pc_stay.pid()]),
+    ]);
+    // Each side's own changes, plus the other side's old members unless purged.
+    let (seen_ab, seen_c) = if purged {
+        (side_ab.clone(), side_c.clone())
+    } else {
+        (
+            truth(&[
+                ("g", &[pb.pid(), pa2.pid(), pc_stay.pid(), gone]),
+                ("a", &[pa.pid()]),
+                ("c", &[pc_stay.pid()]),
+            ]),
+            truth(&[
+                ("g", &[pa.pid(), pb.pid(), pc_stay.pid(), pc_new.pid()]),
+                ("c", &[pc_stay.pid()]),
+            ]),
+        )
+    };
+    // `disconnect` forgets the peer: nothing reconnects the sides until they dial.
+    let cut_holds = || {
+        let reconnected = c.connected_peers().len()
+            + usize::from(a.connected_peers().contains(&c.peer_id()))
+            + usize::from(b.connected_peers().contains(&c.peer_id()));
+        assert_eq!(
+            reconnected,
+            0,
+            "the cut did not hold: c reconnected {:?} after the disconnects",
+            cut_at.elapsed()
+        );
+    };
+    if purged {
+        eventually("each side purges the other", WAIT_SECS, || {
+            cut_holds();
+            view(&ga) == seen_ab && view(&gb) == seen_ab && view(&gc) == seen_c
+        })
+        .await;
+        assert!(
+            cut_at.elapsed() >= PARTITION_GRACE,
+            "purged before the grace"
+        );
+    } else {
+        // The witness scope's grace passing proves the cut lasted longer than PARTITION_GRACE;
+        // the scope under test keeps the default grace and purges nobody.
+        eventually("the witness scope purges c", WAIT_SECS, || {
+            cut_holds();
+            witness_a.get_members("w").unwrap().is_empty()
+        })
+        .await;
+        assert!(
+            cut_at.elapsed() < DEFAULT_GRACE,
+            "the test was too slow to stay within the default grace"
+        );
+        assert_eq!(view(&ga), seen_ab);
+        assert_eq!(view(&gb), seen_ab);
+        assert_eq!(view(&gc), seen_c);
+    }
+    cut_holds();
+    drain(&mut sub_a, &mut ev_a);
+    drain(&mut sub_c, &mut ev_c);
+    let purge_events = usize::from(purged);
+    assert_eq!(
+        carried(&ev_a, EventKind::MemberLeft, pc_stay.pid()),
+        2 * purge_events,
+        "a: pc_stay left g and c iff purged: {ev_a:?}"
+    );
+    assert_eq!(
+        carried(&ev_c, EventKind::MemberLeft, pb.pid()),
+        purge_events,
+        "c: pb left iff purged: {ev_c:?}"
+    );
+
+    // Heal.
+    connect(&c, &a).await;
+    connect(&c, &b).await;
+    let union = truth(&[
+        ("g", &[pb.pid(), pa2.pid(), pc_stay.pid(), pc_new.pid()]),
+        ("a", &[pa.pid()]),
+        ("c", &[pc_stay.pid()]),
+    ]);
+    converge(
+        "the union everywhere",
+        &[(&ga, &union), (&gb, &union), (&gc, &union)],
+    )
+    .await;
+    eventually("the witness member back", WAIT_SECS, || {
+        witness_a.get_members("w").unwrap().len() == 1
+    })
+    .await;
+    drain(&mut sub_a, &mut ev_a);
+    drain(&mut sub_c, &mut ev_c);
+    assert_eq!(replay(&snap_a, &ev_a), union, "a's events: {ev_a:?}");
+    assert_eq!(replay(&snap_c, &ev_c), union, "c's events: {ev_c:?}");
+    assert_eq!(
+        carried(&ev_a, EventKind::MemberJoined, pc_stay.pid()),
+        2 * purge_events,
+        "a: pc_stay restored iff purged: {ev_a:?}"
+    );
+    assert_eq!(carried(&ev_a, EventKind::MemberLeft, gone), 1, "{ev_a:?}");
+    assert_eq!(sub_a.dropped() + sub_c.dropped(), 0);
 }
 
 /// 7. A node that arrives after a partition healed gets the healed state, and the others get
@@ -751,4 +954,37 @@ async fn broadcasts_reach_every_slot_once_in_order() {
     }
     assert_eq!(got, (0..=N).collect::<Vec<_>>());
     assert!(direct.try_recv().is_none() && inbox.try_recv().is_none());
+}
+
+/// C dials only A; B, connected to A, changes nothing. C still learns B's members (a sync
+/// from B needs a direct connection, so A's Discover answer tells C of B) and B learns C's.
+#[tokio::test]
+async fn a_node_that_dials_one_member_meets_the_others() {
+    let a = node().await;
+    let b = node().await;
+    connect(&b, &a).await;
+    let (pa, ga) = spawn(&a);
+    let (pb, gb) = spawn(&b);
+    ga.join("g").unwrap();
+    gb.join("g").unwrap();
+    let both = truth(&[("g", &[pa.pid(), pb.pid()])]);
+    converge("a and b", &[(&ga, &both), (&gb, &both)]).await;
+
+    let c = node().await;
+    let (pc, gc) = spawn(&c);
+    gc.join("g").unwrap();
+    c.dial(a.listen_addrs()[0].clone()).unwrap();
+    let all = truth(&[("g", &[pa.pid(), pb.pid(), pc.pid()])]);
+    converge(
+        "all three everywhere",
+        &[(&ga, &all), (&gb, &all), (&gc, &all)],
+    )
+    .await;
+    eventually("c connected to b", WAIT_SECS, || {
+        c.connected_peers().contains(&b.peer_id())
+    })
+    .await;
+    for n in [&a, &b, &c] {
+        n.shutdown().await;
+    }
 }
