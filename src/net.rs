@@ -58,6 +58,9 @@ const GOODBYE_WAIT: Duration = Duration::from_secs(1);
 /// and less often.
 const KAD_FIRST: Duration = Duration::from_millis(200);
 const KAD_MAX: Duration = Duration::from_secs(30);
+/// Pages of one sync, at most: with the default 4 MiB response cap, a state of up to about
+/// 1 GiB. A peer announcing more is refused before anything is buffered.
+const MAX_SYNC_PAGES: u32 = 256;
 /// Addresses remembered per peer for dialing it again.
 const MAX_ADDRS: usize = 8;
 
@@ -1043,6 +1046,16 @@ impl Behaviour {
     ) {
         let now = self.now();
         let key = (peer, scope);
+        if pages > MAX_SYNC_PAGES {
+            // More than any state we would hold: refuse it before buffering any of it.
+            tracing::warn!(%peer, pages, "sync of too many pages refused");
+            self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            self.partial_syncs.remove(&key);
+            self.scopes[scope]
+                .scope
+                .with_core(|c| c.sync_failed(peer, now));
+            return;
+        }
         let complete = if page == 0 {
             if pages <= 1 {
                 Some(groups)
