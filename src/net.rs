@@ -1369,6 +1369,14 @@ impl Behaviour {
             }
             ProtocolsEvent::Ping(ping::Event {
                 peer,
+                result: Err(ping::Failure::Unsupported),
+                ..
+            }) => {
+                // Not a procgroups peer, or one without ping: liveness is the transport's.
+                tracing::debug!(%peer, "peer does not speak ping");
+            }
+            ProtocolsEvent::Ping(ping::Event {
+                peer,
                 connection,
                 result: Err(error),
             }) => {

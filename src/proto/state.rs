@@ -155,7 +155,77 @@ pub(crate) struct CoreStats {
 struct NodeSlots {
     node: u32,
     slots: usize,
-    ids: Map<u64, u32>,
+    ids: Ids,
+}
+
+/// One node's processes in one group with their slot counts: inline while there is one (the
+/// common case of a process alone in its group on that node), a map beyond.
+enum Ids {
+    One(u64, u32),
+    Many(Map<u64, u32>),
+}
+
+impl Ids {
+    fn get(&self, id: u64) -> Option<u32> {
+        match self {
+            Ids::One(only, count) => (*only == id).then_some(*count),
+            Ids::Many(map) => map.get(&id).copied(),
+        }
+    }
+
+    fn get_mut(&mut self, id: u64) -> Option<&mut u32> {
+        match self {
+            Ids::One(only, count) => (*only == id).then_some(count),
+            Ids::Many(map) => map.get_mut(&id),
+        }
+    }
+
+    /// Adds `n` slots of `id`; whether `id` is new here.
+    fn add(&mut self, id: u64, n: u32, seed: u64) -> bool {
+        match self {
+            Ids::One(only, count) if *only == id => {
+                let fresh = *count == 0;
+                *count += n;
+                fresh
+            }
+            Ids::One(only, count) if *count == 0 => {
+                *only = id;
+                *count = n;
+                true
+            }
+            Ids::One(only, count) => {
+                let mut map = Map::with_capacity_and_hasher(4, FixedState::with_seed(seed));
+                map.insert(*only, *count);
+                map.insert(id, n);
+                *self = Ids::Many(map);
+                true
+            }
+            Ids::Many(map) => {
+                let count = map.entry(id).or_insert(0);
+                let fresh = *count == 0;
+                *count += n;
+                fresh
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        match self {
+            Ids::One(only, count) if *only == id => *count = 0,
+            Ids::One(..) => {}
+            Ids::Many(map) => {
+                map.remove(&id);
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        let (one, many) = match self {
+            Ids::One(id, count) => (Some((*id, *count)).filter(|(_, c)| *c > 0), None),
+            Ids::Many(map) => (None, Some(map.iter().map(|(i, c)| (*i, *c)))),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
 }
 
 struct GroupState {
@@ -172,9 +242,7 @@ impl GroupState {
         self.nodes.iter().find(|n| n.node == node)
     }
     fn count(&self, node: u32, id: u64) -> u32 {
-        self.node(node)
-            .and_then(|n| n.ids.get(&id).copied())
-            .unwrap_or(0)
+        self.node(node).and_then(|n| n.ids.get(id)).unwrap_or(0)
     }
 }
 
@@ -534,8 +602,7 @@ impl ScopeCore {
             .values()
             .filter_map(|g| {
                 g.node(LOCAL).map(|n| {
-                    let mut members: Vec<(u64, u32)> =
-                        n.ids.iter().map(|(id, c)| (*id, *c)).collect();
+                    let mut members: Vec<(u64, u32)> = n.ids.iter().collect();
                     members.sort_unstable();
                     SyncGroup {
                         name: g.name.to_string(),
@@ -754,6 +821,9 @@ impl ScopeCore {
     /// How many of `n` new slots of `name` the limits let this node hold.
     fn room(&self, name: &str, n: u32) -> u32 {
         let max_members = self.cfg.max_members_per_group;
+        if max_members == 0 && self.cfg.max_groups == 0 {
+            return n;
+        }
         let current = match self.groups.get(name) {
             Some(g) => g.slots,
             None if self.cfg.max_groups != 0 && self.groups.len() >= self.cfg.max_groups => {
@@ -903,7 +973,7 @@ impl ScopeCore {
                 .groups
                 .get(group.name.as_str())
                 .and_then(|g| g.node(node))
-                .map(|n| n.ids.iter().map(|(id, c)| (*id, *c)).collect())
+                .map(|n| n.ids.iter().collect())
                 .unwrap_or_default();
             let wanted: Map<u64, u32> = {
                 let mut m = Map::with_hasher(self.hasher());
@@ -1067,16 +1137,14 @@ impl ScopeCore {
                 group.nodes.push(NodeSlots {
                     node,
                     slots: 0,
-                    ids: Map::with_hasher(FixedState::with_seed(seed)),
+                    ids: Ids::One(id, 0),
                 });
                 group.nodes.len() - 1
             }
         };
         let slots = &mut group.nodes[pos];
         let node_fresh = slots.slots == 0;
-        let count = slots.ids.entry(id).or_insert(0);
-        let id_fresh = *count == 0;
-        *count += n;
+        let id_fresh = slots.ids.add(id, n, seed);
         slots.slots += n as usize;
         group.slots += n as usize;
         group.members = None;
@@ -1121,7 +1189,7 @@ impl ScopeCore {
             return nothing;
         };
         let slots = &mut group.nodes[pos];
-        let Some(count) = slots.ids.get_mut(&id) else {
+        let Some(count) = slots.ids.get_mut(id) else {
             return nothing;
         };
         let removed = n.min(*count);
@@ -1131,7 +1199,7 @@ impl ScopeCore {
         *count -= removed;
         let id_gone = *count == 0;
         if id_gone {
-            slots.ids.remove(&id);
+            slots.ids.remove(id);
         }
         slots.slots -= removed as usize;
         group.slots -= removed as usize;
@@ -1180,7 +1248,7 @@ impl ScopeCore {
             .get(name)
             .and_then(|g| g.node(node))
             .map(|n| {
-                let mut v: Vec<(u64, u32)> = n.ids.iter().map(|(i, c)| (*i, *c)).collect();
+                let mut v: Vec<(u64, u32)> = n.ids.iter().collect();
                 v.sort_unstable();
                 v
             })
@@ -1197,8 +1265,8 @@ impl ScopeCore {
         for g in self.groups.values() {
             let mut members = BTreeMap::new();
             for n in &g.nodes {
-                for (id, c) in &n.ids {
-                    members.insert(Pid::new(self.nodes[n.node as usize], *id), *c);
+                for (id, c) in n.ids.iter() {
+                    members.insert(Pid::new(self.nodes[n.node as usize], id), c);
                 }
             }
             assert_eq!(
@@ -1242,8 +1310,8 @@ pub(crate) struct LimitError {
 }
 
 fn push_slots(out: &mut Vec<(u32, u64)>, slots: &NodeSlots) {
-    for (id, count) in &slots.ids {
-        out.extend(std::iter::repeat_n((slots.node, *id), *count as usize));
+    for (id, count) in slots.ids.iter() {
+        out.extend(std::iter::repeat_n((slots.node, id), count as usize));
     }
 }
 
