@@ -400,6 +400,39 @@ pub enum Event {
 /// (mDNS and the timers use it); its idle-connection timeout does not matter, because the
 /// behaviour keeps the connections to peers that share a scope.
 ///
+/// What it does, and the decisions DESIGN leaves open:
+/// - **Deltas**: a local change wakes it; everything queued since its last turn goes out as
+///   one delta (cut below 60 KiB), so a single join is published at once and a burst batches
+///   itself. A delta is accepted (and forwarded by gossipsub) only if its origin is the
+///   message's signed source and the core takes it; otherwise it is rejected, which also
+///   lowers the sender's gossipsub score.
+/// - **Discover** on every new connection, both ways, at most 8 in flight (the rest wait
+///   their turn), and again when the peer subscribes to a scope's topic (a delta published
+///   between its sync and its subscription is not lost). The answer also names the other
+///   connected peers of the shared scopes (at most 64, with their addresses): the node dials
+///   them, because a sync needs a direct connection to the origin, so every member of a
+///   scope ends up connected to every other.
+/// - **Sync** of one origin's state, pulled from the origin itself when the core asks (gap,
+///   new incarnation, unknown or purged origin), paged under half the response cap, at most
+///   256 pages. A node whose deltas reach us through others but that we are not connected
+///   to is dialed.
+/// - **Anti-entropy**: every `anti_entropy_interval`, a Discover of that scope to the next
+///   connected peer of the scope (round robin).
+/// - **Node down**: a peer with no connection (or never connected, but whose members we
+///   hold) is purged from a scope once that scope's `node_down_grace` has passed; lost
+///   peers are redialed with backoff (250 ms doubling to 30 s, 10 attempts). A ping that
+///   fails closes its connection. A peer that says goodbye (graceful shutdown) is purged at
+///   once and not redialed.
+/// - **Delivery**: one ordered outbox per peer (see `broadcast`); the retry and breaker
+///   settings are per node, taken from the scopes: the longest `broadcast_timeout`,
+///   `max_retries` and `retry_max_delay`, the shortest `retry_base_delay`, the fewest
+///   `circuit_breaker_failures` and the longest `circuit_breaker_reset_time` (most nodes host
+///   one scope, for which these are exactly its settings). A retried batch keeps its
+///   sequence number; the receiver delivers each (sender incarnation, sequence) once.
+/// - **Kademlia** (when bootstrap addresses are given): the node provides a key per scope and
+///   looks up its providers 200 ms after its first connection, then at doubling intervals up
+///   to every 30 s, and dials the providers it finds.
+///
 /// [`Protocols`]: crate::behaviour::Protocols
 pub struct Behaviour {
     protocols: Protocols,
