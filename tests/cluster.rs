@@ -14,6 +14,9 @@ use procgroups::{
 };
 use tokio::time::timeout;
 
+mod support;
+use support::poll_until as eventually;
+
 const SCOPE: &str = "test:cluster";
 /// A second scope hosted by the partition tests, with `PARTITION_GRACE`: a clock that shows a
 /// partition lasted longer than that grace, without sleeping.
@@ -71,18 +74,6 @@ fn spawn(node: &Node) -> (Process, Instance) {
     let p = node.spawn_process();
     let pg = p.open(SCOPE).expect("open the scope");
     (p, pg)
-}
-
-/// Waits until `cond` holds, polling; fails after `secs`.
-async fn eventually(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// `from` dials `to`; returns once both see the connection.

@@ -7,23 +7,15 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use procgroups::behaviour::Event;
 use procgroups::{Keypair, Node, ScopeConfig};
 
+mod support;
+use support::poll_until as eventually;
+
 const SCOPE: &str = "test:embed";
 
 #[derive(NetworkBehaviour)]
 struct App {
     groups: procgroups::behaviour::Behaviour,
     ping: libp2p::ping::Behaviour,
-}
-
-async fn eventually(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

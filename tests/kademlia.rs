@@ -3,23 +3,13 @@
 //! directly and converge.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use procgroups::{Node, PeerId, ScopeConfig};
 
-const SCOPE: &str = "test:wan";
+mod support;
+use support::poll_until as eventually;
 
-/// Waits until `cond` holds, polling; fails after `secs`.
-async fn eventually(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+const SCOPE: &str = "test:wan";
 
 fn builder() -> procgroups::NodeBuilder {
     Node::builder()

@@ -1,23 +1,14 @@
 //! Sync of a large state: paged under the response cap, reassembled, applied once.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use procgroups::behaviour::BehaviourConfig;
 use procgroups::{ErrorKind, Node, ScopeConfig};
 
-const SCOPE: &str = "test:sync";
+mod support;
+use support::poll_until as eventually;
 
-async fn eventually(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+const SCOPE: &str = "test:sync";
 
 fn small_pages() -> BehaviourConfig {
     BehaviourConfig {
