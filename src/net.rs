@@ -45,6 +45,9 @@ use crate::wire::{
 
 /// How often timers are checked: retries, reorder windows, grace periods, anti-entropy.
 const HOUSEKEEPING: Duration = Duration::from_millis(20);
+/// Commands taken per round of `poll`, and busy rounds before `poll` yields to the swarm.
+const COMMAND_BUDGET: usize = 256;
+const POLL_ROUNDS: usize = 32;
 /// Discover requests in flight at once; more peers wait their turn.
 const MAX_DISCOVERS_IN_FLIGHT: usize = 8;
 /// First and longest wait before dialing a known peer again.
@@ -1684,7 +1687,10 @@ impl NetworkBehaviour for Behaviour {
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
-        loop {
+        // Each round serves every source once (commands up to a budget), so that a flood from
+        // one (the application's sends, a peer's messages) cannot starve the others; after
+        // `POLL_ROUNDS` busy rounds it yields to the swarm, which must get to do the I/O.
+        for _ in 0..POLL_ROUNDS {
             if let Some(action) = self.pending.pop_front() {
                 return Poll::Ready(action);
             }
@@ -1702,23 +1708,27 @@ impl NetworkBehaviour for Behaviour {
                 self.stop();
                 continue;
             }
-            match self.commands.poll_recv(cx) {
-                Poll::Ready(Some(command)) => {
-                    self.on_command(command);
-                    continue;
+            let mut busy = false;
+            for _ in 0..COMMAND_BUDGET {
+                match self.commands.poll_recv(cx) {
+                    Poll::Ready(Some(command)) => {
+                        self.on_command(command);
+                        busy = true;
+                    }
+                    Poll::Ready(None) => {
+                        // Every handle is gone: nobody is left to say goodbye for.
+                        tracing::debug!("node dropped; its behaviour stops");
+                        self.stop();
+                        busy = true;
+                        break;
+                    }
+                    Poll::Pending => break,
                 }
-                Poll::Ready(None) => {
-                    // Every handle is gone: nobody is left to say goodbye for.
-                    tracing::debug!("node dropped; its behaviour stops");
-                    self.stop();
-                    continue;
-                }
-                Poll::Pending => {}
             }
             self.shared.waker.register(cx.waker());
             if self.shared.dirty.swap(false, Ordering::AcqRel) {
                 self.publish_deltas();
-                continue;
+                busy = true;
             }
             let timer = self.housekeeping.get_or_insert_with(|| {
                 let mut t = tokio::time::interval(HOUSEKEEPING);
@@ -1727,18 +1737,23 @@ impl NetworkBehaviour for Behaviour {
             });
             if timer.poll_tick(cx).is_ready() {
                 self.housekeeping();
-                continue;
+                busy = true;
             }
             match self.protocols.poll(cx) {
                 Poll::Ready(ToSwarm::GenerateEvent(event)) => {
                     self.on_behaviour_event(event);
-                    continue;
+                    busy = true;
                 }
                 // Only `GenerateEvent` carries an event, and it is handled above.
                 Poll::Ready(action) => return Poll::Ready(action.map_out(|_| Event::Stopped)),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {}
+            }
+            if !busy && self.pending.is_empty() {
+                return Poll::Pending;
             }
         }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
