@@ -71,6 +71,10 @@ async fn measure(processes: usize, groups_per_process: usize) -> procgroups::Res
         joined as f64 / SLOTS as f64,
         with_lists as f64 / SLOTS as f64,
     );
+    // The network thread holds the scopes too: wait until it has ended, so that this node's
+    // memory is freed before the next shape is measured.
+    drop((lists, instances, procs));
+    node.shutdown().await;
     Ok(())
 }
 
