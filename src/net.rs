@@ -171,9 +171,15 @@ impl NetHandle {
     /// for the node's own swarm, once its thread has ended).
     pub(crate) async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.send(Command::Shutdown(tx)).is_ok() {
-            // An error means the behaviour is gone already: nothing left to wait for.
-            rx.await.ok();
+        let stopped = match self.send(Command::Shutdown(tx)) {
+            // The bound is for an application's swarm that is no longer polled; an error of
+            // `rx` means the behaviour is gone already.
+            Ok(()) => tokio::time::timeout(GOODBYE_WAIT * 3, rx).await.is_ok(),
+            Err(_) => true,
+        };
+        if !stopped {
+            tracing::warn!("the network behaviour did not stop: is its swarm still polled?");
+            return;
         }
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(thread) = thread {

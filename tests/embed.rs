@@ -101,3 +101,26 @@ async fn an_embedded_node_talks_to_a_standalone_one() {
     .await;
     b.shutdown().await;
 }
+
+/// A node whose behaviour nobody polls (or that was dropped) still shuts down, in bounded
+/// time.
+#[tokio::test]
+async fn shutdown_is_bounded_when_the_swarm_is_not_polled() {
+    let (node, behaviour) = Node::builder()
+        .mdns(false)
+        .scope(SCOPE, ScopeConfig::default())
+        .build_behaviour()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), node.shutdown())
+        .await
+        .expect("shutdown returns although the behaviour is never polled");
+    let (node, _) = Node::builder()
+        .mdns(false)
+        .scope(SCOPE, ScopeConfig::default())
+        .build_behaviour()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(1), node.shutdown())
+        .await
+        .expect("shutdown returns at once when the behaviour is gone");
+    drop(behaviour);
+}
