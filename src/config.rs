@@ -454,16 +454,58 @@ fn yes() -> bool {
 ///
 /// Entries of other kinds are skipped (a registry holds many kinds). Unknown fields of a
 /// `pg.scope` entry, invalid values and duplicate ids are errors. A missing `lifecycle`
-/// means `auto_start = true`.
+/// means `auto_start = true`. `examples/procgroups.toml` is a commented example.
+///
+/// ```
+/// let scopes = procgroups::config::parse_scopes_toml(r#"
+///     namespace = "app"
+///     [[entries]]
+///     name = "pg"
+///     kind = "pg.scope"
+///     node_down_grace = "5s"
+/// "#)?;
+/// assert_eq!(scopes[0].id, "app:pg");
+/// assert_eq!(scopes[0].config.node_down_grace(), std::time::Duration::from_secs(5));
+/// # Ok::<(), procgroups::ConfigError>(())
+/// ```
 pub fn parse_scopes_toml(text: &str) -> Result<Vec<ScopeEntry>, ConfigError> {
     let file: RegistryFile = toml::from_str(text).map_err(|e| ConfigError::File {
         path: "<toml>".into(),
         reason: e.to_string(),
     })?;
+    scopes_of(file, "<toml>")
+}
+
+/// Parses a registry file in the seeds' entry shape, written in YAML; the same entries and
+/// rules as [`parse_scopes_toml`]:
+///
+/// ```
+/// let scopes = procgroups::config::parse_scopes_yaml("
+/// namespace: app
+/// entries:
+///   - name: pg
+///     kind: pg.scope
+///     anti_entropy_interval: 0   # off
+///     lifecycle: { auto_start: true }
+/// ")?;
+/// assert_eq!(scopes[0].id, "app:pg");
+/// assert_eq!(scopes[0].config.anti_entropy_interval(), None);
+/// # Ok::<(), procgroups::ConfigError>(())
+/// ```
+pub fn parse_scopes_yaml(text: &str) -> Result<Vec<ScopeEntry>, ConfigError> {
+    // The entries are read as TOML tables, so that both formats share one validation.
+    let file: RegistryFile = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::File {
+        path: "<yaml>".into(),
+        reason: e.to_string(),
+    })?;
+    scopes_of(file, "<yaml>")
+}
+
+fn scopes_of(file: RegistryFile, path: &str) -> Result<Vec<ScopeEntry>, ConfigError> {
     let mut scopes: Vec<ScopeEntry> = Vec::new();
     for mut entry in file.entries {
         let field_error = |reason: String| ConfigError::File {
-            path: "<toml>".into(),
+            path: path.into(),
             reason,
         };
         let kind = match entry.remove("kind") {
@@ -513,27 +555,32 @@ pub fn parse_scopes_toml(text: &str) -> Result<Vec<ScopeEntry>, ConfigError> {
     Ok(scopes)
 }
 
-/// Reads a registry file (see [`parse_scopes_toml`]); `.toml` files only for now.
+/// Reads a registry file: TOML ([`parse_scopes_toml`]) for a `.toml` file, YAML
+/// ([`parse_scopes_yaml`]) for `.yaml` and `.yml`.
 pub fn load_scopes_file(path: impl AsRef<Path>) -> Result<Vec<ScopeEntry>, ConfigError> {
     let path = path.as_ref();
     let shown = path.display().to_string();
+    let parse = match path.extension().and_then(|e| e.to_str()) {
+        Some("toml") => parse_scopes_toml,
+        Some("yaml" | "yml") => parse_scopes_yaml,
+        _ => {
+            return Err(ConfigError::File {
+                path: shown,
+                reason: "unsupported file type: expected .toml, .yaml or .yml".into(),
+            });
+        }
+    };
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
         path: shown.clone(),
         reason: e.to_string(),
     })?;
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("toml") => parse_scopes_toml(&text).map_err(|e| match e {
-            ConfigError::File { reason, .. } => ConfigError::File {
-                path: shown,
-                reason,
-            },
-            other => other,
-        }),
-        _ => Err(ConfigError::File {
+    parse(&text).map_err(|e| match e {
+        ConfigError::File { reason, .. } => ConfigError::File {
             path: shown,
-            reason: "unsupported file type: expected a .toml file".into(),
-        }),
-    }
+            reason,
+        },
+        other => other,
+    })
 }
 
 #[cfg(test)]
@@ -636,6 +683,70 @@ mod tests {
             parse_scopes_toml(dup).unwrap_err(),
             ConfigError::DuplicateScope("a:pg".into())
         );
+    }
+
+    #[test]
+    fn yaml_entries_read_like_toml() {
+        let yaml = "
+namespace: app
+entries:
+  - name: pg
+    kind: pg.scope
+    anti_entropy_interval: 30s
+    circuit_breaker_failures: 3
+    max_members_per_group: 10000
+    retry_base_delay: 50ms
+    lifecycle: { auto_start: true }
+  - name: other
+    kind: http.service
+    port: 8080
+  - name: chat:rooms
+    kind: pg.scope
+    anti_entropy_interval: 0
+    max_retries: 0
+    lifecycle:
+      auto_start: false
+";
+        let toml = r#"
+            namespace = "app"
+            [[entries]]
+            name = "pg"
+            kind = "pg.scope"
+            anti_entropy_interval = "30s"
+            circuit_breaker_failures = 3
+            max_members_per_group = 10000
+            retry_base_delay = "50ms"
+            [[entries]]
+            name = "chat:rooms"
+            kind = "pg.scope"
+            anti_entropy_interval = 0
+            max_retries = 0
+            lifecycle = { auto_start = false }
+        "#;
+        assert_eq!(
+            parse_scopes_yaml(yaml).unwrap(),
+            parse_scopes_toml(toml).unwrap()
+        );
+        let err = parse_scopes_yaml(
+            "namespace: a\nentries:\n  - name: pg\n    kind: pg.scope\n    max_grups: 3\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("max_grups"), "{err}");
+        let err = parse_scopes_yaml("entries: [1, 2").unwrap_err();
+        assert!(matches!(err, ConfigError::File { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_examples_scope_files_agree() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let toml = load_scopes_file(dir.join("procgroups.toml")).unwrap();
+        let yaml = load_scopes_file(dir.join("procgroups.yaml")).unwrap();
+        assert_eq!(toml, yaml);
+        let ids: Vec<&str> = toml.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["chat:rooms", "chat:users", "cluster:work"]);
+        let err = load_scopes_file(dir.join("procgroups.json")).unwrap_err();
+        assert!(err.to_string().contains("unsupported"), "{err}");
     }
 
     #[test]

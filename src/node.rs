@@ -81,8 +81,11 @@ impl NodeBuilder {
         self
     }
 
-    /// Hosts the scopes of a registry file (see [`parse_scopes_toml`](crate::config::parse_scopes_toml));
-    /// entries with `lifecycle.auto_start = false` are skipped. Read by [`build`](Self::build).
+    /// Hosts the scopes of a registry file, TOML (`.toml`) or YAML (`.yaml`, `.yml`), in the
+    /// seeds' entry shape (see [`parse_scopes_toml`](crate::config::parse_scopes_toml) and
+    /// `examples/procgroups.toml`); entries with `lifecycle.auto_start = false` are skipped.
+    /// Read by [`build`](Self::build), which fails with `Invalid` naming the file and the
+    /// field if the file is wrong.
     pub fn scopes_from_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.files.push(path.into());
         self
