@@ -237,7 +237,15 @@ impl Instance {
         }
         let message = Message::new(self.process.pid, topic, encode_payload(payload)?);
         self.node.deliver_local_slots(local, &message);
+        let counters = &self.scope.counters;
+        counters.broadcasts.fetch_add(1, Ordering::Relaxed);
+        counters
+            .slots_local
+            .fetch_add(local.len() as u64, Ordering::Relaxed);
         if all.len() > local.len() {
+            counters
+                .slots_remote
+                .fetch_add((all.len() - local.len()) as u64, Ordering::Relaxed);
             let me = self.node.peer_id;
             for (node, targets) in all.node_runs().filter(|(n, _)| *n != me) {
                 let frame = Frame {
@@ -247,6 +255,7 @@ impl Instance {
                     targets,
                 };
                 self.node.deliver_remote(node, frame)?;
+                counters.frames_queued.fetch_add(1, Ordering::Relaxed);
             }
         }
         Ok(all.len())

@@ -48,9 +48,11 @@ pub mod behaviour;
 pub mod codec;
 pub mod config;
 mod error;
+mod health;
 mod instance;
 mod keep_alive;
 mod members;
+mod metrics;
 mod net;
 mod node;
 mod outbox;
@@ -59,17 +61,21 @@ mod policy;
 mod process;
 mod proto;
 mod scope;
+mod stats;
 mod subscription;
 pub mod wire;
 
 pub use config::{ConfigError, ScopeConfig, ScopeConfigBuilder};
 pub use error::{Error, ErrorKind, Limit, Result};
+pub use health::{HealthProblem, HealthStatus, ScopeHealth};
 pub use instance::{GroupNames, Instance};
 /// The README's examples, compiled as doctests so that they stay true.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+/// Re-exported: [`Node::register_metrics`] takes a registry of this version.
+pub use prometheus_client;
 /// Re-exported so that users name the same libp2p types (`PeerId`, `Keypair`, `Multiaddr`).
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr};
 pub use members::Members;
@@ -78,4 +84,5 @@ pub use pid::{ParsePidError, Pid};
 pub use policy::{AllowAll, Permission, Policy, Request};
 pub use process::{Inbox, Message, Process};
 pub use proto::state::MAX_GROUP_NAME_LEN;
+pub use stats::{BreakerCounts, NodeStats, ScopeStats};
 pub use subscription::{Event, EventKind, Subscription};

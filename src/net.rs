@@ -34,11 +34,12 @@ use crate::behaviour::{
     BehaviourConfig, Protocols, ProtocolsEvent, scope_provider_key, scope_topic,
 };
 use crate::error::{Error, Result};
-use crate::outbox::{DeliveryPolicy, MAX_QUEUED_FRAMES, Outbox};
+use crate::outbox::{BreakerState, DeliveryPolicy, MAX_QUEUED_FRAMES, Outbox};
 use crate::process::{Message, ProcessTable};
 use crate::proto::messages::{Delta, SyncGroup, SyncState, Version};
 use crate::proto::state::Output;
 use crate::scope::Scope;
+use crate::stats::{Heartbeat, ScopeNetView};
 use crate::wire::{
     DeliverAck, DeliverBatch, Frame, MAX_PEERS_EXCHANGED, SyncRequest, SyncResponse,
 };
@@ -64,6 +65,9 @@ const KAD_MAX: Duration = Duration::from_secs(30);
 /// Pages of one sync, at most: with the default 4 MiB response cap, a state of up to about
 /// 1 GiB. A peer announcing more is refused before anything is buffered.
 const MAX_SYNC_PAGES: u32 = 256;
+/// A peer lost without a goodbye counts as unreachable (stats, health) until it reconnects,
+/// the application disconnects it, or this long has passed: then it is taken for gone.
+const UNREACHABLE_REPORTED_FOR: Duration = Duration::from_secs(600);
 /// Addresses remembered per peer for dialing it again.
 const MAX_ADDRS: usize = 8;
 
@@ -79,15 +83,14 @@ pub(crate) struct NetConfig {
 /// Counters of the network side, readable from any thread.
 #[derive(Debug, Default)]
 pub(crate) struct NetStats {
-    pub deltas_published: AtomicU64,
-    pub deltas_rejected: AtomicU64,
-    pub syncs_served: AtomicU64,
     pub requests_failed: AtomicU64,
     pub frames_sent: AtomicU64,
     pub frames_received: AtomicU64,
     pub frames_lost: AtomicU64,
     pub batches_duplicate: AtomicU64,
     pub malformed: AtomicU64,
+    /// Messages for this node's processes that nobody listened to or found a full inbox.
+    pub messages_dropped: AtomicU64,
 }
 
 /// What the application's threads can read of the behaviour's state, and how they wake it.
@@ -98,6 +101,9 @@ pub(crate) struct NetShared {
     pub listen_addrs: RwLock<Vec<Multiaddr>>,
     pub connected: RwLock<HashSet<PeerId>>,
     pub stats: NetStats,
+    pub heartbeat: Heartbeat,
+    /// The behaviour stopped (shutdown, or every handle dropped).
+    pub stopped: AtomicBool,
     /// Set with [`wake`](Self::wake) when a scope queued a change for the peers.
     dirty: AtomicBool,
     waker: AtomicWaker,
@@ -650,8 +656,9 @@ impl Behaviour {
                 let topic = self.scopes[i].topic.clone();
                 match self.protocols.gossipsub.publish(topic, data) {
                     Ok(_) => {
-                        self.shared
-                            .stats
+                        self.scopes[i]
+                            .scope
+                            .counters
                             .deltas_published
                             .fetch_add(1, Ordering::Relaxed);
                     }
@@ -671,12 +678,6 @@ impl Behaviour {
         message: gossipsub::Message,
     ) {
         let acceptance = self.accept_delta(&message);
-        if acceptance == MessageAcceptance::Reject {
-            self.shared
-                .stats
-                .deltas_rejected
-                .fetch_add(1, Ordering::Relaxed);
-        }
         self.protocols.gossipsub.report_message_validation_result(
             &id,
             &propagation_source,
@@ -688,13 +689,17 @@ impl Behaviour {
         let Some(&scope) = self.by_topic.get(&message.topic) else {
             return MessageAcceptance::Ignore;
         };
+        // The core counts what it rejects; what never reaches it is counted here.
+        let rejected = &self.scopes[scope].scope.counters.deltas_rejected;
         let Some(source) = message.source else {
+            rejected.fetch_add(1, Ordering::Relaxed);
             return MessageAcceptance::Reject;
         };
         let delta: Delta = match ciborium::from_reader(&message.data[..]) {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(%source, error = %e, "malformed delta");
+                rejected.fetch_add(1, Ordering::Relaxed);
                 self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 return MessageAcceptance::Reject;
             }
@@ -981,8 +986,9 @@ impl Behaviour {
             };
         };
         self.note_sharing(peer, scope);
-        self.shared
-            .stats
+        self.scopes[scope]
+            .scope
+            .counters
             .syncs_served
             .fetch_add(1, Ordering::Relaxed);
         if page == 0 {
@@ -1157,10 +1163,6 @@ impl Behaviour {
             return;
         };
         while let Some(send) = p.outbox.poll_send(&self.policy, now) {
-            self.shared
-                .stats
-                .frames_sent
-                .fetch_add(send.frames.len() as u64, Ordering::Relaxed);
             let batch = DeliverBatch {
                 incarnation: self.incarnation,
                 seq: send.seq,
@@ -1195,6 +1197,10 @@ impl Behaviour {
                     {
                         let done = p.outbox.on_success(seq);
                         self.shared.queued_frames.fetch_sub(done, Ordering::Relaxed);
+                        self.shared
+                            .stats
+                            .frames_sent
+                            .fetch_add(done as u64, Ordering::Relaxed);
                         self.pump(peer, now);
                     }
                 }
@@ -1248,7 +1254,7 @@ impl Behaviour {
                 Message::new_shared(Pid::new(peer, frame.from), frame.topic, frame.payload);
             for id in frame.targets.iter() {
                 if let Some(p) = processes.get(id) {
-                    p.deliver(message.clone());
+                    p.deliver(message.clone(), &self.shared.stats.messages_dropped);
                 }
                 count += 1;
             }
@@ -1342,6 +1348,7 @@ impl Behaviour {
             return;
         }
         self.stopped = true;
+        self.shared.stopped.store(true, Ordering::Release);
         if let Some(s) = self.shutdown.take() {
             s.done.send(()).ok();
         }
@@ -1470,6 +1477,7 @@ impl Behaviour {
 
     fn housekeeping(&mut self) {
         let now = Instant::now();
+        self.shared.heartbeat.beat(now);
         let core_now = self.now();
         for i in 0..self.scopes.len() {
             self.scopes[i].scope.with_core(|c| c.tick(core_now));
@@ -1488,6 +1496,7 @@ impl Behaviour {
             self.pump(peer, now);
         }
         self.redials(now);
+        self.publish_views(now);
         let ttl = self.policy.timeout.max(Duration::from_secs(5)) * 2;
         self.served_pages
             .retain(|_, s| now.duration_since(s.at) < ttl);
@@ -1564,6 +1573,39 @@ impl Behaviour {
             tracing::info!(%peer, scope = %self.scopes[i].scope.id, "node down: purging its members");
             self.scopes[i].scope.with_core(|c| c.peer_down(peer));
             self.partial_syncs.remove(&(peer, i));
+        }
+    }
+
+    /// Tells each scope what the behaviour knows of its peers, for stats and health.
+    fn publish_views(&mut self, now: Instant) {
+        let mut views = vec![ScopeNetView::default(); self.scopes.len()];
+        for (id, p) in &self.peers {
+            let connected = p.connections > 0;
+            let lost = match p.down_since {
+                Some(since) if !connected && !p.forgotten && !p.departed => {
+                    (now.duration_since(since) < UNREACHABLE_REPORTED_FOR).then_some(since)
+                }
+                _ => None,
+            };
+            if !connected && lost.is_none() {
+                continue;
+            }
+            for &i in &p.scopes {
+                let view = &mut views[i];
+                if let Some(since) = lost {
+                    view.unreachable.push((*id, since));
+                } else {
+                    view.peers += 1;
+                }
+                match p.outbox.breaker_state() {
+                    BreakerState::Closed => view.breakers.closed += 1,
+                    BreakerState::HalfOpen => view.breakers.half_open += 1,
+                    BreakerState::Open => view.breakers.open += 1,
+                }
+            }
+        }
+        for (s, view) in self.scopes.iter().zip(views) {
+            *s.scope.net_view.lock().unwrap_or_else(|e| e.into_inner()) = view;
         }
     }
 

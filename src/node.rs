@@ -3,20 +3,24 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hashbrown::HashMap;
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
+use prometheus_client::registry::Registry;
 
 use crate::behaviour::BehaviourConfig;
 use crate::config::{ConfigError, load_scopes_file, validate_scope_id};
 use crate::error::{Error, Result};
+use crate::health::{HealthProblem, ScopeHealth};
+use crate::metrics::NodeCollector;
 use crate::net::{NetConfig, NetHandle, NetShared};
 use crate::outbox::DeliveryPolicy;
 use crate::policy::{AllowAll, Permission, Policy, Request};
 use crate::process::{Message, Process, ProcessShared, ProcessTable};
 use crate::scope::Scope;
+use crate::stats::{NodeStats, ScopeStats};
 use crate::wire::Frame;
 use crate::{Members, Pid, ScopeConfig};
 
@@ -346,6 +350,76 @@ impl Node {
         self.shared.peer_id
     }
 
+    /// The figures of the scope `id` on this node (sizes, peers, deltas, syncs, deliveries,
+    /// drops, breakers); `NotFound` for a scope the node does not host. The same figures
+    /// are exported by [`register_metrics`](Self::register_metrics).
+    pub fn stats(&self, scope: &str) -> Result<ScopeStats> {
+        Ok(self.shared.hosted(scope)?.stats())
+    }
+
+    /// The node-wide figures: connections and the delivery of messages to other nodes.
+    pub fn node_stats(&self) -> NodeStats {
+        self.shared.node_stats()
+    }
+
+    /// The health of the scope `id` on this node (see [`ScopeHealth`] for what it checks);
+    /// `NotFound` for a scope the node does not host.
+    pub fn scope_health(&self, scope: &str) -> Result<ScopeHealth> {
+        let scope = self.shared.hosted(scope)?;
+        Ok(self.shared.health(&scope))
+    }
+
+    /// The health of every scope of the node, sorted by scope id.
+    pub fn health(&self) -> Vec<ScopeHealth> {
+        self.shared.all_health()
+    }
+
+    /// Registers the node's metrics in `registry`, under the prefix `procgroups`: per scope
+    /// (label `scope`) `groups`, `members`, `local_members`, `peers`, `peers_unreachable`,
+    /// `breakers` (by `state`), `deltas_queued`, `deltas_total` (by `outcome`: sent, applied,
+    /// duplicate, rejected), `syncs_total` (applied, rejected, served), `purges_total`,
+    /// `broadcasts_total`, `deliveries_total` (by `target`: local, remote), `drops_total`
+    /// (by `what`: event, remote_slot) and `health` (0 healthy, 1 degraded, 2 unhealthy);
+    /// per node `node_peers`, `frames_waiting`, `frames_total` (sent, received, lost),
+    /// `duplicate_batches_total`, `errors_total` (request_failed, malformed) and
+    /// `messages_dropped_total`.
+    ///
+    /// The values are read at each scrape from the counters the node keeps anyway, so
+    /// registering costs nothing between scrapes. The registry holds the node weakly: once
+    /// the node is dropped it reports nothing. To put several nodes in one registry, give
+    /// each a sub-registry with a label of its own
+    /// ([`Registry::sub_registry_with_label`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use prometheus_client::registry::Registry;
+    /// use procgroups::{Node, ScopeConfig};
+    ///
+    /// let node = Node::builder()
+    ///     .mdns(false)
+    ///     .listen_on("/ip4/127.0.0.1/tcp/0".parse()?)
+    ///     .scope("app:pg", ScopeConfig::default())
+    ///     .build()
+    ///     .await?;
+    /// let mut registry = Registry::default();
+    /// node.register_metrics(&mut registry);
+    /// let p = node.spawn_process();
+    /// p.open("app:pg")?.join("workers")?;
+    ///
+    /// let mut text = String::new();
+    /// prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    /// assert!(text.contains(r#"procgroups_members{scope="app:pg"} 1"#), "{text}");
+    /// # Ok(()) }
+    /// ```
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry
+            .sub_registry_with_prefix("procgroups")
+            .register_collector(Box::new(NodeCollector {
+                node: Arc::downgrade(&self.shared),
+            }));
+    }
+
     /// The ids of the scopes the node hosts, sorted.
     pub fn scopes(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.shared.scopes.keys().map(|k| k.to_string()).collect();
@@ -418,6 +492,90 @@ pub(crate) struct NodeShared {
 }
 
 impl NodeShared {
+    fn hosted(&self, id: &str) -> Result<Arc<Scope>> {
+        self.scope(id).ok_or_else(|| Error::ScopeNotFound {
+            scope: id.to_owned(),
+        })
+    }
+
+    fn sorted_scopes(&self) -> Vec<&Arc<Scope>> {
+        let mut scopes: Vec<&Arc<Scope>> = self.scopes.values().collect();
+        scopes.sort_by(|a, b| a.id.cmp(&b.id));
+        scopes
+    }
+
+    pub(crate) fn all_stats(&self) -> Vec<ScopeStats> {
+        self.sorted_scopes()
+            .into_iter()
+            .map(|s| s.stats())
+            .collect()
+    }
+
+    pub(crate) fn all_health(&self) -> Vec<ScopeHealth> {
+        self.sorted_scopes()
+            .into_iter()
+            .map(|s| self.health(s))
+            .collect()
+    }
+
+    pub(crate) fn node_stats(&self) -> NodeStats {
+        let net = &self.net.shared;
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        NodeStats {
+            peers: net
+                .connected
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .len(),
+            frames_waiting: net.queued_frames.load(Ordering::Relaxed),
+            frames_sent: read(&net.stats.frames_sent),
+            frames_received: read(&net.stats.frames_received),
+            frames_lost: read(&net.stats.frames_lost),
+            batches_duplicate: read(&net.stats.batches_duplicate),
+            requests_failed: read(&net.stats.requests_failed),
+            malformed: read(&net.stats.malformed),
+            messages_dropped: read(&net.stats.messages_dropped),
+        }
+    }
+
+    /// The checks of [`ScopeHealth`]: the network loop's pulse, peers lost for longer than
+    /// the grace, and the action queue.
+    pub(crate) fn health(&self, scope: &Scope) -> ScopeHealth {
+        let net = &self.net.shared;
+        let mut problems = Vec::new();
+        if net.stopped.load(Ordering::Acquire) {
+            problems.push(HealthProblem::Stopped);
+        } else {
+            let silent_for = net.heartbeat.silence();
+            if silent_for > scope.config.protocol_timeout() {
+                problems.push(HealthProblem::LoopStalled { silent_for });
+            }
+        }
+        let grace = scope.config.node_down_grace();
+        let mut lost: Vec<(PeerId, Duration)> = scope
+            .net_view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unreachable
+            .iter()
+            .map(|(peer, since)| (*peer, since.elapsed()))
+            .filter(|(_, gone)| *gone >= grace)
+            .collect();
+        lost.sort_by_key(|(_, gone)| std::cmp::Reverse(*gone));
+        if let Some(&(_, longest)) = lost.first() {
+            problems.push(HealthProblem::Partitioned {
+                peers: lost.into_iter().map(|(peer, _)| peer).collect(),
+                for_at_least: longest,
+            });
+        }
+        let queued = scope.queued_deltas();
+        let max = scope.config.action_queue_max_size();
+        if queued >= max {
+            problems.push(HealthProblem::Backlog { queued, max });
+        }
+        ScopeHealth::new(scope.id.to_string(), problems)
+    }
+
     pub(crate) fn check_running(&self) -> Result<()> {
         if self.running.load(Ordering::Acquire) {
             Ok(())
@@ -469,7 +627,7 @@ impl NodeShared {
             .cloned();
         match process {
             Some(p) => {
-                p.deliver(message);
+                p.deliver(message, &self.net.shared.stats.messages_dropped);
                 true
             }
             None => false,
@@ -482,7 +640,7 @@ impl NodeShared {
         let processes = self.processes.read().unwrap_or_else(|e| e.into_inner());
         for id in local.ids() {
             if let Some(p) = processes.get(&id) {
-                p.deliver(message.clone());
+                p.deliver(message.clone(), &self.net.shared.stats.messages_dropped);
             }
         }
     }

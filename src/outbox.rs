@@ -80,10 +80,6 @@ impl DeliveryPolicy {
 }
 
 /// The breaker's state, as metrics show it.
-#[cfg_attr(
-    not(test),
-    allow(dead_code, reason = "read by the per-scope metrics (issue 4)")
-)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BreakerState {
     Closed,
@@ -160,10 +156,6 @@ impl Default for Outbox {
     }
 }
 
-#[cfg_attr(
-    not(test),
-    allow(dead_code, reason = "read by the per-scope metrics (issue 4)")
-)]
 impl Outbox {
     pub(crate) fn breaker_state(&self) -> BreakerState {
         match self.breaker {
@@ -174,6 +166,7 @@ impl Outbox {
     }
 
     /// Nothing queued and nothing in flight.
+    #[cfg(test)]
     pub(crate) fn is_idle(&self) -> bool {
         self.queue.is_empty() && self.in_flight.is_none()
     }

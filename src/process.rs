@@ -159,8 +159,8 @@ impl ProcessShared {
     }
 
     /// Puts `message` in the inbox of its topic, or counts it as dropped (nobody listens to
-    /// the topic, or the inbox is full).
-    pub(crate) fn deliver(&self, message: Message) {
+    /// the topic, or the inbox is full) and tells the node's `dropped`.
+    pub(crate) fn deliver(&self, message: Message, node_dropped: &AtomicU64) {
         let topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
         let delivered = match topics.get(message.topic()) {
             Some(tx) => tx.try_send(message).is_ok(),
@@ -168,6 +168,7 @@ impl ProcessShared {
         };
         if !delivered {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            node_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 

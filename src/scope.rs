@@ -7,7 +7,7 @@
 //! slow subscriber never holds it.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hashbrown::HashMap;
@@ -17,6 +17,7 @@ use crate::net::NetShared;
 use crate::process::ProcessShared;
 use crate::proto::state::GroupName;
 use crate::proto::{Change, CoreConfig, ScopeCore};
+use crate::stats::{ScopeCounters, ScopeNetView, ScopeStats};
 use crate::subscription::{Subscriber, Subscription};
 use crate::{Event, EventKind, Members, Pid, ScopeConfig};
 
@@ -26,6 +27,9 @@ pub(crate) struct Scope {
     state: Mutex<ScopeState>,
     /// Wakes the network behaviour when a local change is queued for the peers.
     net: Arc<NetShared>,
+    pub(crate) counters: ScopeCounters,
+    /// Written by the network behaviour at each of its turns.
+    pub(crate) net_view: Mutex<ScopeNetView>,
 }
 
 struct ScopeState {
@@ -50,10 +54,10 @@ impl Subscribers {
         !self.all.is_empty() || self.by_group.contains_key(group)
     }
 
-    fn publish(&mut self, event: Event) {
-        self.all.retain(|s| s.offer(&event));
+    fn publish(&mut self, event: Event, dropped: &AtomicU64) {
+        self.all.retain(|s| s.offer(&event, dropped));
         if let Some(subs) = self.by_group.get_mut(&*event.group) {
-            subs.retain(|s| s.offer(&event));
+            subs.retain(|s| s.offer(&event, dropped));
             if subs.is_empty() {
                 self.by_group.remove(&*event.group);
             }
@@ -72,7 +76,7 @@ impl Subscribers {
 impl ScopeState {
     /// Turns the core's changes into events for the subscribers that want them. Consecutive
     /// changes of one kind to one group become one event.
-    fn flush(&mut self) {
+    fn flush(&mut self, dropped: &AtomicU64) {
         let mut run: Option<(EventKind, GroupName, Vec<Pid>)> = None;
         let subscribers = &mut self.subscribers;
         for Change {
@@ -90,22 +94,28 @@ impl ScopeState {
                 continue;
             }
             if let Some((kind, group, pids)) = run.take() {
-                subscribers.publish(Event {
-                    kind,
-                    group,
-                    pids: pids.into(),
-                });
+                subscribers.publish(
+                    Event {
+                        kind,
+                        group,
+                        pids: pids.into(),
+                    },
+                    dropped,
+                );
             }
             if subscribers.wants(&group) {
                 run = Some((kind, group, vec![pid; count as usize]));
             }
         }
         if let Some((kind, group, pids)) = run {
-            subscribers.publish(Event {
-                kind,
-                group,
-                pids: pids.into(),
-            });
+            subscribers.publish(
+                Event {
+                    kind,
+                    group,
+                    pids: pids.into(),
+                },
+                dropped,
+            );
         }
         let record = !self.subscribers.is_empty();
         self.core.set_record_changes(record);
@@ -135,6 +145,8 @@ impl Scope {
                 queue_warned: false,
             }),
             net,
+            counters: ScopeCounters::default(),
+            net_view: Mutex::new(ScopeNetView::default()),
         }
     }
 
@@ -143,7 +155,7 @@ impl Scope {
     pub(crate) fn with_core<R>(&self, f: impl FnOnce(&mut ScopeCore) -> R) -> R {
         let mut state = self.lock();
         let r = f(&mut state.core);
-        state.flush();
+        state.flush(&self.counters.events_dropped);
         r
     }
 
@@ -208,7 +220,7 @@ impl Scope {
                 group: e.group,
                 max: e.max,
             })?;
-        state.flush();
+        state.flush(&self.counters.events_dropped);
         self.changed(&state);
         Ok(())
     }
@@ -223,7 +235,7 @@ impl Scope {
                 groups: names.iter().map(|n| n.to_string()).collect(),
             });
         }
-        state.flush();
+        state.flush(&self.counters.events_dropped);
         self.changed(&state);
         Ok(())
     }
@@ -232,7 +244,7 @@ impl Scope {
     pub(crate) fn exit(&self, id: u64) {
         let mut state = self.lock();
         state.core.exit(id);
-        state.flush();
+        state.flush(&self.counters.events_dropped);
         self.changed(&state);
         state.subscribers.remove_where(|s| s.process == id);
         let record = !state.subscribers.is_empty();
@@ -245,6 +257,42 @@ impl Scope {
         state.subscribers.remove_where(|s| s.instance == instance);
         let record = !state.subscribers.is_empty();
         state.core.set_record_changes(record);
+    }
+
+    /// Local changes waiting for the network.
+    pub(crate) fn queued_deltas(&self) -> usize {
+        self.lock().core.queued_deltas()
+    }
+
+    /// The scope's figures: sizes and the core's counters read under one lock.
+    pub(crate) fn stats(&self) -> ScopeStats {
+        let mut stats = ScopeStats {
+            scope: self.id.to_string(),
+            ..ScopeStats::default()
+        };
+        {
+            let state = self.lock();
+            let sizes = state.core.sizes();
+            let core = state.core.stats();
+            stats.groups = sizes.groups;
+            stats.members = sizes.slots;
+            stats.local_members = sizes.local_slots;
+            stats.deltas_queued = state.core.queued_deltas();
+            stats.deltas_applied = core.deltas_applied;
+            stats.deltas_duplicate = core.deltas_duplicate;
+            stats.deltas_rejected = core.deltas_rejected;
+            stats.syncs_applied = core.syncs_applied;
+            stats.syncs_rejected = core.syncs_rejected;
+            stats.purges = core.purges;
+            stats.slots_refused = core.slots_refused;
+        }
+        self.counters.fill(&mut stats);
+        stats.deltas_rejected += self.counters.deltas_rejected.load(Ordering::Relaxed);
+        let view = self.net_view.lock().unwrap_or_else(|e| e.into_inner());
+        stats.peers = view.peers;
+        stats.peers_unreachable = view.unreachable.len();
+        stats.breakers = view.breakers;
+        stats
     }
 
     pub(crate) fn members(&self, group: &str) -> Members {

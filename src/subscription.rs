@@ -145,12 +145,14 @@ pub(crate) struct Subscriber {
 }
 
 impl Subscriber {
-    /// Queues `event`; `false` when the subscription is gone and this end should be removed.
-    pub(crate) fn offer(&self, event: &Event) -> bool {
+    /// Queues `event`, or counts it dropped here and in the scope's `dropped`; `false` when
+    /// the subscription is gone and this end should be removed.
+    pub(crate) fn offer(&self, event: &Event, scope_dropped: &AtomicU64) -> bool {
         match self.tx.try_send(event.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
+                scope_dropped.fetch_add(1, Ordering::Relaxed);
                 true
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,

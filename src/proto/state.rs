@@ -289,6 +289,16 @@ pub(crate) struct ScopeCore {
     groups_cache: Option<Arc<[GroupName]>>,
     local_groups_cache: Option<Arc<[GroupName]>>,
     stats: CoreStats,
+    slots: usize,
+    local_slots: usize,
+}
+
+/// The size of a scope's view, see [`ScopeCore::sizes`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Sizes {
+    pub groups: usize,
+    pub slots: usize,
+    pub local_slots: usize,
 }
 
 impl ScopeCore {
@@ -321,6 +331,8 @@ impl ScopeCore {
             groups_cache: None,
             local_groups_cache: None,
             stats: CoreStats::default(),
+            slots: 0,
+            local_slots: 0,
         }
     }
 
@@ -337,12 +349,18 @@ impl ScopeCore {
         self.version
     }
 
-    #[cfg_attr(
-        not(test),
-        allow(dead_code, reason = "read by the per-scope metrics (issue 4)")
-    )]
     pub(crate) fn stats(&self) -> &CoreStats {
         &self.stats
+    }
+
+    /// Groups, member slots of every node and member slots of this node, kept as counts (a
+    /// metrics scrape reads them under the scope's lock).
+    pub(crate) fn sizes(&self) -> Sizes {
+        Sizes {
+            groups: self.groups.len(),
+            slots: self.slots,
+            local_slots: self.local_slots,
+        }
     }
 
     /// Whether local changes are queued as deltas (there are peers to tell). Turning it off
@@ -1148,7 +1166,9 @@ impl ScopeCore {
         slots.slots += n as usize;
         group.slots += n as usize;
         group.members = None;
+        self.slots += n as usize;
         if node == LOCAL {
+            self.local_slots += n as usize;
             group.local = None;
             if node_fresh {
                 self.local_groups_cache = None;
@@ -1204,11 +1224,13 @@ impl ScopeCore {
         slots.slots -= removed as usize;
         group.slots -= removed as usize;
         group.members = None;
+        self.slots -= removed as usize;
         let gone = slots.slots == 0;
         if gone {
             group.nodes.swap_remove(pos);
         }
         if node == LOCAL {
+            self.local_slots -= removed as usize;
             group.local = None;
             if gone {
                 self.local_groups_cache = None;
@@ -1277,6 +1299,15 @@ impl ScopeCore {
             );
             out.insert(g.name.to_string(), members);
         }
+        let local: usize = self
+            .groups
+            .values()
+            .filter_map(|g| g.node(LOCAL))
+            .map(|n| n.slots)
+            .sum();
+        let total: usize = self.groups.values().map(|g| g.slots).sum();
+        assert_eq!(self.sizes().slots, total, "the slot counter");
+        assert_eq!(self.sizes().local_slots, local, "the local slot counter");
         out
     }
 }

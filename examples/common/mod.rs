@@ -1,0 +1,55 @@
+//! What the examples share: the `--metrics ADDR` endpoint.
+
+use std::net::SocketAddr;
+
+use prometheus_client::registry::Registry;
+use procgroups::Node;
+
+/// Serves `GET /metrics` (the node's Prometheus metrics, OpenMetrics text) and `GET /health`
+/// (one line per scope; status 200 when every scope is healthy, 503 otherwise) on `addr`,
+/// from a thread of its own. Returns the bound address (`addr` may use port 0).
+pub fn serve_metrics(addr: SocketAddr, node: &Node) -> std::io::Result<SocketAddr> {
+    let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| std::io::Error::other("the metrics server is not on an IP address"))?;
+    let mut registry = Registry::default();
+    node.register_metrics(&mut registry);
+    let node = node.clone();
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for request in server.incoming_requests() {
+                let (status, content_type, body) = match request.url() {
+                    "/metrics" => {
+                        let mut body = String::new();
+                        match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                            Ok(()) => (
+                                200,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                body,
+                            ),
+                            Err(e) => (500, "text/plain", format!("encoding failed: {e}\n")),
+                        }
+                    }
+                    "/health" => {
+                        let health = node.health();
+                        let ok = health.iter().all(|h| h.is_healthy());
+                        let body: String = health.iter().map(|h| format!("{h}\n")).collect();
+                        (if ok { 200 } else { 503 }, "text/plain", body)
+                    }
+                    _ => (404, "text/plain", "try /metrics or /health\n".into()),
+                };
+                let header = tiny_http::Header::from_bytes("Content-Type", content_type)
+                    .expect("a valid header");
+                let response = tiny_http::Response::from_string(body)
+                    .with_status_code(status)
+                    .with_header(header);
+                if let Err(e) = request.respond(response) {
+                    eprintln!("metrics: cannot answer a request: {e}");
+                }
+            }
+        })?;
+    Ok(bound)
+}

@@ -1,0 +1,172 @@
+//! Counters and snapshots of a node and its scopes: what [`Node::stats`](crate::Node::stats)
+//! returns, what the metrics export and what the health check reads.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+
+/// Counters of one scope that the application's threads and the network behaviour bump
+/// without the scope's lock.
+#[derive(Debug, Default)]
+pub(crate) struct ScopeCounters {
+    pub deltas_published: AtomicU64,
+    pub deltas_rejected: AtomicU64,
+    pub syncs_served: AtomicU64,
+    pub broadcasts: AtomicU64,
+    pub slots_local: AtomicU64,
+    pub slots_remote: AtomicU64,
+    pub frames_queued: AtomicU64,
+    pub events_dropped: AtomicU64,
+}
+
+/// What the network behaviour knows of one scope's peers, written at each of its turns.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ScopeNetView {
+    pub peers: usize,
+    pub breakers: BreakerCounts,
+    /// Peers of the scope lost without a goodbye, with the time they were lost.
+    pub unreachable: Vec<(PeerId, Instant)>,
+}
+
+/// The outboxes' circuit breakers towards a scope's peers, by state.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerCounts {
+    /// Peers whose breaker is closed: messages flow.
+    pub closed: usize,
+    /// Peers whose breaker lets one probe through after its reset time.
+    pub half_open: usize,
+    /// Peers whose breaker is open: messages to them fail fast and are counted lost.
+    pub open: usize,
+}
+
+/// The network behaviour's pulse, for the health check: when it last ran its housekeeping
+/// (every 20 ms while its swarm is polled), and whether it stopped.
+#[derive(Debug)]
+pub(crate) struct Heartbeat {
+    last: Mutex<Instant>,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self {
+            last: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl Heartbeat {
+    pub(crate) fn beat(&self, now: Instant) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = now;
+    }
+
+    /// Time since the last beat (or since the node was built, before the first).
+    pub(crate) fn silence(&self) -> Duration {
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+    }
+}
+
+fn read(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+/// One scope's figures on this node, read at one moment: the sizes and the core's counters
+/// under the scope's lock, the others from counters that never wait.
+///
+/// Counters (`_total` in the metrics) only grow while the node runs; the others are gauges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ScopeStats {
+    /// The scope id.
+    pub scope: String,
+    /// Non-empty groups in this node's view.
+    pub groups: usize,
+    /// Member slots in this node's view, of every node (a process that joined twice counts
+    /// twice).
+    pub members: usize,
+    /// Member slots of this node's processes.
+    pub local_members: usize,
+    /// Connected peers that host the scope.
+    pub peers: usize,
+    /// Peers of the scope lost without a goodbye and not reconnected (see
+    /// [`ScopeHealth`](crate::ScopeHealth)).
+    pub peers_unreachable: usize,
+    /// The circuit breakers towards the scope's connected and lost peers.
+    pub breakers: BreakerCounts,
+    /// Local changes waiting for the network (the action queue).
+    pub deltas_queued: usize,
+    /// Deltas of local changes published to the scope's gossipsub topic.
+    pub deltas_sent: u64,
+    /// Deltas of peers applied.
+    pub deltas_applied: u64,
+    /// Deltas already applied (a gossip duplicate, or covered by a sync).
+    pub deltas_duplicate: u64,
+    /// Deltas refused: malformed, spoofed (an origin other than their signed source) or
+    /// inconsistent with what the origin said before.
+    pub deltas_rejected: u64,
+    /// Syncs (an origin's whole state) applied.
+    pub syncs_applied: u64,
+    /// Syncs refused as inconsistent or hostile.
+    pub syncs_rejected: u64,
+    /// Sync pages served to peers.
+    pub syncs_served: u64,
+    /// Remote peers' members purged because the peer was down longer than
+    /// `node_down_grace` (or said goodbye): one per peer and outage.
+    pub purges: u64,
+    /// Remote member slots refused by `max_groups` / `max_members_per_group`.
+    pub slots_refused: u64,
+    /// `broadcast` and `broadcast_local` calls that targeted at least one slot.
+    pub broadcasts: u64,
+    /// Slots served in place by those broadcasts.
+    pub delivered_local: u64,
+    /// Slots on other nodes targeted by those broadcasts.
+    pub delivered_remote: u64,
+    /// Frames (one per other node and broadcast) handed to the outboxes. What becomes of
+    /// them is per node, in [`NodeStats`].
+    pub frames_queued: u64,
+    /// Events dropped because a subscription was full (`monitor_buffer`).
+    pub events_dropped: u64,
+}
+
+/// Node-wide figures: the delivery of messages to other nodes goes through one outbox per
+/// peer whatever the scope, so it is counted here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStats {
+    /// Connected peers.
+    pub peers: usize,
+    /// Frames waiting in the outboxes (at most 65 536).
+    pub frames_waiting: usize,
+    /// Frames acknowledged by their receiving node.
+    pub frames_sent: u64,
+    /// Frames received from other nodes and delivered to their targets.
+    pub frames_received: u64,
+    /// Frames given up: retries exhausted, breaker open, or the peer gone.
+    pub frames_lost: u64,
+    /// Batches received twice (a retry whose first try had arrived) and delivered once.
+    pub batches_duplicate: u64,
+    /// Requests of the sync and deliver protocols that failed (timeout, connection lost,
+    /// refused).
+    pub requests_failed: u64,
+    /// Malformed input from peers: undecodable deltas, requests or responses.
+    pub malformed: u64,
+    /// Messages to this node's processes dropped: nobody listened to the topic, or the inbox
+    /// was full.
+    pub messages_dropped: u64,
+}
+
+impl ScopeCounters {
+    pub(crate) fn fill(&self, stats: &mut ScopeStats) {
+        stats.deltas_sent = read(&self.deltas_published);
+        stats.syncs_served = read(&self.syncs_served);
+        stats.broadcasts = read(&self.broadcasts);
+        stats.delivered_local = read(&self.slots_local);
+        stats.delivered_remote = read(&self.slots_remote);
+        stats.frames_queued = read(&self.frames_queued);
+        stats.events_dropped = read(&self.events_dropped);
+    }
+}
