@@ -39,6 +39,27 @@ impl std::fmt::Display for Limit {
 
 /// Every error the crate returns. Match on [`Error::kind`] for the class; the variants carry
 /// the group, scope or limit concerned, and the message names them.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> procgroups::Result<()> {
+/// use procgroups::{Error, ErrorKind, Limit, Node, ScopeConfig};
+///
+/// let one_each = ScopeConfig::builder().max_members_per_group(1).build()?;
+/// let node = Node::builder()
+///     .mdns(false)
+///     .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+///     .scope("chat:users", one_each)
+///     .build()
+///     .await?;
+/// let (alice, mallory) = (node.spawn_process(), node.spawn_process());
+/// alice.open("chat:users")?.join("alice")?;
+/// let err = mallory.open("chat:users")?.join("alice").unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::LimitReached);
+/// assert!(matches!(err, Error::LimitReached { limit: Limit::MaxMembersPerGroup, .. }));
+/// assert!(err.to_string().contains("max_members_per_group"), "{err}");
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -71,6 +71,30 @@ impl<T: GroupNames + ?Sized> GroupNames for &T {
 /// Every method checks its permission with the node's [`Policy`](crate::Policy) first:
 /// `pg.join` for `join` on each group of the batch, and so on (see
 /// [`Permission`](crate::Permission)).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> procgroups::Result<()> {
+/// use procgroups::{ErrorKind, Node, ScopeConfig};
+///
+/// let node = Node::builder()
+///     .mdns(false)
+///     .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+///     .scope("app:pg", ScopeConfig::default())
+///     .build()
+///     .await?;
+/// let p = node.spawn_process();
+/// assert_eq!(p.open("app:nope").unwrap_err().kind(), ErrorKind::NotFound);
+/// let pg = p.open("app:pg")?;
+/// pg.join(["workers", "all"])?;                        // all or nothing
+/// assert_eq!(&*pg.which_groups()?, ["all".into(), "workers".into()]);
+/// pg.leave(["workers", "nowhere"])?;                   // best effort
+/// assert_eq!(pg.leave("nowhere").unwrap_err().kind(), ErrorKind::Invalid);
+/// assert_eq!(pg.broadcast("all", "hello", "world")?, 1); // one slot targeted
+/// pg.release();
+/// assert_eq!(pg.join("x").unwrap_err().kind(), ErrorKind::Invalid);
+/// # Ok(()) }
+/// ```
 pub struct Instance {
     id: u64,
     scope: Arc<Scope>,

@@ -12,6 +12,25 @@ use crate::Pid;
 /// Cloning is a pointer copy. A snapshot never changes; take a new one (or
 /// [`monitor`](crate::Instance::monitor) the group) to follow changes. A slot takes 16 bytes:
 /// the node is stored as an index into a table the snapshot shares with its scope.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> procgroups::Result<()> {
+/// # let node = procgroups::Node::builder().mdns(false)
+/// #     .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+/// #     .scope("app:pg", procgroups::ScopeConfig::default()).build().await?;
+/// let (a, b) = (node.spawn_process(), node.spawn_process());
+/// a.open("app:pg")?.join(["g", "g"])?; // two slots
+/// let pg = b.open("app:pg")?;
+/// pg.join("g")?;
+/// let members = pg.get_members("g")?;
+/// assert_eq!(members.len(), 3); // slots
+/// assert_eq!(members.count(&a.pid()), 2);
+/// assert_eq!(members.unique().count(), 2); // processes
+/// pg.leave("g")?;
+/// assert!(members.contains(&b.pid())); // a snapshot does not change
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Default)]
 pub struct Members {
     inner: Option<Arc<Slots>>,

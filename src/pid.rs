@@ -14,6 +14,14 @@ use libp2p::PeerId;
 /// starts counting from the wall-clock time of its start in nanoseconds, so a new incarnation's
 /// ids are above every id the previous one handed out (unless it spawned more than one process
 /// per nanosecond of its life, or the clock stepped back by more than the downtime).
+///
+/// ```
+/// use procgroups::{PeerId, Pid};
+/// let pid = Pid::new(PeerId::random(), 7);
+/// let text = pid.to_string(); // "{12D3KooW…|7}"
+/// assert_eq!(text.parse::<Pid>().unwrap(), pid);
+/// assert!("{nonsense}".parse::<Pid>().is_err());
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Pid {
     node: PeerId,

@@ -66,6 +66,28 @@ impl Event {
 /// are dropped and counted ([`dropped`](Self::dropped)); the scope never waits for a slow
 /// subscriber. It ends (`recv` gives `None`) after [`close`](Self::close), or when its instance
 /// is released or its process exits, once the queued events are read.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> procgroups::Result<()> {
+/// # let node = procgroups::Node::builder().mdns(false)
+/// #     .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+/// #     .scope("app:pg", procgroups::ScopeConfig::default()).build().await?;
+/// use procgroups::EventKind;
+///
+/// let watcher = node.spawn_process();
+/// let pg = watcher.open("app:pg")?; // a subscription lives as long as its instance
+/// let (mut sub, snapshot) = pg.events()?; // every group, then every change
+/// assert!(snapshot.is_empty());
+/// let worker = node.spawn_process();
+/// worker.open("app:pg")?.join("g")?;
+/// drop(worker); // exit
+/// sub.close_flush(); // what is queued stays readable
+/// let kinds: Vec<EventKind> = std::iter::from_fn(|| sub.try_recv()).map(|e| e.kind).collect();
+/// assert_eq!(kinds, [EventKind::MemberJoined, EventKind::MemberLeft]);
+/// assert_eq!(sub.dropped(), 0);
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Subscription {
     rx: mpsc::Receiver<Event>,
