@@ -74,8 +74,6 @@ pub use instance::{GroupNames, Instance};
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-/// Re-exported: [`Node::register_metrics`] takes a registry of this version.
-pub use prometheus_client;
 /// Re-exported so that users name the same libp2p types (`PeerId`, `Keypair`, `Multiaddr`).
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr};
 pub use members::Members;
@@ -83,6 +81,8 @@ pub use node::{DEFAULT_MAILBOX_CAPACITY, Node, NodeBuilder};
 pub use pid::{ParsePidError, Pid};
 pub use policy::{AllowAll, Permission, Policy, Request};
 pub use process::{Inbox, Message, Process};
+/// Re-exported: [`Node::register_metrics`] takes a registry of this version.
+pub use prometheus_client;
 pub use proto::state::MAX_GROUP_NAME_LEN;
 pub use stats::{BreakerCounts, NodeStats, ScopeStats};
 pub use subscription::{Event, EventKind, Subscription};
