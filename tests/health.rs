@@ -174,14 +174,21 @@ struct App {
 }
 
 /// An application that embeds the behaviour and stops polling its swarm wedges the node:
-/// unhealthy (and metric 2) until it polls again.
+/// unhealthy (and metric 2) until it polls again. Local changes pile up meanwhile: a full
+/// action queue is reported too, and drains to the peer once the swarm runs again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swarm_that_is_not_polled_is_a_stalled_loop() {
     let keypair = Keypair::generate_ed25519();
+    let small_queue = config()
+        .to_builder()
+        .action_queue_size(2)
+        .action_queue_max_size(4)
+        .build()
+        .unwrap();
     let (node, groups) = Node::builder()
         .keypair(keypair.clone())
         .mdns(false)
-        .scope(SCOPE, config())
+        .scope(SCOPE, small_queue)
         .build_behaviour()
         .unwrap();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
@@ -220,6 +227,12 @@ async fn a_swarm_that_is_not_polled_is_a_stalled_loop() {
     node.register_metrics(&mut registry);
     let health_metric = format!("procgroups_health{{scope=\"{SCOPE}\"}}");
     eventually("the swarm listens", 5, || !node.listen_addrs().is_empty()).await;
+    let peer = self::node().await;
+    connect(&peer, &node).await;
+    eventually("the peer shares the scope", 10, || {
+        node.stats(SCOPE).unwrap().peers == 1
+    })
+    .await;
     holds_for("healthy while polled", TIMEOUT * 2, || healthy(&node)).await;
     assert_eq!(sample(&scrape(&registry), &health_metric), 0.0);
 
@@ -233,8 +246,39 @@ async fn a_swarm_that_is_not_polled_is_a_stalled_loop() {
     );
     assert_eq!(sample(&scrape(&registry), &health_metric), 2.0);
 
+    let p = node.spawn_process();
+    let pg = p.open(SCOPE).unwrap();
+    // The queue counts deltas (each up to 60 KiB of ops): a few thousand joins fill one.
+    let mut joined = 0;
+    let refused = loop {
+        match pg.join("g") {
+            Ok(()) => joined += 1,
+            Err(e) => break e,
+        }
+        assert!(joined <= 1_000_000, "the action queue did not fill");
+    };
+    assert_eq!(
+        refused.kind(),
+        procgroups::ErrorKind::Unavailable,
+        "{refused}"
+    );
+    let health = node.scope_health(SCOPE).unwrap();
+    assert!(
+        health
+            .problems
+            .contains(&HealthProblem::Backlog { queued: 4, max: 4 }),
+        "{health}"
+    );
+    assert_eq!(node.stats(SCOPE).unwrap().deltas_queued, 4);
+
     polling.send(true).unwrap();
     eventually("healthy once polled again", 5, || healthy(&node)).await;
+    eventually("the queued joins reach the peer", 10, || {
+        peer.stats(SCOPE).unwrap().members == joined
+    })
+    .await;
+    pg.join("after").unwrap();
+    drop((pg, p));
     node.shutdown().await;
     eventually("stopped after shutdown", 5, || {
         node.scope_health(SCOPE).unwrap().problems == [HealthProblem::Stopped]
