@@ -1,4 +1,5 @@
-//! Shared by the tests that run nodes in separate OS processes (`multiprocess.rs`, `netns.rs`).
+//! Shared by the tests that run nodes in separate OS processes (`multiprocess.rs`, `netns.rs`);
+//! [`netns`] makes the network namespaces of the mDNS tests (`netns.rs`, `chat.rs`).
 //!
 //! No extra binary: a test binary re-executes itself (`std::env::current_exe()`) with
 //! `--exact child_node_entry_point --nocapture --test-threads=1` and the child's configuration
@@ -19,6 +20,8 @@
 
 // Each test binary uses part of this module.
 #![allow(dead_code)]
+
+pub mod netns;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{ChildStdin, Command, Stdio};
