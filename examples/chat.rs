@@ -96,9 +96,13 @@ const NICK_WAIT: Duration = Duration::from_millis(1500);
 /// Nicks of users who are gone, kept to name them in late events; forgotten past this many.
 const MAX_REMEMBERED: usize = 10_000;
 
-/// A terminal chat over procgroups.
+/// A terminal chat over procgroups: type a line to say it in the current room.
 #[derive(Parser, Debug)]
-#[command(about, long_about = None)]
+#[command(
+    name = "chat",
+    after_help = "Commands: /join ROOM, /leave [ROOM], /rooms, /who [ROOM], /msg NICK TEXT, \
+                  /nick NAME, /help, /quit (or Ctrl-D, Ctrl-C)."
+)]
 struct Args {
     /// Your nickname, unique in the chat.
     #[arg(long, value_parser = parse_nick)]
