@@ -320,7 +320,7 @@ async fn build_node(args: &Args) -> Res<Node> {
     if args.no_mdns {
         builder = builder.listen_on("/ip4/127.0.0.1/tcp/0".parse()?);
     }
-    let everything = args.broadcasts as usize * args.nodes as usize;
+    let everything = (args.broadcasts as usize).saturating_mul(args.nodes as usize);
     let node = builder
         .mailbox_capacity(everything.max(DEFAULT_MAILBOX_CAPACITY))
         .build()
@@ -362,7 +362,7 @@ async fn child(args: &Args, index: u32) -> Res<()> {
         .map_err(|e| match (e.kind(), &args.config) {
             (ErrorKind::NotFound, Some(path)) => err(format!(
                 "{} defines no scope {SCOPE} (an entry named \"{SCOPE}\", or \"work\" under \
-             namespace \"cluster\", with auto_start on)",
+                 namespace \"cluster\", with auto_start on)",
                 path.display()
             )),
             _ => e.into(),
@@ -901,18 +901,18 @@ impl Coordinator {
                     (want != got).then(|| {
                         let count = |d: Option<&(u64, u64)>| d.map_or(0, |(n, _)| *n);
                         if count(want) == count(got) {
-                            format!("{g}: {} slots, other pids", count(got))
+                            format!("{g}: {} slots but other pids", count(got))
                         } else {
-                            format!("{g}: {} slots, want {}", count(got), count(want))
+                            format!("{g}: {} of {} slots", count(got), count(want))
                         }
                     })
                 })
                 .collect();
             if !diffs.is_empty() {
                 let more = diffs.len().saturating_sub(4);
-                let mut line = format!("node {i}: {}", diffs[..diffs.len().min(4)].join(", "));
+                let mut line = format!("node {i}: {}", diffs[..diffs.len().min(4)].join("; "));
                 if more > 0 {
-                    line.push_str(&format!(" and {more} more groups"));
+                    line.push_str(&format!("; {more} more groups differ"));
                 }
                 out.push(line);
             }
