@@ -32,6 +32,7 @@
 //! - `--bootstrap MULTIADDR` (repeatable): Kademlia bootstrap nodes (`…/p2p/<peer-id>`), to
 //!   find the other users beyond the LAN.
 //! - `--no-mdns`: no multicast discovery (it is on by default).
+//! - `--metrics IP:PORT`: serve `/metrics` (Prometheus) and `/health` there.
 //! - `--config PATH`: read the scopes from a registry file (for example
 //!   `examples/procgroups.toml`) instead of the built-in ones; it must define `chat:rooms` and
 //!   `chat:users`.
@@ -60,6 +61,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{BufRead, IsTerminal, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -72,6 +74,8 @@ use procgroups::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+
+mod common;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -122,6 +126,9 @@ struct Args {
     /// Read the scopes `chat:rooms` and `chat:users` from this registry file.
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// Serve `/metrics` (Prometheus) and `/health` on this address, e.g. `127.0.0.1:9100`.
+    #[arg(long, value_name = "IP:PORT")]
+    metrics: Option<SocketAddr>,
 }
 
 /// A line said in a room (topic [`SAID`]).
@@ -148,6 +155,16 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(addr) = args.metrics {
+        match common::serve_metrics(addr, &node) {
+            Ok(bound) => out.info(&format!("metrics on http://{bound}/metrics and /health")),
+            Err(e) => {
+                out.fatal(&format!("--metrics {addr}: {e}"));
+                node.shutdown().await;
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let code = match Chat::start(&node, &args, out).await {
         Ok(chat) => {
             chat.run().await;

@@ -7,6 +7,7 @@
 //! cargo run --example cluster -- --nodes 5 --no-mdns       # no multicast: they dial node 0
 //! cargo run --example cluster -- --nodes 3 --config examples/procgroups.toml
 //! cargo run --example cluster -- --nodes 4 --processes 50 --groups 10 --broadcasts 200 --seed 7
+//! cargo run --example cluster -- --nodes 3 --no-mdns --metrics 127.0.0.1:9100 --hold 60s
 //! ```
 //!
 //! `--no-mdns` is the flag for any host where multicast is unwanted (CI, shared machines, a
@@ -45,9 +46,14 @@
 //!
 //! The scope `cluster:work` runs the default [`ScopeConfig`], or the `cluster:work` entry of a
 //! registry file given with `--config` (`examples/procgroups.toml` has one).
+//!
+//! `--metrics IP:PORT` has node `i` serve `/metrics` (Prometheus) and `/health` on `PORT + i`
+//! (or on a port of its own with port 0); the addresses are printed, and `--hold 60s` keeps
+//! the nodes up that long after the run, to scrape them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, IsTerminal, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +61,8 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
+
+mod common;
 use procgroups::{
     DEFAULT_MAILBOX_CAPACITY, ErrorKind, Inbox, Instance, Members, Multiaddr, Node, Pid, Process,
     ScopeConfig,
@@ -113,6 +121,12 @@ struct Args {
     /// Bound on the whole run, e.g. `60s`, `90`, `2m`, `500ms`.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     timeout: Duration,
+    /// Serve `/metrics` and `/health`: node i on this IP and port + i (port 0: any port).
+    #[arg(long, value_name = "IP:PORT")]
+    metrics: Option<SocketAddr>,
+    /// Keep the nodes up this long after the run (to scrape their metrics), e.g. `60s`.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    hold: Duration,
     /// Internal: run node INDEX (the coordinator starts the nodes this way).
     #[arg(long, hide = true, value_name = "INDEX")]
     child: Option<u32>,
@@ -211,7 +225,12 @@ impl Counts {
 #[serde(tag = "t", rename_all = "snake_case")]
 enum Report {
     /// The node is up.
-    Ready { peer: String, addrs: Vec<String> },
+    Ready {
+        peer: String,
+        addrs: Vec<String>,
+        /// Where it serves `/metrics`, with `--metrics`.
+        metrics: Option<String>,
+    },
     /// Every `STATUS_EVERY`.
     Status {
         connected: usize,
@@ -353,6 +372,20 @@ async fn child(args: &Args, index: u32) -> Res<()> {
         })?;
 
     let node = build_node(args).await?;
+    let metrics = match args.metrics {
+        Some(base) => {
+            let port = match base.port() {
+                0 => 0,
+                port => port
+                    .checked_add(u16::try_from(index)?)
+                    .ok_or_else(|| err("--metrics: port out of range"))?,
+            };
+            let bound = common::serve_metrics(SocketAddr::new(base.ip(), port), &node)
+                .map_err(|e| err(format!("--metrics: {e}")))?;
+            Some(format!("http://{bound}/metrics"))
+        }
+        None => None,
+    };
     if let Some(addr) = &args.dial {
         node.dial(addr.clone())?;
     }
@@ -383,6 +416,7 @@ async fn child(args: &Args, index: u32) -> Res<()> {
     say(&Report::Ready {
         peer: node.peer_id().to_string(),
         addrs: node.listen_addrs().iter().map(|a| a.to_string()).collect(),
+        metrics,
     });
 
     let seed = args.seed.unwrap_or(0) ^ u64::from(index).wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -606,6 +640,9 @@ impl Children {
         if let Some(path) = &args.config {
             cmd.arg("--config").arg(path);
         }
+        if let Some(metrics) = args.metrics {
+            cmd.args(["--metrics", &metrics.to_string()]);
+        }
         if let Some(addr) = dial {
             cmd.args(["--dial", addr]);
         }
@@ -676,6 +713,7 @@ impl Drop for Children {
 #[derive(Default)]
 struct NodeState {
     addrs: Option<Vec<String>>,
+    metrics: Option<String>,
     connected: usize,
     /// The view of its latest status.
     view: Option<Digest>,
@@ -751,7 +789,10 @@ impl Coordinator {
     fn handle(&mut self, i: usize, line: Line) -> Res<()> {
         let node = &mut self.nodes[i];
         match line {
-            Line::Report(Report::Ready { addrs, .. }) => node.addrs = Some(addrs),
+            Line::Report(Report::Ready { addrs, metrics, .. }) => {
+                node.addrs = Some(addrs);
+                node.metrics = metrics;
+            }
             Line::Report(Report::Status {
                 connected,
                 view,
@@ -844,8 +885,8 @@ impl Coordinator {
                 self.phase
             ),
             format!(
-                "{:>6} {:>6} {:>8} {:>7} {:>10}",
-                "node", "peers", "slots", "groups", "received"
+                "{:>6} {:>6} {:>8} {:>7} {:>10}  {}",
+                "node", "peers", "slots", "groups", "received", "metrics"
             ),
         ];
         for (i, n) in self.nodes.iter().enumerate() {
@@ -853,8 +894,10 @@ impl Coordinator {
                 (slots(v).to_string(), v.len().to_string())
             });
             frame.push(format!(
-                "{i:>6} {:>6} {slots:>8} {groups:>7} {:>10}",
-                n.connected, n.counts.delivered
+                "{i:>6} {:>6} {slots:>8} {groups:>7} {:>10}  {}",
+                n.connected,
+                n.counts.delivered,
+                n.metrics.as_deref().unwrap_or("")
             ));
         }
         let (es, eg) = self
@@ -1090,8 +1133,26 @@ fn run(
     outcome.counts_final = c.wait(hard_deadline, |c| c.all(|n| n.final_counts.is_some()))?;
     outcome.counts = c.received();
 
+    if !args.hold.is_zero() {
+        c.phase = "holding";
+        if !c.tty {
+            println!(
+                "holding the nodes for {:?} (metrics: {})",
+                args.hold,
+                c.nodes
+                    .iter()
+                    .filter_map(|n| n.metrics.as_deref())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+        c.wait(Instant::now() + args.hold, |_| false)?;
+    }
+
     c.phase = "stopping";
     c.send_all(&Command::Quit)?;
+    // The hold is not part of the run's budget: the goodbyes still get a few seconds.
+    let hard_deadline = hard_deadline.max(Instant::now() + Duration::from_secs(4));
     c.wait(hard_deadline, |c| c.all(|n| n.bye))?;
     Ok(())
 }

@@ -134,3 +134,97 @@ fn three_nodes_converge_and_deliver_every_broadcast_once_in_order() {
     assert_eq!(field(&out, "messages sent"), Some("150"), "{out}");
     assert_eq!(field(&out, "result"), Some("ok"), "{out}");
 }
+
+/// `GET path` over HTTP/1.0; the status line and the body.
+fn http_get(url: &str) -> (String, String) {
+    use std::io::Write;
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut stream = std::net::TcpStream::connect(host).expect("connect to the metrics server");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("a read timeout");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
+/// With `--metrics` every node serves its Prometheus metrics and its health, and `--hold`
+/// keeps them up after the run: scraped then, the three nodes agree on the scope.
+#[test]
+fn every_node_serves_its_metrics_and_health() {
+    use std::io::BufRead;
+
+    let binary = example_binary();
+    let mut child = Command::new(binary)
+        .args(["--nodes", "3", "--no-mdns", "--metrics", "127.0.0.1:0"])
+        .args(["--processes", "4", "--groups", "2", "--broadcasts", "10"])
+        .args(["--seed", "11", "--timeout", "15s", "--hold", "10s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the cluster example");
+    let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + LIMIT;
+    let mut seen = Vec::new();
+    let urls: Vec<String> = loop {
+        let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        else {
+            child.kill().ok();
+            child.wait().ok();
+            panic!("no `holding` line within {LIMIT:?}:\n{}", seen.join("\n"));
+        };
+        if let Some(rest) = line.strip_prefix("holding the nodes") {
+            let (_, urls) = rest
+                .split_once("(metrics: ")
+                .expect("the metrics addresses");
+            break urls
+                .trim_end_matches(')')
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+        }
+        seen.push(line);
+    };
+    assert_eq!(urls.len(), 3, "{urls:?}");
+    let mut members = Vec::new();
+    for url in &urls {
+        let (status, body) = http_get(url);
+        assert!(status.contains("200"), "{url}: {status}");
+        let gauge = |name: &str| -> f64 {
+            let key = format!("procgroups_{name}{{scope=\"cluster:work\"}} ");
+            body.lines()
+                .find_map(|l| l.strip_prefix(&key))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{url}: no {key}in\n{body}"))
+        };
+        assert_eq!(gauge("peers"), 2.0, "{url}");
+        assert_eq!(gauge("health"), 0.0, "{url}");
+        members.push(gauge("members"));
+        let (status, body) = http_get(&url.replace("/metrics", "/health"));
+        assert!(status.contains("200"), "{url}: {status} {body}");
+        assert_eq!(body.trim(), "cluster:work: healthy");
+    }
+    assert!(
+        members[0] > 0.0 && members.iter().all(|m| *m == members[0]),
+        "{members:?}"
+    );
+    child.kill().ok();
+    child.wait().ok();
+}
