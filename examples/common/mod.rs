@@ -2,8 +2,8 @@
 
 use std::net::SocketAddr;
 
-use prometheus_client::registry::Registry;
 use procgroups::Node;
+use prometheus_client::registry::Registry;
 
 /// Serves `GET /metrics` (the node's Prometheus metrics, OpenMetrics text) and `GET /health`
 /// (one line per scope; status 200 when every scope is healthy, 503 otherwise) on `addr`,
