@@ -622,6 +622,32 @@ fn three_users_on_a_lan_find_each_other_by_mdns_alone() {
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
 }
 
+/// The README's first command in three terminals of one machine: three chats on one host
+/// (one network namespace with one LAN interface; mDNS ignores loopback) find each other by
+/// mDNS with no flags.
+#[test]
+fn three_users_on_one_host_find_each_other_by_mdns_alone() {
+    let lan = Lan::create(1);
+    {
+        let host = &lan.hosts[0];
+        let mut users: Vec<User> = ["alice", "bob", "carol"]
+            .iter()
+            .map(|nick| User::start(nick, &[], Place::Host(&lan, host)))
+            .collect();
+        for user in &users {
+            let ready = format!("* {} is in lobby", user.nick);
+            user.wait_for(0, "its ready line", |l| l == ready);
+        }
+        let [alice, bob, carol] = &mut users[..] else {
+            unreachable!("three users")
+        };
+        converse(alice, bob, carol);
+    }
+    drop(lan);
+    let left = namespaces_of_this_process();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+}
+
 fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
