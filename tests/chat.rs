@@ -26,7 +26,7 @@ use std::process::{ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use support::netns::{Lan, namespaces_of_this_process};
+use support::netns::Lan;
 
 /// The longest wait for any one condition.
 const WAIT: Duration = Duration::from_secs(20);
@@ -617,9 +617,7 @@ fn three_users_on_a_lan_find_each_other_by_mdns_alone() {
         }
         eprintln!("whole conversation {:?}", started.elapsed());
     }
-    drop(lan);
-    let left = namespaces_of_this_process();
-    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    lan.delete();
 }
 
 /// The README's first command in three terminals of one machine: three chats on one host
@@ -643,9 +641,7 @@ fn three_users_on_one_host_find_each_other_by_mdns_alone() {
         };
         converse(alice, bob, carol);
     }
-    drop(lan);
-    let left = namespaces_of_this_process();
-    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    lan.delete();
 }
 
 fn strs(args: &[String]) -> Vec<&str> {

@@ -84,14 +84,6 @@ pub fn owner_pid(name: &str) -> Option<u32> {
     parts[0].parse().ok()
 }
 
-/// The namespaces of this process's LANs that still exist.
-pub fn namespaces_of_this_process() -> Vec<String> {
-    netns_list()
-        .into_iter()
-        .filter(|n| owner_pid(n) == Some(std::process::id()))
-        .collect()
-}
-
 /// Deletes the namespaces of earlier runs whose test process is gone.
 pub fn delete_stale_namespaces() {
     for name in netns_list() {
@@ -170,6 +162,18 @@ impl Lan {
             ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"]);
         }
         lan
+    }
+
+    /// Deletes the LAN's namespaces and checks that none is left (other tests of the same
+    /// binary may have LANs of their own at the same time).
+    pub fn delete(self) {
+        let names: Vec<String> = self.hosts.iter().chain([&self.bridge]).cloned().collect();
+        drop(self);
+        let left: Vec<String> = netns_list()
+            .into_iter()
+            .filter(|ns| names.contains(ns))
+            .collect();
+        assert!(left.is_empty(), "namespaces left behind: {left:?}");
     }
 
     /// `true` if `ns` is one of this LAN's host namespaces.
