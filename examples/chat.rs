@@ -282,7 +282,7 @@ impl Out {
     fn line(&self, line: &str) {
         // A closed stdout is no reason to panic; the chat goes on until its input ends.
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+        writeln!(out, "{line}").and_then(|()| out.flush()).ok();
     }
 
     /// `* text`
@@ -299,11 +299,12 @@ impl Out {
     fn fatal(&self, text: &str) {
         let line = format!("! {text}");
         let mut err = std::io::stderr().lock();
-        let _ = if self.err_color {
-            writeln!(err, "\x1b[{RED}m{line}\x1b[0m")
+        // Nowhere left to report a failed write to stderr.
+        if self.err_color {
+            writeln!(err, "\x1b[{RED}m{line}\x1b[0m").ok();
         } else {
-            writeln!(err, "{line}")
-        };
+            writeln!(err, "{line}").ok();
+        }
     }
 
     /// `[room] <nick> text`

@@ -405,8 +405,9 @@ fn read_lines(stream: impl std::io::Read + Send + 'static, log: Arc<Log>, prefix
 
 impl Drop for User {
     fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
+        // It may have exited already; either way it is gone after the wait.
+        self.process.kill().ok();
+        self.process.wait().ok();
         if std::thread::panicking() {
             eprintln!("---- output of {} ----", self.nick);
             for line in self.log.all() {
@@ -551,7 +552,9 @@ fn three_users_over_loopback() {
         Place::Loopback,
     );
     let status = misconfigured.wait_exit();
-    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        eprintln!("cannot remove {}: {e}", dir.display());
+    }
     assert!(!status.success(), "the chat ran without chat:users");
     assert!(
         misconfigured.printed("defines no scope chat:users"),
