@@ -157,7 +157,8 @@ fn http_get(url: &str) -> (String, String) {
 }
 
 /// With `--metrics` every node serves its Prometheus metrics and its health, and `--hold`
-/// keeps them up after the run: scraped then, the three nodes agree on the scope.
+/// keeps them up after the run: scraped then, the three nodes agree on the scope. The scope
+/// comes from the examples' commented file (`--config examples/procgroups.toml`).
 #[test]
 fn every_node_serves_its_metrics_and_health() {
     use std::io::BufRead;
@@ -167,6 +168,8 @@ fn every_node_serves_its_metrics_and_health() {
         .args(["--nodes", "3", "--no-mdns", "--metrics", "127.0.0.1:0"])
         .args(["--processes", "4", "--groups", "2", "--broadcasts", "10"])
         .args(["--seed", "11", "--timeout", "15s", "--hold", "10s"])
+        .arg("--config")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/procgroups.toml"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
