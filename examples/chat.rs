@@ -148,7 +148,14 @@ struct Direct {
 async fn main() -> ExitCode {
     let args = Args::parse();
     let out = Out::new();
-    let node = match node_builder(&args).build().await {
+    let builder = match node_builder(&args) {
+        Ok(builder) => builder,
+        Err(why) => {
+            out.fatal(&why);
+            return ExitCode::FAILURE;
+        }
+    };
+    let node = match builder.build().await {
         Ok(node) => node,
         Err(e) => {
             out.fatal(&format!("cannot start the node: {e}"));
@@ -179,20 +186,22 @@ async fn main() -> ExitCode {
     code
 }
 
-/// The node as the flags ask.
-fn node_builder(args: &Args) -> NodeBuilder {
+/// The node as the flags ask; `Err` when the `--config` file is wrong or lacks a scope.
+fn node_builder(args: &Args) -> Result<NodeBuilder, String> {
     let mut builder = Node::builder()
         .mdns(!args.no_mdns)
         .bootstrap(args.bootstrap.iter().cloned());
     for addr in &args.listen {
         builder = builder.listen_on(addr.clone());
     }
-    match &args.config {
-        Some(path) => builder.scopes_from_file(path),
-        None => builder
-            .scope(ROOMS, rooms_config())
-            .scope(USERS, users_config()),
-    }
+    let (rooms, users) = match &args.config {
+        Some(path) => (
+            common::scope_from_file(path, ROOMS)?,
+            common::scope_from_file(path, USERS)?,
+        ),
+        None => (rooms_config(), users_config()),
+    };
+    Ok(builder.scope(ROOMS, rooms).scope(USERS, users))
 }
 
 /// The built-in `chat:rooms`, as in `examples/procgroups.toml`.
@@ -468,13 +477,8 @@ impl Chat {
         let said = me.listen(SAID);
         let direct = me.listen(DIRECT);
         let open = |scope: &str| {
-            me.open(scope).map_err(|e| match (e.kind(), &args.config) {
-                (ErrorKind::NotFound, Some(path)) => format!(
-                    "{} defines no scope {scope}: the chat needs the scopes {ROOMS} and {USERS}",
-                    path.display()
-                ),
-                _ => format!("cannot open the scope {scope}: {e}"),
-            })
+            me.open(scope)
+                .map_err(|e| format!("cannot open the scope {scope}: {e}"))
         };
         let users = open(USERS)?;
         let rooms = open(ROOMS)?;

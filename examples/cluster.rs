@@ -332,10 +332,11 @@ fn say(report: &Report) {
 /// message of the run (a full inbox drops, and the demo is about the network).
 async fn build_node(args: &Args) -> Res<Node> {
     let mut builder = Node::builder().mdns(!args.no_mdns);
-    builder = match &args.config {
-        Some(path) => builder.scopes_from_file(path),
-        None => builder.scope(SCOPE, ScopeConfig::default()),
+    let config = match &args.config {
+        Some(path) => common::scope_from_file(path, SCOPE).map_err(err)?,
+        None => ScopeConfig::default(),
     };
+    builder = builder.scope(SCOPE, config);
     if args.no_mdns {
         builder = builder.listen_on("/ip4/127.0.0.1/tcp/0".parse()?);
     }
@@ -390,16 +391,7 @@ async fn child(args: &Args, index: u32) -> Res<()> {
         node.dial(addr.clone())?;
     }
     let observer = node.spawn_process();
-    let view = observer
-        .open(SCOPE)
-        .map_err(|e| match (e.kind(), &args.config) {
-            (ErrorKind::NotFound, Some(path)) => err(format!(
-                "{} defines no scope {SCOPE} (an entry named \"{SCOPE}\", or \"work\" under \
-                 namespace \"cluster\", with auto_start on)",
-                path.display()
-            )),
-            _ => e.into(),
-        })?;
+    let view = observer.open(SCOPE)?;
 
     // The time of the view's last change, from a whole-scope subscription. A full buffer
     // drops events, but the drainer then runs later still, so the time stays an upper bound.
@@ -977,18 +969,8 @@ struct Outcome {
 
 fn coordinator(args: Args) -> Res<ExitCode> {
     if let Some(path) = &args.config {
-        let entries = procgroups::config::load_scopes_file(path).map_err(|e| match e {
-            // Already names the file.
-            procgroups::ConfigError::File { .. } => err(format!("--config: {e}")),
-            e => err(format!("--config {}: {e}", path.display())),
-        })?;
-        if !entries.iter().any(|e| e.id == SCOPE && e.auto_start) {
-            return Err(err(format!(
-                "--config {}: no scope {SCOPE} with auto_start on (an entry named \"{SCOPE}\", \
-                 or \"work\" under namespace \"cluster\")",
-                path.display()
-            )));
-        }
+        // Checked before any node starts, for one clear message.
+        common::scope_from_file(path, SCOPE).map_err(|e| err(format!("--config: {e}")))?;
     }
     let seed = args
         .seed

@@ -135,6 +135,18 @@ fn three_nodes_converge_and_deliver_every_broadcast_once_in_order() {
     assert_eq!(field(&out, "result"), Some("ok"), "{out}");
 }
 
+/// Kills the example when the test ends, also when it fails (its nodes follow: their stdin
+/// closes with it).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // It may have exited already; either way it is gone after the wait.
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
 /// `GET path` over HTTP/1.0; the status line and the body.
 fn http_get(url: &str) -> (String, String) {
     use std::io::Write;
@@ -164,18 +176,20 @@ fn every_node_serves_its_metrics_and_health() {
     use std::io::BufRead;
 
     let binary = example_binary();
-    let mut child = Command::new(binary)
-        .args(["--nodes", "3", "--no-mdns", "--metrics", "127.0.0.1:0"])
-        .args(["--processes", "4", "--groups", "2", "--broadcasts", "10"])
-        .args(["--seed", "11", "--timeout", "15s", "--hold", "10s"])
-        .arg("--config")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/procgroups.toml"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the cluster example");
-    let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/procgroups.toml");
+    let mut child = KillOnDrop(
+        Command::new(binary)
+            .args(["--nodes", "3", "--no-mdns", "--metrics", "127.0.0.1:0"])
+            .args(["--processes", "4", "--groups", "2", "--broadcasts", "10"])
+            .args(["--seed", "11", "--timeout", "15s", "--hold", "10s"])
+            .args(["--config", config])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the cluster example"),
+    );
+    let stdout = std::io::BufReader::new(child.0.stdout.take().expect("stdout"));
     let (tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
         for line in stdout.lines().map_while(Result::ok) {
@@ -189,8 +203,6 @@ fn every_node_serves_its_metrics_and_health() {
     let urls: Vec<String> = loop {
         let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now()))
         else {
-            child.kill().ok();
-            child.wait().ok();
             panic!("no `holding` line within {LIMIT:?}:\n{}", seen.join("\n"));
         };
         if let Some(rest) = line.strip_prefix("holding the nodes") {
@@ -228,6 +240,4 @@ fn every_node_serves_its_metrics_and_health() {
         members[0] > 0.0 && members.iter().all(|m| *m == members[0]),
         "{members:?}"
     );
-    child.kill().ok();
-    child.wait().ok();
 }

@@ -1,9 +1,34 @@
-//! What the examples share: the `--metrics ADDR` endpoint.
+//! What the examples share: `--config PATH` and the `--metrics ADDR` endpoint.
 
 use std::net::SocketAddr;
+use std::path::Path;
 
-use procgroups::Node;
+use procgroups::config::load_scopes_file;
+use procgroups::{ConfigError, Node, ScopeConfig};
 use prometheus_client::registry::Registry;
+
+/// The configuration of the scope `id` in the registry file at `path` (TOML or YAML, see
+/// `examples/procgroups.toml`). An example hosts the scopes it needs and no other, whatever
+/// else the file defines; `Err` says what is wrong with the file, or that it lacks `id`.
+pub fn scope_from_file(path: &Path, id: &str) -> Result<ScopeConfig, String> {
+    let entries = load_scopes_file(path).map_err(|e| match e {
+        ConfigError::File { .. } => e.to_string(), // names the file already
+        e => format!("{}: {e}", path.display()),
+    })?;
+    entries
+        .into_iter()
+        .find(|entry| entry.id == id && entry.auto_start)
+        .map(|entry| entry.config)
+        .ok_or_else(|| {
+            format!(
+                "{} defines no scope {id} with auto_start on (an entry named \"{id}\", or \"{}\" \
+                 under namespace \"{}\")",
+                path.display(),
+                id.split_once(':').map_or(id, |(_, name)| name),
+                id.split_once(':').map_or("", |(ns, _)| ns),
+            )
+        })
+}
 
 /// Serves `GET /metrics` (the node's Prometheus metrics, OpenMetrics text) and `GET /health`
 /// (one line per scope; status 200 when every scope is healthy, 503 otherwise) on `addr`,
