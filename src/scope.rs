@@ -73,6 +73,15 @@ impl Subscribers {
     }
 }
 
+/// The event of a run of changes of one kind to one group, with the pids of its slots.
+fn event((kind, group, pids): (EventKind, GroupName, Vec<Pid>)) -> Event {
+    Event {
+        kind,
+        group,
+        pids: pids.into(),
+    }
+}
+
 impl ScopeState {
     /// Turns the core's changes into events for the subscribers that want them. Consecutive
     /// changes of one kind to one group become one event.
@@ -93,29 +102,15 @@ impl ScopeState {
                 pids.extend(std::iter::repeat_n(pid, count as usize));
                 continue;
             }
-            if let Some((kind, group, pids)) = run.take() {
-                subscribers.publish(
-                    Event {
-                        kind,
-                        group,
-                        pids: pids.into(),
-                    },
-                    dropped,
-                );
+            if let Some(run) = run.take() {
+                subscribers.publish(event(run), dropped);
             }
             if subscribers.wants(&group) {
                 run = Some((kind, group, vec![pid; count as usize]));
             }
         }
-        if let Some((kind, group, pids)) = run {
-            subscribers.publish(
-                Event {
-                    kind,
-                    group,
-                    pids: pids.into(),
-                },
-                dropped,
-            );
+        if let Some(run) = run {
+            subscribers.publish(event(run), dropped);
         }
         let record = !self.subscribers.is_empty();
         self.core.set_record_changes(record);
