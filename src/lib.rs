@@ -75,7 +75,7 @@ pub use instance::{GroupNames, Instance};
 pub struct ReadmeDoctests;
 
 /// Re-exported so that users name the same libp2p types (`PeerId`, `Keypair`, `Multiaddr`).
-pub use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr};
+pub use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr, pnet::PreSharedKey};
 pub use members::Members;
 pub use node::{DEFAULT_MAILBOX_CAPACITY, Node, NodeBuilder};
 pub use pid::{ParsePidError, Pid};

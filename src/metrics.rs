@@ -302,6 +302,7 @@ impl Collector for NodeCollector {
                 &[
                     ("request_failed", node_stats.requests_failed),
                     ("malformed", node_stats.malformed),
+                    ("peer_refused", node_stats.peers_refused),
                 ],
             ),
         )?;

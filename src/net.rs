@@ -15,11 +15,13 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::task::AtomicWaker;
+use libp2p::core::Transport as _;
 use libp2p::core::transport::PortUse;
 use libp2p::core::{ConnectedPoint, Endpoint};
 use libp2p::gossipsub::{self, MessageAcceptance, TopicHash};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{
@@ -78,6 +80,8 @@ pub(crate) struct NetConfig {
     pub behaviour: BehaviourConfig,
     pub policy: DeliveryPolicy,
     pub incarnation: u64,
+    /// The admitted peers; `None` admits every peer.
+    pub allowed: Option<hashbrown::HashSet<PeerId>>,
 }
 
 /// Counters of the network side, readable from any thread.
@@ -91,6 +95,8 @@ pub(crate) struct NetStats {
     pub malformed: AtomicU64,
     /// Messages for this node's processes that nobody listened to or found a full inbox.
     pub messages_dropped: AtomicU64,
+    /// Connections and deltas of peers that are not admitted.
+    pub peers_refused: AtomicU64,
 }
 
 /// What the application's threads can read of the behaviour's state, and how they wake it.
@@ -214,14 +220,15 @@ pub(crate) fn behaviour(
     Ok((behaviour, handle))
 }
 
-/// Runs `behaviour` in a swarm of its own (TCP and QUIC, noise, yamux) on a dedicated thread
-/// with a `current_thread` runtime, listening on `listen`; returns once every listener is
-/// bound.
+/// Runs `behaviour` in a swarm of its own (TCP and QUIC, noise, yamux; with a pre-shared key,
+/// TCP with pnet below noise and no QUIC) on a dedicated thread with a `current_thread`
+/// runtime, listening on `listen`; returns once every listener is bound.
 pub(crate) async fn spawn_swarm(
     keypair: Keypair,
     behaviour: Behaviour,
     handle: &NetHandle,
     listen: Vec<Multiaddr>,
+    psk: Option<PreSharedKey>,
 ) -> Result<()> {
     let (ready_tx, ready_rx) = oneshot::channel();
     let thread = std::thread::Builder::new()
@@ -240,7 +247,7 @@ pub(crate) async fn spawn_swarm(
                 }
             };
             runtime.block_on(async move {
-                let mut swarm = match bind(keypair, behaviour, listen).await {
+                let mut swarm = match bind(keypair, behaviour, listen, psk).await {
                     Ok(swarm) => {
                         ready_tx.send(Ok(())).ok();
                         swarm
@@ -273,20 +280,41 @@ async fn bind(
     keypair: Keypair,
     behaviour: Behaviour,
     listen: Vec<Multiaddr>,
+    psk: Option<PreSharedKey>,
 ) -> Result<Swarm<Behaviour>> {
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| unavailable(format!("tcp transport: {e}")))?
-        .with_quic()
-        .with_behaviour(|_| behaviour)
-        .map_err(|e| unavailable(format!("behaviour: {e}")))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(10)))
-        .build();
+    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(10));
+    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
+    let mut swarm = match psk {
+        None => builder
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| unavailable(format!("tcp transport: {e}")))?
+            .with_quic()
+            .with_behaviour(|_| behaviour)
+            .map_err(|e| unavailable(format!("behaviour: {e}")))?
+            .with_swarm_config(idle)
+            .build(),
+        Some(psk) => builder
+            .with_other_transport(|key| {
+                let noise = noise::Config::new(key)
+                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+                let transport = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                    .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default())
+                    .timeout(Duration::from_secs(20));
+                Ok(transport)
+            })
+            .map_err(|e| unavailable(format!("pnet transport: {e}")))?
+            .with_behaviour(|_| behaviour)
+            .map_err(|e| unavailable(format!("behaviour: {e}")))?
+            .with_swarm_config(idle)
+            .build(),
+    };
     let mut listeners = Vec::new();
     for addr in &listen {
         let id = swarm
@@ -389,6 +417,11 @@ struct Shutdown {
     waiting: usize,
 }
 
+/// Why a connection was refused: the peer is not on the node's allow-list.
+#[derive(Debug, thiserror::Error)]
+#[error("this peer is not admitted (NodeBuilder::allow_peers)")]
+struct NotAdmitted;
+
 /// Why a dial was refused: the application disconnected that peer.
 #[derive(Debug, thiserror::Error)]
 #[error("the application disconnected this peer (Node::disconnect); dial it to reconnect")]
@@ -478,6 +511,7 @@ pub struct Behaviour {
     kad_next: Option<Instant>,
     kad_interval: Duration,
     shutdown: Option<Shutdown>,
+    allowed: Option<hashbrown::HashSet<PeerId>>,
 }
 
 impl Behaviour {
@@ -541,6 +575,7 @@ impl Behaviour {
             kad_next: None,
             kad_interval: KAD_FIRST,
             shutdown: None,
+            allowed: config.allowed,
         };
         for addr in config.bootstrap {
             net.bootstrap(addr);
@@ -551,6 +586,19 @@ impl Behaviour {
     /// The protocols, for inspection (their own state and configuration).
     pub fn protocols(&self) -> &Protocols {
         &self.protocols
+    }
+
+    /// Whether the allow-list (if any) admits `peer`; counts a refusal.
+    fn admits(&self, peer: &PeerId) -> bool {
+        let admitted = self.allowed.as_ref().is_none_or(|a| a.contains(peer));
+        if !admitted {
+            self.shared
+                .stats
+                .peers_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "peer not admitted");
+        }
+        admitted
     }
 
     fn is_connected(&self, peer: &PeerId) -> bool {
@@ -695,6 +743,10 @@ impl Behaviour {
             rejected.fetch_add(1, Ordering::Relaxed);
             return MessageAcceptance::Reject;
         };
+        if !self.admits(&source) {
+            rejected.fetch_add(1, Ordering::Relaxed);
+            return MessageAcceptance::Reject;
+        }
         let delta: Delta = match ciborium::from_reader(&message.data[..]) {
             Ok(d) => d,
             Err(e) => {
@@ -1654,6 +1706,9 @@ impl NetworkBehaviour for Behaviour {
         local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> std::result::Result<THandler<Self>, ConnectionDenied> {
+        if !self.admits(&peer) {
+            return Err(ConnectionDenied::new(NotAdmitted));
+        }
         self.protocols.handle_established_inbound_connection(
             connection_id,
             peer,
@@ -1675,6 +1730,11 @@ impl NetworkBehaviour for Behaviour {
             // Whoever dials (Kademlia's own bootstrap, a request): the application said no.
             return Err(ConnectionDenied::new(Disconnected));
         }
+        if let Some(peer) = maybe_peer
+            && !self.admits(&peer)
+        {
+            return Err(ConnectionDenied::new(NotAdmitted));
+        }
         self.protocols.handle_pending_outbound_connection(
             connection_id,
             maybe_peer,
@@ -1691,6 +1751,9 @@ impl NetworkBehaviour for Behaviour {
         role_override: Endpoint,
         port_use: PortUse,
     ) -> std::result::Result<THandler<Self>, ConnectionDenied> {
+        if !self.admits(&peer) {
+            return Err(ConnectionDenied::new(NotAdmitted));
+        }
         self.protocols.handle_established_outbound_connection(
             connection_id,
             peer,

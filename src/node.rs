@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::pnet::PreSharedKey;
 use libp2p::{Multiaddr, PeerId};
 use prometheus_client::registry::Registry;
 
@@ -37,9 +39,48 @@ pub struct NodeBuilder {
     listen: Vec<Multiaddr>,
     bootstrap: Vec<Multiaddr>,
     network: BehaviourConfig,
+    allowed: Option<HashSet<PeerId>>,
+    psk: Option<PreSharedKey>,
 }
 
 impl NodeBuilder {
+    /// Admits only these peers: a connection to or from any other peer is refused once its
+    /// identity is known (after the noise handshake), and a delta whose signed source is not
+    /// among them is rejected even when an admitted peer relays it. Call it as often as
+    /// needed; the lists add up. Default: every peer is admitted. Refusals are counted in
+    /// [`NodeStats::peers_refused`].
+    ///
+    /// Every node of the cluster needs the list (with its own id in it, for the others):
+    /// a peer that admits an outsider still cannot pass it our members or its deltas, but it
+    /// talks to it.
+    pub fn allow_peers(mut self, peers: impl IntoIterator<Item = PeerId>) -> Self {
+        self.allowed.get_or_insert_with(HashSet::new).extend(peers);
+        self
+    }
+
+    /// A private network: every connection starts with libp2p's pnet handshake under this
+    /// pre-shared key (XSalsa20 over TCP, below noise), so a node without the key cannot
+    /// connect, not even to learn our identity. QUIC has no pnet: with a key the node
+    /// listens on TCP only (default `/ip4/0.0.0.0/tcp/0`), and a QUIC `listen_on` address is
+    /// refused by [`build`](Self::build). With
+    /// [`build_behaviour`](Self::build_behaviour) the application's transport must do the
+    /// handshake itself ([`PnetConfig`](libp2p::pnet::PnetConfig)).
+    ///
+    /// ```
+    /// use procgroups::PreSharedKey;
+    /// // 32 bytes shared by the cluster's operators, e.g. from a `swarm.key` file.
+    /// let key: PreSharedKey = "/key/swarm/psk/1.0.0/\n/base16/\n\
+    ///     6189c5cf0b87fb800c1a9feeda73c6ab5e998db48fb9e6a978575c770ceef683"
+    ///     .parse()
+    ///     .expect("a key file");
+    /// let builder = procgroups::Node::builder().pre_shared_key(key);
+    /// # drop(builder);
+    /// ```
+    pub fn pre_shared_key(mut self, key: PreSharedKey) -> Self {
+        self.psk = Some(key);
+        self
+    }
+
     /// Listens on `addr` (TCP or QUIC); call it once per address. Without any, the node
     /// listens on one TCP and one QUIC port of every interface
     /// (`/ip4/0.0.0.0/tcp/0`, `/ip4/0.0.0.0/udp/0/quic-v1`).
@@ -112,18 +153,29 @@ impl NodeBuilder {
     /// noise, yamux, on a dedicated thread); returns once every listener is bound (see
     /// [`Node::listen_addrs`]).
     pub async fn build(mut self) -> Result<Node> {
-        let listen = if self.listen.is_empty() {
-            vec![
-                "/ip4/0.0.0.0/tcp/0".parse().expect("a valid multiaddr"),
-                "/ip4/0.0.0.0/udp/0/quic-v1"
-                    .parse()
-                    .expect("a valid multiaddr"),
-            ]
-        } else {
-            std::mem::take(&mut self.listen)
+        let tcp: Multiaddr = "/ip4/0.0.0.0/tcp/0".parse().expect("a valid multiaddr");
+        let quic: Multiaddr = "/ip4/0.0.0.0/udp/0/quic-v1"
+            .parse()
+            .expect("a valid multiaddr");
+        let listen = match (self.listen.is_empty(), self.psk.is_some()) {
+            (true, false) => vec![tcp, quic],
+            (true, true) => vec![tcp],
+            (false, _) => std::mem::take(&mut self.listen),
         };
+        if self.psk.is_some()
+            && let Some(addr) = listen
+                .iter()
+                .find(|a| a.iter().any(|p| matches!(p, Protocol::QuicV1)))
+        {
+            return Err(ConfigError::InvalidField {
+                field: "listen_on",
+                reason: format!("{addr}: QUIC cannot carry a pre-shared key; listen on TCP"),
+            }
+            .into());
+        }
+        let psk = self.psk;
         let (node, behaviour, keypair) = self.prepare()?;
-        crate::net::spawn_swarm(keypair, behaviour, &node.shared.net, listen).await?;
+        crate::net::spawn_swarm(keypair, behaviour, &node.shared.net, listen, psk).await?;
         Ok(node)
     }
 
@@ -225,6 +277,7 @@ impl NodeBuilder {
                 behaviour: network,
                 policy,
                 incarnation,
+                allowed: self.allowed,
             },
             ordered,
             processes.clone(),
@@ -294,6 +347,8 @@ impl Node {
             listen: Vec::new(),
             bootstrap: Vec::new(),
             network: BehaviourConfig::default(),
+            allowed: None,
+            psk: None,
         }
     }
 
@@ -535,6 +590,7 @@ impl NodeShared {
             requests_failed: read(&net.stats.requests_failed),
             malformed: read(&net.stats.malformed),
             messages_dropped: read(&net.stats.messages_dropped),
+            peers_refused: read(&net.stats.peers_refused),
         }
     }
 

@@ -157,6 +157,9 @@ pub struct NodeStats {
     /// Messages to this node's processes dropped: nobody listened to the topic, or the inbox
     /// was full.
     pub messages_dropped: u64,
+    /// Connections refused and deltas rejected because their peer is not admitted
+    /// ([`NodeBuilder::allow_peers`](crate::NodeBuilder::allow_peers)).
+    pub peers_refused: u64,
 }
 
 impl ScopeCounters {
