@@ -165,6 +165,9 @@ where
     }
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod hostile;
+
 #[cfg(test)]
 mod tests {
     use super::*;

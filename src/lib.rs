@@ -48,6 +48,9 @@ pub mod behaviour;
 pub mod codec;
 pub mod config;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod health;
 mod instance;
 mod keep_alive;

@@ -1281,7 +1281,7 @@ impl ScopeCore {
     }
 
     /// Every slot this node holds, by group: the oracle of tests and the simulator.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn view(&self) -> BTreeMap<String, BTreeMap<Pid, u32>> {
         let mut out = BTreeMap::new();
         for g in self.groups.values() {
