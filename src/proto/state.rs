@@ -806,7 +806,10 @@ impl ScopeCore {
     }
 
     fn add_remote(&mut self, node: u32, origin: &mut OriginState, name: &str, id: u64, n: u32) {
-        let room = self.room(name, n);
+        // A process holds at most u32::MAX slots of a group: a peer announcing more (only a
+        // hostile one can) is refused the excess like a limit.
+        let held = self.groups.get(name).map_or(0, |g| g.count(node, id));
+        let room = self.room(name, n).min(u32::MAX - held);
         if room < n {
             self.stats.slots_refused += u64::from(n - room);
             tracing::warn!(
@@ -878,9 +881,12 @@ impl ScopeCore {
     /// and, once a sync has said which incarnation is current, those of other incarnations.
     fn release_held(&mut self, node: u32, origin: &mut OriginState, after_sync: bool) {
         let Some(mut v) = origin.version else { return };
-        while let Some(delta) = origin.held.remove(&(v.incarnation, v.seq + 1)) {
+        // A hostile origin may announce seq u64::MAX: nothing follows it.
+        while let Some(next) = v.seq.checked_add(1)
+            && let Some(delta) = origin.held.remove(&(v.incarnation, next))
+        {
             self.apply_delta(node, origin, &delta);
-            v.seq += 1;
+            v.seq = next;
         }
         origin.held.retain(|(inc, seq), _| {
             if *inc == v.incarnation {
