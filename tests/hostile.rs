@@ -1,0 +1,1102 @@
+//! Hostile peers (issue 5, item 2): a raw libp2p peer (`support/hostile.rs`) speaks the
+//! procgroups protocols to two honest nodes and misbehaves. Each test checks that the bad
+//! input is rejected or bounded, that a counter of `Node::stats` / `Node::node_stats` shows
+//! it, that the honest nodes' views are exactly what their processes did, and that the nodes
+//! keep working (a later honest join still propagates).
+//!
+//! Every wait is on a condition with a deadline; nothing sleeps to synchronise.
+//!
+//! Refused today but counted nowhere (so no test asserts a counter for them): a malformed,
+//! truncated or over-cap *request* (libp2p's request-response drops a stream whose request
+//! cannot be read without reporting it, so `malformed` never sees it), a gossipsub message
+//! over `max_transmit_size` or with a forged author (gossipsub drops it before the node sees
+//! it), a sync answer for another scope or of the wrong kind, and inbound streams beyond
+//! libp2p's 100 per connection. A peer-exchange answer is capped (64 peers, 8 addresses each)
+//! but answers are not: each one can make the node dial 512 more addresses.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use procgroups::wire::{Delta, Op, SyncGroup, SyncRequest, SyncResponse, Version};
+use procgroups::{EventKind, Instance, Node, Pid, Process, ScopeConfig, ScopeStats};
+
+mod support;
+use support::poll_until as eventually;
+
+#[path = "support/hostile.rs"]
+mod hostile;
+use hostile::{Authorship, Hostile, Proto, cbor, frame, unframe};
+
+const SCOPE: &str = "test:hostile";
+/// Deadline of every wait, in seconds.
+const WAIT: u64 = 10;
+
+// ------------------------------------------------------------------------------------ helpers
+
+async fn honest(config: ScopeConfig) -> Node {
+    Node::builder()
+        .mdns(false)
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .scope(SCOPE, config)
+        .build()
+        .await
+        .expect("an honest node")
+}
+
+/// Two honest nodes with `config`, connected.
+async fn pair(config: ScopeConfig) -> (Node, Node) {
+    let a = honest(config.clone()).await;
+    let b = honest(config).await;
+    b.dial(a.listen_addrs()[0].clone()).unwrap();
+    eventually("A and B connected and sharing the scope", WAIT, || {
+        stats(&a).peers == 1 && stats(&b).peers == 1
+    })
+    .await;
+    (a, b)
+}
+
+fn stats(node: &Node) -> ScopeStats {
+    node.stats(SCOPE).expect("the scope is hosted")
+}
+
+fn spawn(node: &Node) -> (Process, Instance) {
+    let p = node.spawn_process();
+    let pg = p.open(SCOPE).expect("open the scope");
+    (p, pg)
+}
+
+/// The hostile peer connects to `nodes`; returns once each knows it shares the scope, it
+/// knows each is subscribed to the scope's topic, and each has asked for its versions twice
+/// (on the connection and on its subscription): a quiet start.
+async fn attach(h: &Hostile, nodes: &[&Node]) {
+    for n in nodes {
+        h.dial(n.listen_addrs()[0].clone());
+    }
+    eventually("the hostile peer attached", WAIT, || {
+        let seen = h.seen();
+        nodes.iter().all(|n| {
+            seen.subscribed.contains(&n.peer_id())
+                && seen.discovers_from(&n.peer_id()) >= 2
+                && n.connected_peers().contains(&h.peer_id)
+        })
+    })
+    .await;
+}
+
+/// The version a node announces for the scope, asked by the hostile peer.
+async fn version_of(h: &Hostile, node: &Node) -> Version {
+    let discover = SyncRequest::Discover {
+        scopes: vec![(SCOPE.into(), h.own().version())],
+    };
+    let answer = h
+        .request(Proto::Sync, node.peer_id(), frame(&discover))
+        .await
+        .expect("a Discover answer");
+    match unframe::<SyncResponse>(&answer).expect("a well-formed answer") {
+        SyncResponse::Discover { scopes, .. } => {
+            scopes
+                .iter()
+                .find(|(s, _)| s == SCOPE)
+                .expect("the scope's version")
+                .1
+        }
+        other => panic!("not a Discover answer: {other:?}"),
+    }
+}
+
+type View = BTreeMap<String, Vec<Pid>>;
+
+/// Every non-empty group of the scope with its slots, as this instance's node sees it.
+fn view(pg: &Instance) -> View {
+    pg.which_groups()
+        .unwrap()
+        .iter()
+        .map(|g| (g.to_string(), pg.get_members(g).unwrap().to_vec()))
+        .filter(|(_, m)| !m.is_empty())
+        .collect()
+}
+
+/// The expected view: each group with its slots.
+fn truth(groups: &[(&str, &[Pid])]) -> View {
+    let mut v = View::new();
+    for (g, pids) in groups {
+        v.entry(g.to_string()).or_default().extend(pids.iter());
+    }
+    for pids in v.values_mut() {
+        pids.sort();
+    }
+    v.retain(|_, p| !p.is_empty());
+    v
+}
+
+/// Waits until every instance sees `expected`; fails after `WAIT` showing what they see.
+async fn converge(what: &str, pgs: &[&Instance], expected: &View) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(WAIT);
+    loop {
+        let views: Vec<View> = pgs.iter().map(|pg| view(pg)).collect();
+        if views.iter().all(|v| v == expected) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}\nviews    {views:#?}\nexpected {expected:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A later honest join on `joiner` reaches `observer` within `within`.
+async fn honest_join_propagates(
+    joiner: &Node,
+    observer: &Instance,
+    group: &str,
+    within: Duration,
+) -> (Process, Duration) {
+    let (p, pg) = spawn(joiner);
+    let start = Instant::now();
+    pg.join(group).unwrap();
+    eventually("a later honest join propagates", WAIT, || {
+        observer.get_members(group).unwrap().contains(&p.pid())
+    })
+    .await;
+    let took = start.elapsed();
+    assert!(
+        took < within,
+        "an honest join took {took:?} to propagate (bound {within:?})"
+    );
+    (p, took)
+}
+
+/// Shuts every node down, then the hostile peers.
+async fn finish(nodes: Vec<Node>, hostiles: Vec<Hostile>) {
+    for h in hostiles {
+        h.stop().await;
+    }
+    for n in nodes {
+        tokio::time::timeout(Duration::from_secs(5), n.shutdown())
+            .await
+            .expect("a bounded shutdown");
+    }
+}
+
+// -------------------------------------------------------------------------------------- tests
+
+/// 1. Deltas whose origin is another node (signed by the hostile key) are rejected by the node
+///    that receives them and not forwarded; a forged author (unsigned) is dropped by strict
+///    validation. Both claim the exact next version of the victim, so that accepted they
+///    would apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_deltas_are_rejected_and_do_not_spread() {
+    let (a, b) = pair(ScopeConfig::default()).await;
+    let (pa, ga) = spawn(&a);
+    let (pb, gb) = spawn(&b);
+    ga.join("g").unwrap();
+    gb.join("g").unwrap();
+    let honest_view = truth(&[("g", &[pa.pid(), pb.pid()])]);
+    converge("both members everywhere", &[&ga, &gb], &honest_view).await;
+
+    // Connected to A only: what A refuses never reaches B.
+    let h = Hostile::new(SCOPE);
+    attach(&h, &[&a]).await;
+    let va = version_of(&h, &a).await;
+    let (a0, b0, na0) = (stats(&a), stats(&b), a.node_stats());
+
+    // "A's process leaves g and joins evil": A's exact next version, signed by the hostile key.
+    let as_a = Delta {
+        origin: a.peer_id(),
+        incarnation: va.incarnation,
+        seq: va.seq + 1,
+        groups: vec!["g".into(), "evil".into()],
+        ops: vec![
+            Op {
+                group: 0,
+                id: pa.pid().id(),
+                change: -1,
+            },
+            Op {
+                group: 1,
+                id: pa.pid().id(),
+                change: 1,
+            },
+        ],
+    };
+    // "B's process joins g twice more".
+    let as_b = Delta {
+        origin: b.peer_id(),
+        incarnation: rand::random(),
+        seq: 1,
+        groups: vec!["g".into()],
+        ops: vec![Op {
+            group: 0,
+            id: pb.pid().id(),
+            change: 2,
+        }],
+    };
+    h.publish_delta(&as_a).await.unwrap();
+    h.publish_delta(&as_b).await.unwrap();
+    eventually("A rejects both spoofed deltas", WAIT, || {
+        stats(&a).deltas_rejected == a0.deltas_rejected + 2
+    })
+    .await;
+
+    // A forged author: B's id as the message's source, no signature, B's exact next version.
+    let forger = Hostile::with_authorship(SCOPE, Authorship::Forged(b.peer_id()));
+    attach(&forger, &[&a, &b]).await;
+    let vb = version_of(&forger, &b).await;
+    let forged = Delta {
+        origin: b.peer_id(),
+        incarnation: vb.incarnation,
+        seq: vb.seq + 1,
+        groups: vec!["g".into()],
+        ops: vec![Op {
+            group: 0,
+            id: pb.pid().id(),
+            change: -1,
+        }],
+    };
+    forger.publish_delta(&forged).await.unwrap();
+    // A round trip on the same connections after the forged message.
+    version_of(&forger, &a).await;
+    version_of(&forger, &b).await;
+
+    // (d) The nodes keep working: a later join on B reaches A, and on A reaches B.
+    let (pb2, _) = honest_join_propagates(&b, &ga, "later", Duration::from_secs(5)).await;
+    let (pa2, _) = honest_join_propagates(&a, &gb, "later", Duration::from_secs(5)).await;
+    let expected = truth(&[
+        ("g", &[pa.pid(), pb.pid()]),
+        ("later", &[pa2.pid(), pb2.pid()]),
+    ]);
+    converge(
+        "the honest views, untouched by the spoofs",
+        &[&ga, &gb],
+        &expected,
+    )
+    .await;
+
+    let (a1, b1, na1) = (stats(&a), stats(&b), a.node_stats());
+    // Rejected by A, never forwarded to B (B rejected nothing), nothing malformed.
+    assert_eq!(a1.deltas_rejected, a0.deltas_rejected + 2, "{a1:?}");
+    assert_eq!(b1.deltas_rejected, b0.deltas_rejected, "{b1:?}");
+    assert_eq!(na1.malformed, na0.malformed);
+    // Only the honest joins were applied: one delta each way.
+    assert_eq!(a1.deltas_applied, a0.deltas_applied + 1, "{a1:?}");
+    assert_eq!(b1.deltas_applied, b0.deltas_applied + 1, "{b1:?}");
+    // The forged message was dropped by gossipsub's strict validation: the views show it was
+    // not applied (none of the node's counters sees it).
+    eprintln!(
+        "spoofing: A deltas_rejected {} -> {}, B deltas_rejected {} -> {}",
+        a0.deltas_rejected, a1.deltas_rejected, b0.deltas_rejected, b1.deltas_rejected
+    );
+    drop((pa, pb, pa2, pb2));
+    finish(vec![a, b], vec![h, forger]).await;
+}
+
+/// 2. Malformed CBOR on the scope's topic, invalid deltas, and malformed request bodies on
+///    both request-response protocols: all refused and nothing changes; the deltas are
+///    counted (`deltas_rejected`, and `malformed` for the undecodable ones), the requests are
+///    not (see the module's documentation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_is_refused_and_counted() {
+    let (a, b) = pair(ScopeConfig::default()).await;
+    let (pa, ga) = spawn(&a);
+    let (pb, gb) = spawn(&b);
+    ga.join("g").unwrap();
+    gb.join("g").unwrap();
+    let honest_view = truth(&[("g", &[pa.pid(), pb.pid()])]);
+    converge("both members everywhere", &[&ga, &gb], &honest_view).await;
+    let h = Hostile::new(SCOPE);
+    attach(&h, &[&a]).await;
+    let (a0, b0, na0, nb0) = (stats(&a), stats(&b), a.node_stats(), b.node_stats());
+
+    // Gossip: not CBOR; CBOR of another shape; a truncated delta.
+    let good = h.delta(&[("g", 1, 1)], false);
+    let encoded = cbor(&good);
+    for garbage in [
+        vec![0xff, 0x00, 0x13, 0x37],
+        cbor(&"a string, not a delta"),
+        encoded[..encoded.len() / 2].to_vec(),
+    ] {
+        h.publish(garbage).await.unwrap();
+    }
+    eventually("three undecodable deltas counted", WAIT, || {
+        a.node_stats().malformed == na0.malformed + 3
+    })
+    .await;
+    // Decodable but invalid deltas of its own origin: the core refuses each (not malformed).
+    let mut bad_index = h.delta(&[("g", 1, 1)], false);
+    bad_index.ops[0].group = 7;
+    let mut zero_change = h.delta(&[("g", 1, 1)], false);
+    zero_change.ops[0].change = 0;
+    let empty_name = h.delta(&[("", 1, 1)], false);
+    let long_name = h.delta(&[(&"x".repeat(256), 1, 1)], false);
+    let mut seq_zero = h.delta(&[("g", 1, 1)], false);
+    seq_zero.seq = 0;
+    for d in [&bad_index, &zero_change, &empty_name, &long_name, &seq_zero] {
+        h.publish_delta(d).await.unwrap();
+    }
+    eventually("eight deltas rejected", WAIT, || {
+        stats(&a).deltas_rejected == a0.deltas_rejected + 8
+    })
+    .await;
+
+    // Requests: a body that is not CBOR, one of another shape, a truncated frame (the prefix
+    // says more than follows), on both protocols. Each is refused: the stream is closed
+    // without an answer, nothing reaches the protocol state. (Not counted: see the module's
+    // documentation.)
+    let mut not_cbor = 4u32.to_be_bytes().to_vec();
+    not_cbor.extend_from_slice(&[0xff, 0xfe, 0xfd, 0xfc]);
+    let mut truncated = 100u32.to_be_bytes().to_vec();
+    truncated.extend_from_slice(&[0x82, 0x01]);
+    let requests = [not_cbor, frame(&("not", "a", "request")), truncated];
+    for proto in [Proto::Sync, Proto::Deliver] {
+        for r in &requests {
+            let answer = h.request(proto, a.peer_id(), r.clone()).await;
+            assert!(
+                answer.is_err(),
+                "{proto:?}: a malformed request was answered: {answer:?}"
+            );
+        }
+    }
+    // The same connection still carries well-formed requests.
+    assert_eq!(version_of(&h, &a).await.seq, 1);
+
+    // (d) Still working, views exact.
+    let (pb2, _) = honest_join_propagates(&b, &ga, "later", Duration::from_secs(5)).await;
+    let expected = truth(&[("g", &[pa.pid(), pb.pid()]), ("later", &[pb2.pid()])]);
+    converge("the honest views", &[&ga, &gb], &expected).await;
+    let (a1, b1, na1, nb1) = (stats(&a), stats(&b), a.node_stats(), b.node_stats());
+    assert_eq!(a1.deltas_rejected, a0.deltas_rejected + 8, "{a1:?}");
+    assert_eq!(a1.deltas_applied, a0.deltas_applied + 1, "{a1:?}");
+    assert_eq!(na1.malformed, na0.malformed + 3, "{na1:?}");
+    // Nothing reached B.
+    assert_eq!(b1.deltas_rejected, b0.deltas_rejected, "{b1:?}");
+    assert_eq!(nb1.malformed, nb0.malformed, "{nb1:?}");
+    eprintln!(
+        "malformed: A malformed {} -> {}, deltas_rejected {} -> {}",
+        na0.malformed, na1.malformed, a0.deltas_rejected, a1.deltas_rejected
+    );
+    drop((pa, pb, pb2));
+    finish(vec![a, b], vec![h]).await;
+}
+
+/// 3. Frames over the caps: a request whose length prefix is over the request cap (refused
+///    at the prefix: the stream is reset before the body arrives), and a gossipsub message
+///    over `max_transmit_size` (dropped by gossipsub). Neither is counted today (see the
+///    module's documentation); the node keeps its state and its connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_over_the_caps_are_refused() {
+    let (a, b) = pair(ScopeConfig::default()).await;
+    let (pa, ga) = spawn(&a);
+    let (pb, gb) = spawn(&b);
+    ga.join("g").unwrap();
+    gb.join("g").unwrap();
+    converge(
+        "both members everywhere",
+        &[&ga, &gb],
+        &truth(&[("g", &[pa.pid(), pb.pid()])]),
+    )
+    .await;
+    let h = Hostile::new(SCOPE);
+    attach(&h, &[&a, &b]).await;
+    let (a0, b0, na0) = (stats(&a), stats(&b), a.node_stats());
+
+    // Length prefixes over the 1 MiB request cap, then the announced body a byte at a time,
+    // never finished: a node that read on would wait for the request's timeout (5 s).
+    h.trickle_requests(true);
+    let cap = procgroups::codec::DEFAULT_MAX_REQUEST_BYTES as u32;
+    for (proto, len) in [
+        (Proto::Sync, u32::MAX),
+        (Proto::Sync, cap + 1),
+        (Proto::Deliver, u32::MAX),
+        (Proto::Deliver, cap + 1),
+    ] {
+        let mut r = len.to_be_bytes().to_vec();
+        r.extend_from_slice(&[0u8; 64]);
+        let started = Instant::now();
+        let answer = h.request(proto, a.peer_id(), r).await;
+        eprintln!("{proto:?} {len}: {answer:?} after {:?}", started.elapsed());
+        assert!(
+            answer.is_err(),
+            "{proto:?}: a frame over the cap was answered: {answer:?}"
+        );
+        // Refused at the prefix: no waiting for the announced megabytes.
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    h.trickle_requests(false);
+    assert_eq!(
+        version_of(&h, &a).await.seq,
+        1,
+        "the connection still works"
+    );
+
+    // A delta of 300 KB (its own, valid but for its size) over the 256 KiB gossip cap.
+    let name = "n".repeat(250);
+    let names: Vec<String> = (0..1200).map(|i| format!("{i:04}{name}")).collect();
+    let ops: Vec<(&str, u64, i64)> = names.iter().map(|n| (n.as_str(), 1, 1)).collect();
+    let huge = h.delta(&ops, false);
+    assert!(cbor(&huge).len() > 256 * 1024);
+    h.publish_delta(&huge).await.unwrap();
+    // Then an ordinary delta with the same sequence number. The receivers closed the gossip
+    // stream the huge message came on, and this one may have been lost with it: the hostile
+    // peer announces its version, and the nodes pull what they miss (the path of any lost
+    // delta).
+    let small = h.delta(&[("small", 1, 1)], true);
+    h.publish_delta(&small).await.unwrap();
+    version_of(&h, &a).await;
+    version_of(&h, &b).await;
+    let expected = truth(&[
+        ("g", &[pa.pid(), pb.pid()]),
+        ("small", &[Pid::new(h.peer_id, 1)]),
+    ]);
+    converge(
+        "the small delta applied, the huge one not",
+        &[&ga, &gb],
+        &expected,
+    )
+    .await;
+
+    // (d) Still working.
+    let (pb2, _) = honest_join_propagates(&b, &ga, "later", Duration::from_secs(5)).await;
+    let mut expected = expected;
+    expected.insert("later".into(), vec![pb2.pid()]);
+    converge("the honest views", &[&ga, &gb], &expected).await;
+    let (a1, b1, na1) = (stats(&a), stats(&b), a.node_stats());
+    assert_eq!(a1.groups, 3, "{a1:?}");
+    // The small delta came by gossip or by a sync; B's join by gossip.
+    let taken = |s: &ScopeStats| s.deltas_applied + s.syncs_applied;
+    assert_eq!(taken(&a1), taken(&a0) + 2, "{a1:?}");
+    assert_eq!(taken(&b1), taken(&b0) + 1, "{b1:?}");
+    eprintln!("over the caps: A {a1:?}\nA node {na0:?} -> {na1:?}");
+    drop((pa, pb, pb2));
+    finish(vec![a, b], vec![h]).await;
+}
+
+/// The events of `sub` as `(kind, group, pids)`, waiting until there are `n`.
+async fn events(
+    sub: &mut procgroups::Subscription,
+    n: usize,
+) -> Vec<(EventKind, String, Vec<Pid>)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let ev = tokio::time::timeout(Duration::from_secs(WAIT), sub.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "timed out waiting for event {} of {n}: {out:?}",
+                    out.len() + 1
+                )
+            })
+            .expect("the subscription is open");
+        out.push((ev.kind, ev.group.to_string(), ev.pids.to_vec()));
+    }
+    out
+}
+
+/// 4. Valid deltas of the hostile peer's own origin, sent out of order and then again: each
+///    is applied once, in the origin's order (the events show the order), the copies are
+///    counted as duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_and_reordered_deltas_apply_once_in_order() {
+    let (a, b) = pair(ScopeConfig::default()).await;
+    let (pa, ga) = spawn(&a);
+    let (pb, gb) = spawn(&b);
+    ga.join("g").unwrap();
+    gb.join("g").unwrap();
+    converge(
+        "both members everywhere",
+        &[&ga, &gb],
+        &truth(&[("g", &[pa.pid(), pb.pid()])]),
+    )
+    .await;
+    let h = Hostile::new(SCOPE);
+    attach(&h, &[&a, &b]).await;
+    let (mut sub_a, _) = ga.monitor("h1").unwrap();
+    let (mut sub_b, _) = gb.monitor("h1").unwrap();
+    let (a0, b0) = (stats(&a), stats(&b));
+
+    let deltas = [
+        h.delta(&[("h1", 1, 1)], true),
+        h.delta(&[("h1", 1, -1)], true),
+        h.delta(&[("h1", 1, 2), ("h2", 2, 1)], true),
+        h.delta(&[("h1", 1, -1)], true),
+        h.delta(&[("h3", 3, 1)], true),
+    ];
+    // Shuffled, then everything again, then two more copies.
+    for i in [2, 0, 3, 1, 4, 0, 1, 2, 3, 4, 2, 4] {
+        h.publish_delta(&deltas[i]).await.unwrap();
+    }
+    let h1 = Pid::new(h.peer_id, 1);
+    let expected = truth(&[
+        ("g", &[pa.pid(), pb.pid()]),
+        ("h1", &[h1]),
+        ("h2", &[Pid::new(h.peer_id, 2)]),
+        ("h3", &[Pid::new(h.peer_id, 3)]),
+    ]);
+    converge("the origin's final state", &[&ga, &gb], &expected).await;
+    eventually("seven copies counted as duplicates on both", WAIT, || {
+        stats(&a).deltas_duplicate == a0.deltas_duplicate + 7
+            && stats(&b).deltas_duplicate == b0.deltas_duplicate + 7
+    })
+    .await;
+    // In the origin's order, on both nodes: join, leave, join twice, leave.
+    let order = vec![
+        (EventKind::MemberJoined, "h1".to_string(), vec![h1]),
+        (EventKind::MemberLeft, "h1".to_string(), vec![h1]),
+        (EventKind::MemberJoined, "h1".to_string(), vec![h1, h1]),
+        (EventKind::MemberLeft, "h1".to_string(), vec![h1]),
+    ];
+    assert_eq!(events(&mut sub_a, 4).await, order);
+    assert_eq!(events(&mut sub_b, 4).await, order);
+
+    // (d) Still working.
+    let (pb2, _) = honest_join_propagates(&b, &ga, "later", Duration::from_secs(5)).await;
+    let mut expected = expected;
+    expected.insert("later".into(), vec![pb2.pid()]);
+    converge("the views", &[&ga, &gb], &expected).await;
+    let (a1, b1) = (stats(&a), stats(&b));
+    for (s0, s1, joins) in [(&a0, &a1, 1), (&b0, &b1, 0)] {
+        // Each of the five applied once (by delta: no sync was needed), plus B's join on A.
+        assert_eq!(s1.deltas_applied, s0.deltas_applied + 5 + joins, "{s1:?}");
+        assert_eq!(s1.deltas_duplicate, s0.deltas_duplicate + 7, "{s1:?}");
+        assert_eq!(s1.deltas_rejected, s0.deltas_rejected, "{s1:?}");
+        assert_eq!(s1.syncs_applied, s0.syncs_applied, "{s1:?}");
+    }
+    assert!(
+        sub_a.try_recv().is_none() && sub_b.try_recv().is_none(),
+        "no further event"
+    );
+    eprintln!("replay: A {a0:?}\n  -> {a1:?}");
+    drop((pa, pb, pb2));
+    finish(vec![a, b], vec![h]).await;
+}
+
+/// Has `h` announce its version to `node` until `node` asks it for its state `n` times.
+async fn pull_sync(h: &Hostile, node: &Node, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(WAIT);
+    while h.seen().syncs_from(&node.peer_id()) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no Sync request {n}"
+        );
+        version_of(h, node).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// 5. The honest node pulls the hostile peer's state, and gets lies: a page naming the ids of
+///    the honest nodes' processes, a page with a duplicate member, a page of another scope, a
+///    sync of more pages than any state. A page's ids are the responder's own processes by
+///    construction (the wire has no way to name another node's Pid): the "foreign" ids become
+///    the hostile peer's Pids and touch nobody else's membership; the invalid pages are
+///    refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lying_sync_responses_touch_only_the_liar() {
+    let config = ScopeConfig::builder()
+        .protocol_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let (a, b) = pair(config).await;
+    let (pa, ga) = spawn(&a);
+    let (pb, gb) = spawn(&b);
+    ga.join("g").unwrap();
+    gb.join("g").unwrap();
+    let honest_view = truth(&[("g", &[pa.pid(), pb.pid()])]);
+    converge("both members everywhere", &[&ga, &gb], &honest_view).await;
+    let h = Hostile::new(SCOPE);
+    attach(&h, &[&a]).await;
+    let (a0, na0) = (stats(&a), a.node_stats());
+
+    // Its state moves to seq 1 without telling anyone: A will ask for it.
+    h.delta(&[("mine", 1, 1)], true);
+    let version = h.own().version();
+    let page = |scope: &str, pages: u32, groups: Vec<SyncGroup>| SyncResponse::Page {
+        scope: scope.into(),
+        version,
+        page: 0,
+        pages,
+        groups,
+    };
+    let group = |name: &str, members: &[(u64, u32)]| SyncGroup {
+        name: name.into(),
+        members: members.to_vec(),
+    };
+    let (ia, ib) = (pa.pid().id(), pb.pid().id());
+    h.script_sync([
+        // More pages than any state: refused before anything is buffered (malformed).
+        page(SCOPE, 1_000_000, vec![group("g", &[(ia, 1)])]),
+        // Another scope's page: refused.
+        page("test:other", 1, vec![group("g", &[(ia, 1)])]),
+        // A member twice in a group: refused by the core (syncs_rejected).
+        page(SCOPE, 1, vec![group("g", &[(ib, 1), (ib, 2)])]),
+        // The ids of A's and B's processes: they are taken as the hostile peer's own.
+        page(
+            SCOPE,
+            1,
+            vec![group("g", &[(ib, 1)]), group("stolen", &[(ia, 3)])],
+        ),
+    ]);
+    pull_sync(&h, &a, 1).await;
+    eventually("the sync of a million pages refused", WAIT, || {
+        a.node_stats().malformed == na0.malformed + 1
+    })
+    .await;
+    pull_sync(&h, &a, 2).await;
+    pull_sync(&h, &a, 3).await;
+    eventually("the sync with a duplicate member rejected", WAIT, || {
+        stats(&a).syncs_rejected == a0.syncs_rejected + 1
+    })
+    .await;
+    // The core retries by itself after `protocol_timeout`; that answer is applied.
+    let (hb, ha) = (Pid::new(h.peer_id, ib), Pid::new(h.peer_id, ia));
+    let on_a = truth(&[("g", &[pa.pid(), pb.pid(), hb]), ("stolen", &[ha, ha, ha])]);
+    converge("the lie, attributed to the liar", &[&ga], &on_a).await;
+    assert_eq!(ga.get_members("g").unwrap().count(&pb.pid()), 1);
+    assert_eq!(ga.get_members("g").unwrap().count(&pa.pid()), 1);
+    assert!(ga.get_members("stolen").unwrap().count(&pa.pid()) == 0);
+    assert_eq!(h.seen().syncs_from(&a.peer_id()), 4);
+
+    // (d) Still working; B, which the liar never reached, has the honest view.
+    let (pb2, _) = honest_join_propagates(&b, &ga, "later", Duration::from_secs(5)).await;
+    let mut on_a = on_a;
+    on_a.insert("later".into(), vec![pb2.pid()]);
+    converge("A's view", &[&ga], &on_a).await;
+    let mut on_b = honest_view;
+    on_b.insert("later".into(), vec![pb2.pid()]);
+    converge("B's view", &[&gb], &on_b).await;
+    let (a1, na1) = (stats(&a), a.node_stats());
+    assert_eq!(a1.syncs_rejected, a0.syncs_rejected + 1, "{a1:?}");
+    assert_eq!(a1.syncs_applied, a0.syncs_applied + 1, "{a1:?}");
+    assert_eq!(na1.malformed, na0.malformed + 1, "{na1:?}");
+    eprintln!("lying syncs: A {a0:?}\n  -> {a1:?}\nA node {na1:?}");
+    drop((pa, pb, pb2));
+    finish(vec![a, b], vec![h]).await;
+}
+
+/// 6. A scope with `max_groups = 4`: the hostile peer's joins into ten new groups get the
+///    room left (two groups) and the rest is refused and counted, the same way on both honest
+///    nodes; honest local joins follow the config (a join into an existing group works, a new
+///    group is `LimitReached` while the budget is full, and works once the peer leaves).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_groups_beyond_max_groups_are_refused() {
+    let config = ScopeConfig::builder().max_groups(4).build().unwrap();
+    let (a, b) = pair(config).await;
+    let (pa, ga) = spawn(&a);
+    let (pb, gb) = spawn(&b);
+    ga.join("a").unwrap();
+    gb.join("b").unwrap();
+    converge(
+        "a and b everywhere",
+        &[&ga, &gb],
+        &truth(&[("a", &[pa.pid()]), ("b", &[pb.pid()])]),
+    )
+    .await;
+    let h = Hostile::new(SCOPE);
+    attach(&h, &[&a, &b]).await;
+    let (a0, b0) = (stats(&a), stats(&b));
+
+    // Ten new groups, one slot each, then three more slots in the first.
+    let names: Vec<String> = (0..10).map(|i| format!("h{i}")).collect();
+    let mut ops: Vec<(&str, u64, i64)> = names.iter().map(|n| (n.as_str(), 1, 1)).collect();
+    ops.push(("h0", 2, 3));
+    h.publish_delta(&h.delta(&ops, true)).await.unwrap();
+    let (h1, h2) = (Pid::new(h.peer_id, 1), Pid::new(h.peer_id, 2));
+    let expected = truth(&[
+        ("a", &[pa.pid()]),
+        ("b", &[pb.pid()]),
+        ("h0", &[h1, h2, h2, h2]),
+        ("h1", &[h1]),
+    ]);
+    converge("the room the limit leaves, on both", &[&ga, &gb], &expected).await;
+    for (n, s0) in [(&a, &a0), (&b, &b0)] {
+        let s1 = stats(n);
+        assert_eq!(s1.slots_refused, s0.slots_refused + 8, "{s1:?}");
+        assert_eq!(s1.groups, 4, "{s1:?}");
+    }
+
+    // Local joins, as the config says: a fifth group is refused, an existing one is fine.
+    let err = ga.join("a2").unwrap_err();
+    assert_eq!(err.kind(), procgroups::ErrorKind::LimitReached, "{err}");
+    ga.join("h0").unwrap();
+    let mut expected = expected;
+    expected.get_mut("h0").unwrap().push(pa.pid());
+    expected.get_mut("h0").unwrap().sort();
+    converge("A's join into h0 propagates", &[&ga, &gb], &expected).await;
+
+    // The peer leaves everything it joined (also what was refused): the budget frees.
+    let mut leaves: Vec<(&str, u64, i64)> = names.iter().map(|n| (n.as_str(), 1, -1)).collect();
+    leaves.push(("h0", 2, -3));
+    h.publish_delta(&h.delta(&leaves, true)).await.unwrap();
+    let expected = truth(&[("a", &[pa.pid()]), ("b", &[pb.pid()]), ("h0", &[pa.pid()])]);
+    converge("the peer's slots gone", &[&ga, &gb], &expected).await;
+    // (d) An honest join into a new group works again and propagates.
+    ga.join("a2").unwrap();
+    let mut expected = expected;
+    expected.insert("a2".into(), vec![pa.pid()]);
+    converge("A's new group everywhere", &[&ga, &gb], &expected).await;
+    let (a1, b1) = (stats(&a), stats(&b));
+    assert_eq!(a1.slots_refused, a0.slots_refused + 8, "{a1:?}");
+    assert_eq!(b1.slots_refused, b0.slots_refused + 8, "{b1:?}");
+    eprintln!("max_groups: A {a0:?}\n  -> {a1:?}");
+    drop((pa, pb));
+    finish(vec![a, b], vec![h]).await;
+}
+
+/// The test process's resident and virtual memory, in MiB (Linux).
+fn memory_mib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb / 1024)
+    };
+    (field("VmRSS:"), field("VmSize:"))
+}
+
+/// 7. A request flood: thousands of Discover and Sync requests at once, then requests that
+///    never finish. The node answers what it can, refuses the excess (libp2p serves at most
+///    100 streams per connection and protocol at once), and stays responsive: honest joins
+///    propagate within a bound while the flood goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_flood_is_bounded() {
+    const DISCOVERS: usize = 2000;
+    const SYNCS: usize = 1000;
+    const STUCK: usize = 300;
+    let (a, b) = pair(ScopeConfig::default()).await;
+    let (pa, ga) = spawn(&a);
+    let (pb, gb) = spawn(&b);
+    // A state worth serving: 200 groups.
+    let names: Vec<String> = (0..200).map(|i| format!("s{i:03}")).collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    ga.join(name_refs.as_slice()).unwrap();
+    gb.join("g").unwrap();
+    eventually("A's state on B", WAIT, || {
+        gb.which_groups().unwrap().len() == 201 && ga.get_members("g").unwrap().len() == 1
+    })
+    .await;
+    let h = Hostile::new(SCOPE);
+    attach(&h, &[&a]).await;
+    let (a0, na0, mem0) = (stats(&a), a.node_stats(), memory_mib());
+
+    // Phase 1: everything at once.
+    let started = Instant::now();
+    let discover = frame(&SyncRequest::Discover {
+        scopes: vec![(SCOPE.into(), h.own().version())],
+    });
+    let sync = frame(&SyncRequest::Sync {
+        scope: SCOPE.into(),
+        page: 0,
+        version: None,
+    });
+    let mut answers = Vec::new();
+    for i in 0..DISCOVERS + SYNCS {
+        let r = if i % 3 == 2 { &sync } else { &discover };
+        answers.push(h.request_later(Proto::Sync, a.peer_id(), r.clone()));
+    }
+    // Honest joins both ways while the flood goes on.
+    let (pb2, took_ab) = honest_join_propagates(&b, &ga, "during", Duration::from_secs(5)).await;
+    let (pa2, took_ba) = honest_join_propagates(&a, &gb, "during", Duration::from_secs(5)).await;
+    let (mut pages, mut discovered, mut refused) = (0, 0, 0);
+    for rx in answers {
+        let answer = tokio::time::timeout(Duration::from_secs(WAIT), rx)
+            .await
+            .expect("every request of the flood ends")
+            .expect("the hostile task answers");
+        match answer.map(|bytes| unframe::<SyncResponse>(&bytes)) {
+            Ok(Ok(SyncResponse::Page { groups, .. })) => {
+                // A's whole state (its join "during" included, or not yet).
+                assert!(
+                    groups.len() == 200 || groups.len() == 201,
+                    "{}",
+                    groups.len()
+                );
+                pages += 1;
+            }
+            Ok(Ok(SyncResponse::Discover { .. })) => discovered += 1,
+            Ok(other) => panic!("an unexpected answer: {other:?}"),
+            Err(_) => refused += 1,
+        }
+    }
+    let flood_took = started.elapsed();
+    let (a1, na1, mem1) = (stats(&a), a.node_stats(), memory_mib());
+    eprintln!(
+        "flood: {} requests in {flood_took:?}: {pages} pages, {discovered} discovers, {refused} \
+         refused; honest joins took {took_ab:?} (B->A) and {took_ba:?} (A->B) meanwhile; \
+         syncs_served {} -> {}; memory (RSS, virtual) {mem0:?} -> {mem1:?} MiB",
+        DISCOVERS + SYNCS,
+        a0.syncs_served,
+        a1.syncs_served,
+    );
+    // Every request ended: answered or refused, none left hanging; each page served counted.
+    assert_eq!(pages + discovered + refused, DISCOVERS + SYNCS);
+    assert!(pages <= SYNCS && discovered <= DISCOVERS);
+    assert!(a1.syncs_served >= a0.syncs_served + pages as u64, "{a1:?}");
+    assert!(a1.syncs_served <= a0.syncs_served + SYNCS as u64, "{a1:?}");
+    // Nothing of the flood changed the state.
+    assert_eq!(a1.groups, 202, "{a1:?}");
+    assert_eq!(a1.deltas_rejected, a0.deltas_rejected);
+    assert_eq!(na1.peers, na0.peers);
+
+    // Phase 2: requests that never finish (a prefix, then a byte every 20 ms). The node holds
+    // at most 100 of them on this connection and drops the others at once.
+    h.trickle_requests(true);
+    let mut stuck = Vec::new();
+    for _ in 0..STUCK {
+        let mut r = 100_000u32.to_be_bytes().to_vec();
+        r.extend_from_slice(&[0x82; 16]);
+        stuck.push(h.request_later(Proto::Sync, a.peer_id(), r));
+    }
+    let mut dropped = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(WAIT);
+    while dropped < STUCK - 100 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {dropped} dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        dropped = stuck.iter_mut().filter(|rx| !rx.is_empty()).count();
+    }
+    let (pb3, took) = honest_join_propagates(&b, &ga, "stuck", Duration::from_secs(5)).await;
+    let still = stuck.iter_mut().filter(|rx| rx.is_empty()).count();
+    eprintln!(
+        "stuck requests: {dropped} dropped at once, {still} held; an honest join took {took:?}; \
+         memory (RSS, virtual) {:?} MiB",
+        memory_mib()
+    );
+    assert!(still <= 100, "{still} streams held");
+    // B: A's 200 groups and "during", its own "g", "during" and "stuck".
+    assert_eq!(gb.which_groups().unwrap().len(), 203);
+    drop((pa, pb, pa2, pb2, pb3));
+    finish(vec![a, b], vec![h]).await;
+}
+
+/// Frames waiting for the network on one node beyond which remote sends are `Unavailable`
+/// (`outbox::MAX_QUEUED_FRAMES`, documented on `Instance::broadcast`).
+const MAX_FRAMES_WAITING: usize = 65_536;
+
+/// 8. A peer that never reads: it has a member (its own, by a valid delta), then stops reading
+///    delivery streams. The broadcasting node's outbox bounds it: broadcasts keep returning at
+///    once, at most 65 536 frames wait (then `Unavailable`), the failed batch opens the
+///    peer's circuit breaker, whose frames are then counted lost, and deliveries to the honest
+///    node go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_is_bounded_by_the_outbox() {
+    let config = ScopeConfig::builder()
+        .broadcast_timeout(Duration::from_secs(3))
+        .max_retries(0)
+        .circuit_breaker_failures(1)
+        .circuit_breaker_reset_time(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let (a, b) = pair(config).await;
+    let (pa, ga) = spawn(&a);
+    let (pb, gb) = spawn(&b);
+    let mut inbox_b = pb.listen("t");
+    gb.join("b").unwrap();
+    let h = Hostile::new(SCOPE);
+    attach(&h, &[&a, &b]).await;
+    h.publish_delta(&h.delta(&[("w", 1, 1)], true))
+        .await
+        .unwrap();
+    let h1 = Pid::new(h.peer_id, 1);
+    let expected = truth(&[("b", &[pb.pid()]), ("w", &[h1])]);
+    converge("the hostile member everywhere", &[&ga, &gb], &expected).await;
+    // A delivery works while it reads.
+    assert_eq!(ga.broadcast("w", "t", &0u32).unwrap(), 1);
+    eventually("the first batch acknowledged", WAIT, || {
+        h.seen().batches.len() == 1
+    })
+    .await;
+    let na0 = a.node_stats();
+
+    // It stops reading. Broadcasts to its member pile up until 65 536 frames wait.
+    h.stall_deliveries(true);
+    let started = Instant::now();
+    let (mut sent, mut slowest) = (0usize, Duration::ZERO);
+    let refusal = loop {
+        assert!(
+            sent <= MAX_FRAMES_WAITING + 1000,
+            "no bound after {sent} broadcasts"
+        );
+        let call = Instant::now();
+        let result = ga.broadcast("w", "t", &(sent as u32));
+        slowest = slowest.max(call.elapsed());
+        match result {
+            Ok(n) => {
+                assert_eq!(n, 1);
+                sent += 1;
+            }
+            Err(e) => break e,
+        }
+    };
+    let filled_in = started.elapsed();
+    let (waiting, open) = (a.node_stats().frames_waiting, stats(&a).breakers.open);
+    eprintln!(
+        "never reads: {sent} broadcasts in {filled_in:?} (slowest call {slowest:?}), then \
+         {refusal}; frames_waiting {waiting}; breakers open {open}"
+    );
+    // Refused by the bound on waiting frames (the batch in flight has not timed out yet).
+    assert_eq!(
+        refusal.kind(),
+        procgroups::ErrorKind::Unavailable,
+        "{refusal}"
+    );
+    assert_eq!(sent, MAX_FRAMES_WAITING, "{refusal}");
+    assert!(waiting <= MAX_FRAMES_WAITING, "{waiting} frames wait");
+    assert_eq!(
+        open, 0,
+        "the breaker opened before the bound was reached: too slow a machine"
+    );
+    // No call waits for the peer (the slowest is a scheduling hiccup of a loaded machine).
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a broadcast took {slowest:?}"
+    );
+    // The bound is the node's: a broadcast to the honest node is refused too while it holds.
+    let to_b = ga.broadcast("b", "t", &0u32);
+    assert!(
+        to_b.is_err() || a.node_stats().frames_waiting < MAX_FRAMES_WAITING,
+        "{to_b:?}"
+    );
+
+    // The batch in flight times out (3 s): the breaker opens and what waited is given up.
+    eventually("the breaker open and the frames given up", WAIT, || {
+        stats(&a).breakers.open == 1 && a.node_stats().frames_lost >= na0.frames_lost + sent as u64
+    })
+    .await;
+    let na1 = a.node_stats();
+    // While it is open, broadcasts return at once and its frames are counted lost.
+    let call = Instant::now();
+    for i in 0..1000u32 {
+        assert_eq!(ga.broadcast("w", "t", &i).unwrap(), 1);
+    }
+    let thousand = call.elapsed();
+    eventually("the refused frames counted", WAIT, || {
+        a.node_stats().frames_lost == na1.frames_lost + 1000
+    })
+    .await;
+    let na2 = a.node_stats();
+    eprintln!(
+        "never reads: breaker open; {na0:?}\n  -> {na1:?}\n  -> {na2:?} (1000 broadcasts in {thousand:?})"
+    );
+    assert!(na2.frames_waiting <= MAX_FRAMES_WAITING, "{na2:?}");
+    assert!(thousand < Duration::from_secs(2), "{thousand:?}");
+    // Nothing reached the peer after it stopped reading (its stream was never read).
+    assert_eq!(h.seen().batches.len(), 1);
+
+    // (d) The honest node still gets A's broadcasts, in order, and joins still propagate.
+    for i in 0..10u32 {
+        assert_eq!(ga.broadcast("b", "t", &i).unwrap(), 1);
+    }
+    for i in 0..10u32 {
+        let m = tokio::time::timeout(Duration::from_secs(WAIT), inbox_b.recv())
+            .await
+            .expect("B gets A's broadcast")
+            .expect("the inbox is open");
+        assert_eq!((m.from(), m.decode::<u32>().unwrap()), (pa.pid(), i));
+    }
+    let (pb2, _) = honest_join_propagates(&b, &ga, "later", Duration::from_secs(5)).await;
+    let mut expected = expected;
+    expected.insert("later".into(), vec![pb2.pid()]);
+    converge("the views", &[&ga, &gb], &expected).await;
+    drop((pa, pb, pb2));
+    finish(vec![a, b], vec![h]).await;
+}
+
+/// 9. Peer exchange: a Discover answer naming 100 made-up peers with 10 addresses each. The
+///    node dials at most 64 of the peers an answer names and at most 8 addresses of each; none
+///    of them becomes a peer (they are not who they claim), and the views stay exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_exchange_is_capped_per_answer() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    // A Discover to each peer every 400 ms (anti-entropy's round robin over B and H).
+    let config = ScopeConfig::builder()
+        .anti_entropy_interval(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let (a, b) = pair(config).await;
+    let (pa, ga) = spawn(&a);
+    let (pb, gb) = spawn(&b);
+    ga.join("g").unwrap();
+    gb.join("g").unwrap();
+    let honest_view = truth(&[("g", &[pa.pid(), pb.pid()])]);
+    converge("both members everywhere", &[&ga, &gb], &honest_view).await;
+    let h = Hostile::new(SCOPE);
+    attach(&h, &[&a]).await;
+
+    // Each made-up peer has a listener of its own, which records whether it was dialed.
+    let mut hit = Vec::new();
+    let mut own = Vec::new();
+    for _ in 0..100 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        own.push(multiaddr(port));
+        let dialed = Arc::new(AtomicBool::new(false));
+        hit.push(dialed.clone());
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                dialed.store(true, Ordering::Relaxed);
+                drop(socket);
+            }
+        });
+    }
+    // Nine addresses where nobody listens (refused at once).
+    let mut closed = Vec::new();
+    for _ in 0..9 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        closed.push(multiaddr(l.local_addr().unwrap().port()));
+    }
+    // Peers 0..50 list their own address first, peers 50..100 ninth (beyond 8 addresses).
+    let fakes: Vec<(libp2p::PeerId, Vec<libp2p::Multiaddr>)> = own
+        .iter()
+        .enumerate()
+        .map(|(i, mine)| {
+            let mut addrs = closed.clone();
+            addrs.insert(if i < 50 { 0 } else { 8 }, mine.clone());
+            (libp2p::PeerId::random(), addrs)
+        })
+        .collect();
+    let d0 = h.seen().discovers_from(&a.peer_id());
+    h.advertise_peers(fakes);
+    eventually("A asks the hostile peer again", WAIT, || {
+        h.seen().discovers_from(&a.peer_id()) > d0
+    })
+    .await;
+    h.advertise_peers(Vec::new());
+    // Peers 0..64 are dialed; of those, 50..64 only at their first 8 addresses (closed ones).
+    let dialed = || hit.iter().filter(|d| d.load(Ordering::Relaxed)).count();
+    eventually("the first 50 made-up peers dialed", WAIT, || dialed() == 50).await;
+    assert!(hit[..50].iter().all(|d| d.load(Ordering::Relaxed)));
+
+    // (d) None of them is a peer, the views are exact, and joins propagate.
+    let (pb2, _) = honest_join_propagates(&b, &ga, "later", Duration::from_secs(5)).await;
+    let mut expected = honest_view;
+    expected.insert("later".into(), vec![pb2.pid()]);
+    converge("the views", &[&ga, &gb], &expected).await;
+    let mut peers = a.connected_peers();
+    peers.sort();
+    let mut want = vec![b.peer_id(), h.peer_id];
+    want.sort();
+    assert_eq!(peers, want);
+    assert_eq!(stats(&a).peers, 2);
+    // Still no listener of a peer beyond the caps was dialed.
+    assert_eq!(
+        dialed(),
+        50,
+        "a peer beyond 64, or an address beyond 8, was dialed"
+    );
+    drop((pa, pb, pb2));
+    finish(vec![a, b], vec![h]).await;
+}
+
+fn multiaddr(port: u16) -> libp2p::Multiaddr {
+    format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()
+}
