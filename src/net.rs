@@ -176,7 +176,11 @@ impl NetHandle {
                 reason: format!("{queued} messages wait for the network"),
             });
         }
-        self.send(Command::Deliver { peer, frame })
+        let sent = self.send(Command::Deliver { peer, frame });
+        if sent.is_err() {
+            self.shared.queued_frames.fetch_sub(1, Ordering::Relaxed);
+        }
+        sent
     }
 
     /// Says goodbye to the peers and stops the behaviour; returns once it has stopped (and,
@@ -648,6 +652,8 @@ impl Behaviour {
                 let now = Instant::now();
                 let p = self.peers.entry(peer).or_default();
                 if let Err(refused) = p.outbox.push(frame, &self.policy, now) {
+                    // Counted as waiting by `NetHandle::deliver`: it waits no more.
+                    self.shared.queued_frames.fetch_sub(1, Ordering::Relaxed);
                     self.shared
                         .stats
                         .frames_lost
