@@ -107,8 +107,16 @@ where
             format!("frame of {len} bytes over the cap of {max}"),
         ));
     }
-    let mut body = vec![0u8; len];
-    io.read_exact(&mut body).await?;
+    // Grows with the bytes that arrive, not with the length announced: a peer that
+    // announces the cap and sends nothing holds no memory.
+    let mut body = Vec::new();
+    (&mut *io).take(len as u64).read_to_end(&mut body).await?;
+    if body.len() < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("frame of {len} bytes ended after {}", body.len()),
+        ));
+    }
     decode_body(&body)
 }
 
