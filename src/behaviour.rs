@@ -1,6 +1,8 @@
 //! The libp2p side of a node: [`Behaviour`], the node's network logic as one
 //! [`NetworkBehaviour`], over [`Protocols`], the libp2p protocols it composes.
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use libp2p::identity::Keypair;
@@ -197,6 +199,16 @@ pub fn scope_provider_key(scope: &str) -> kad::RecordKey {
 impl Protocols {
     /// The protocols of a node with identity `keypair`.
     pub fn new(keypair: &Keypair, config: &BehaviourConfig) -> Result<Self, BehaviourError> {
+        Self::counting_malformed(keypair, config, Arc::default())
+    }
+
+    /// Like [`new`](Self::new), with both request-response codecs counting the malformed
+    /// frames they read in `malformed`.
+    pub(crate) fn counting_malformed(
+        keypair: &Keypair,
+        config: &BehaviourConfig,
+        malformed: Arc<AtomicU64>,
+    ) -> Result<Self, BehaviourError> {
         let peer_id = keypair.public().to_peer_id();
         let gossip_config = gossipsub::ConfigBuilder::default()
             .validation_mode(gossipsub::ValidationMode::Strict)
@@ -212,6 +224,7 @@ impl Protocols {
         .map_err(|e| BehaviourError::Gossipsub(e.to_string()))?;
         let sync = request_response::Behaviour::with_codec(
             SyncCodec::default()
+                .count_malformed_in(malformed.clone())
                 .set_request_size_maximum(config.max_request_bytes)
                 .set_response_size_maximum(config.max_response_bytes),
             [(SYNC_PROTOCOL, request_response::ProtocolSupport::Full)],
@@ -219,6 +232,7 @@ impl Protocols {
         );
         let deliver = request_response::Behaviour::with_codec(
             DeliverCodec::default()
+                .count_malformed_in(malformed)
                 .set_request_size_maximum(config.max_request_bytes)
                 .set_response_size_maximum(1024),
             [(DELIVER_PROTOCOL, request_response::ProtocolSupport::Full)],

@@ -8,6 +8,8 @@
 
 use std::io;
 use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
@@ -21,9 +23,14 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 /// A [`request_response::Codec`](libp2p::request_response::Codec) for `Req` and `Resp`:
 /// each message is one CBOR value behind its length as a `u32` (big-endian).
+///
+/// A frame read over its cap, cut short or not decodable is an error of that request or
+/// response, and counted in [`malformed`](Self::malformed) (the stream is dropped by
+/// request-response; nothing of it reaches the behaviour).
 pub struct Codec<Req, Resp> {
     max_request_bytes: usize,
     max_response_bytes: usize,
+    malformed: Arc<AtomicU64>,
     types: PhantomData<fn() -> (Req, Resp)>,
 }
 
@@ -38,6 +45,18 @@ impl<Req, Resp> Codec<Req, Resp> {
     pub fn set_response_size_maximum(mut self, bytes: usize) -> Self {
         self.max_response_bytes = bytes;
         self
+    }
+
+    /// Counts the malformed frames it reads in `counter` (shared by its clones, which
+    /// request-response makes per stream) instead of a counter of its own.
+    pub fn count_malformed_in(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.malformed = counter;
+        self
+    }
+
+    /// Frames refused on reading so far: over the cap, truncated or not decodable.
+    pub fn malformed(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
     }
 
     /// The request cap.
@@ -56,6 +75,7 @@ impl<Req, Resp> Default for Codec<Req, Resp> {
         Self {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            malformed: Arc::default(),
             types: PhantomData,
         }
     }
@@ -66,6 +86,7 @@ impl<Req, Resp> Clone for Codec<Req, Resp> {
         Self {
             max_request_bytes: self.max_request_bytes,
             max_response_bytes: self.max_response_bytes,
+            malformed: self.malformed.clone(),
             types: PhantomData,
         }
     }
@@ -93,14 +114,26 @@ pub(crate) fn decode_body<T: DeserializeOwned>(body: &[u8]) -> io::Result<T> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
 }
 
-async fn read_frame<T, R>(io: &mut R, max: usize) -> io::Result<T>
+async fn read_frame<T, R>(io: &mut R, max: usize, malformed: &AtomicU64) -> io::Result<T>
 where
     T: DeserializeOwned,
     R: AsyncRead + Unpin + Send,
 {
+    // A stream that ends before its length is a closed stream, not a malformed frame.
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
+    let result = read_body(io, u32::from_be_bytes(len) as usize, max).await;
+    if result.is_err() {
+        malformed.fetch_add(1, Ordering::Relaxed);
+    }
+    result
+}
+
+async fn read_body<T, R>(io: &mut R, len: usize, max: usize) -> io::Result<T>
+where
+    T: DeserializeOwned,
+    R: AsyncRead + Unpin + Send,
+{
     if len > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -143,14 +176,14 @@ where
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, self.max_request_bytes).await
+        read_frame(io, self.max_request_bytes, &self.malformed).await
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, self.max_response_bytes).await
+        read_frame(io, self.max_response_bytes, &self.malformed).await
     }
 
     async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Req) -> io::Result<()>

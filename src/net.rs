@@ -92,7 +92,8 @@ pub(crate) struct NetStats {
     pub frames_received: AtomicU64,
     pub frames_lost: AtomicU64,
     pub batches_duplicate: AtomicU64,
-    pub malformed: AtomicU64,
+    /// Shared with the request-response codecs, which count the malformed frames they read.
+    pub malformed: Arc<AtomicU64>,
     /// Messages for this node's processes that nobody listened to or found a full inbox.
     pub messages_dropped: AtomicU64,
     /// Connections and deltas of peers that are not admitted.
@@ -526,8 +527,12 @@ impl Behaviour {
         shared: Arc<NetShared>,
         commands: mpsc::UnboundedReceiver<Command>,
     ) -> Result<Self> {
-        let mut protocols = Protocols::new(&config.keypair, &config.behaviour)
-            .map_err(|e| unavailable(format!("behaviour: {e}")))?;
+        let mut protocols = Protocols::counting_malformed(
+            &config.keypair,
+            &config.behaviour,
+            shared.stats.malformed.clone(),
+        )
+        .map_err(|e| unavailable(format!("behaviour: {e}")))?;
         let me = config.keypair.public().to_peer_id();
         let now = Instant::now();
         let mut by_topic = HashMap::new();
@@ -940,10 +945,9 @@ impl Behaviour {
                     None => {}
                 }
             }
+            // A malformed request is counted by the codec (request-response reports no
+            // failure for it); what is left here is a stream that failed otherwise.
             request_response::Event::InboundFailure { peer, error, .. } => {
-                if matches!(error, request_response::InboundFailure::Io(_)) {
-                    self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                }
                 tracing::debug!(%peer, %error, "inbound sync request failed");
             }
             request_response::Event::ResponseSent { .. } => {}
@@ -1281,10 +1285,9 @@ impl Behaviour {
                     self.pump(peer, now);
                 }
             }
+            // A malformed request is counted by the codec (request-response reports no
+            // failure for it); what is left here is a stream that failed otherwise.
             request_response::Event::InboundFailure { peer, error, .. } => {
-                if matches!(error, request_response::InboundFailure::Io(_)) {
-                    self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                }
                 tracing::debug!(%peer, %error, "inbound delivery failed");
             }
             request_response::Event::ResponseSent { .. } => {}
