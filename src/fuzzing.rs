@@ -36,25 +36,8 @@ fn session(mode: Mode, data: &[u8]) {
     }
 }
 
-/// Valid inputs for `target` to start from (`codec`, `decode`, `delta` or `sync`), named.
+/// Valid inputs for `target` to start from (`codec`, `decode`, `delta` or `sync`), named:
+/// what `fuzz/seeds/<target>/` holds (written by the crate's ignored test `write_fuzz_seeds`).
 pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
-    let (codec, decode) = crate::codec::hostile::seeds();
-    let session = |mode| {
-        let mut out = Vec::new();
-        for (name, steps) in Session::seeds(mode) {
-            for (limits, suffix) in [(0u8, "unlimited"), (1, "limited")] {
-                let mut input = vec![limits];
-                input.extend(&steps);
-                out.push((format!("{name}-{suffix}"), input));
-            }
-        }
-        out
-    };
-    match target {
-        "codec" => codec,
-        "decode" => decode,
-        "delta" => session(Mode::Deltas),
-        "sync" => session(Mode::Syncs),
-        _ => Vec::new(),
-    }
+    crate::proto::harness::fuzz_seeds(target)
 }

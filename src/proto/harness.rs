@@ -57,13 +57,22 @@ pub(crate) type Seeds = Vec<(String, Vec<u8>)>;
 /// one entry per slot.
 const READ_CHECK_SLOTS: usize = 1 << 16;
 
-/// A deterministic peer (an Ed25519 key from `n`).
+/// A deterministic peer (an Ed25519 key from `n`), made once: deriving a key costs more than
+/// the rest of a session.
 pub(crate) fn peer(n: u8) -> PeerId {
-    let mut secret = [n; 32];
-    Keypair::ed25519_from_bytes(&mut secret)
-        .expect("32 bytes make an Ed25519 key")
-        .public()
-        .to_peer_id()
+    static PEERS: std::sync::OnceLock<Vec<PeerId>> = std::sync::OnceLock::new();
+    let peers = PEERS.get_or_init(|| {
+        (0..=u8::MAX)
+            .map(|n| {
+                let mut secret = [n; 32];
+                Keypair::ed25519_from_bytes(&mut secret)
+                    .expect("32 bytes make an Ed25519 key")
+                    .public()
+                    .to_peer_id()
+            })
+            .collect()
+    });
+    peers[usize::from(n)]
 }
 
 /// The limits a session runs under.
@@ -815,6 +824,30 @@ struct Before {
     deltas_rejected: u64,
     syncs_rejected: u64,
     sender: PeerId,
+}
+
+/// The seeds of fuzz target `target` (`codec`, `decode`, `delta` or `sync`): valid inputs to
+/// start from, named. A session's seeds come under both limits (its first byte).
+pub(crate) fn fuzz_seeds(target: &str) -> Seeds {
+    let (codec, decode) = crate::codec::hostile::seeds();
+    let session = |mode| {
+        let mut out = Vec::new();
+        for (name, steps) in Session::seeds(mode) {
+            for (limits, suffix) in [(0u8, "unlimited"), (1, "limited")] {
+                let mut input = vec![limits];
+                input.extend(&steps);
+                out.push((format!("{name}-{suffix}"), input));
+            }
+        }
+        out
+    };
+    match target {
+        "codec" => codec,
+        "decode" => decode,
+        "delta" => session(Mode::Deltas),
+        "sync" => session(Mode::Syncs),
+        _ => Vec::new(),
+    }
 }
 
 /// One step of a session's byte format.

@@ -333,6 +333,37 @@ fn the_seeds_are_what_they_say() {
     }
 }
 
+/// The fuzz targets' names, as in `fuzz/Cargo.toml`.
+const FUZZ_TARGETS: [&str; 4] = ["codec", "decode", "delta", "sync"];
+
+/// Writes the seed corpora of the fuzz targets, one file per seed, to
+/// `$PROCGROUPS_FUZZ_SEEDS/<target>/` (`.ci/run` does it before fuzzing):
+/// `PROCGROUPS_FUZZ_SEEDS=fuzz/seeds cargo test --lib write_fuzz_seeds -- --ignored`.
+#[test]
+#[ignore = "writes files; set PROCGROUPS_FUZZ_SEEDS"]
+fn write_fuzz_seeds() {
+    let root = std::env::var_os("PROCGROUPS_FUZZ_SEEDS").expect("PROCGROUPS_FUZZ_SEEDS");
+    for target in FUZZ_TARGETS {
+        let dir = std::path::Path::new(&root).join(target);
+        std::fs::create_dir_all(&dir).expect("create the seed directory");
+        for (name, input) in super::harness::fuzz_seeds(target) {
+            std::fs::write(dir.join(name), input).expect("write a seed");
+        }
+    }
+}
+
+#[test]
+fn every_fuzz_target_has_seeds() {
+    for target in FUZZ_TARGETS {
+        let seeds = super::harness::fuzz_seeds(target);
+        assert!(seeds.len() >= 10, "{target}: {} seeds", seeds.len());
+        let mut names: Vec<&str> = seeds.iter().map(|(n, _)| n.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), seeds.len(), "{target}: seed names repeat");
+    }
+}
+
 #[test]
 fn the_missing_delta_releases_the_held_one() {
     let (_, seed) = seeds(Mode::Deltas)
