@@ -145,8 +145,9 @@ pub(crate) struct Session {
     pub(crate) tally: Tally,
 }
 
-/// Known bugs the harness keeps valid inputs off, so that the tests and the fuzzers find new
-/// ones, unless the environment variable named here is set (to show they are still there):
+/// Two bugs these properties found, both fixed in the core since (the `fixed_*` tests of
+/// `hostile_input` check them with the guard lifted). The harness still keeps valid inputs
+/// off them unless the environment variable named here is set; the guard can go:
 ///
 /// 1. **Slot overflow.** A peer may announce up to `u32::MAX` slots of one process in a scope
 ///    without limits, and two such announcements overflow its `u32` count (a panic in debug

@@ -337,18 +337,28 @@ fn the_seeds_are_what_they_say() {
 const FUZZ_TARGETS: [&str; 4] = ["codec", "decode", "delta", "sync"];
 
 /// Writes the seed corpora of the fuzz targets, one file per seed, to
-/// `$PROCGROUPS_FUZZ_SEEDS/<target>/` (`.ci/run` does it before fuzzing):
-/// `PROCGROUPS_FUZZ_SEEDS=fuzz/seeds cargo test --lib write_fuzz_seeds -- --ignored`.
+/// `$PROCGROUPS_FUZZ_SEEDS/<target>/` (for the fuzzers:
+/// `PROCGROUPS_FUZZ_SEEDS=fuzz/seeds cargo test --lib write_fuzz_seeds`), or to a directory
+/// of its own that it removes, and checks that every seed reads back.
 #[test]
-#[ignore = "writes files; set PROCGROUPS_FUZZ_SEEDS"]
 fn write_fuzz_seeds() {
-    let root = std::env::var_os("PROCGROUPS_FUZZ_SEEDS").expect("PROCGROUPS_FUZZ_SEEDS");
+    let (root, scratch) = match std::env::var_os("PROCGROUPS_FUZZ_SEEDS") {
+        Some(root) => (std::path::PathBuf::from(root), false),
+        None => (
+            std::env::temp_dir().join(format!("procgroups-seeds-{}", std::process::id())),
+            true,
+        ),
+    };
     for target in FUZZ_TARGETS {
-        let dir = std::path::Path::new(&root).join(target);
+        let dir = root.join(target);
         std::fs::create_dir_all(&dir).expect("create the seed directory");
         for (name, input) in super::harness::fuzz_seeds(target) {
-            std::fs::write(dir.join(name), input).expect("write a seed");
+            std::fs::write(dir.join(&name), &input).expect("write a seed");
+            assert_eq!(std::fs::read(dir.join(&name)).expect("read a seed"), input);
         }
+    }
+    if scratch {
+        std::fs::remove_dir_all(&root).expect("remove the scratch seeds");
     }
 }
 
@@ -512,12 +522,12 @@ proptest! {
     }
 }
 
-/// The known bug the harness guards against (see `harness::KNOWN_BUGS_ENV`): a peer
-/// may announce `u32::MAX` slots of a process in a scope without limits (the default), and a
-/// second announcement of the same process overflows its `u32` count.
+/// A bug this found, fixed (the harness's guard, see `harness::KNOWN_BUGS_ENV`, is lifted
+/// here): a peer announced `u32::MAX` slots of a process in a scope without limits, and a
+/// second announcement of the same process overflowed its `u32` count. The excess is now
+/// refused and counted like a limit.
 #[test]
-#[ignore = "known bug: remote slot counts overflow u32 in a scope without limits"]
-fn known_bug_unlimited_slots_overflow() {
+fn fixed_unlimited_slots_overflow() {
     let mut session = Session::new(Limits::Off).without_guard();
     let c = session.peers()[2];
     let max = i64::from(u32::MAX);
@@ -539,14 +549,15 @@ fn known_bug_unlimited_slots_overflow() {
             },
         ],
     };
-    let _ = session.delta(c, delta);
+    // The session checks the core's invariants and counters after the input.
+    let outcome = session.delta(c, delta).expect("handed to the core");
+    assert!(outcome.is_ok(), "{outcome:?}");
 }
 
-/// The second known bug (see `harness::KNOWN_BUGS_ENV`): a sync whose version has
-/// `seq == u64::MAX` overflows `seq + 1` when the core looks for held deltas to release.
+/// The second bug this found, fixed: a sync whose version has `seq == u64::MAX` overflowed
+/// `seq + 1` when the core looked for held deltas to release.
 #[test]
-#[ignore = "known bug: a version with seq u64::MAX overflows seq + 1 (debug builds)"]
-fn known_bug_seq_overflow() {
+fn fixed_seq_overflow() {
     let mut session = Session::new(Limits::Off).without_guard();
     let c = session.peers()[2];
     let state = SyncState {
@@ -557,5 +568,6 @@ fn known_bug_seq_overflow() {
         },
         groups: Vec::new(),
     };
-    let _ = session.sync(c, state);
+    let outcome = session.sync(c, state).expect("handed to the core");
+    assert!(outcome.is_ok(), "{outcome:?}");
 }
