@@ -37,7 +37,7 @@ fn session(mode: Mode, data: &[u8]) {
 }
 
 /// Valid inputs for `target` to start from (`codec`, `decode`, `delta` or `sync`), named:
-/// what `fuzz/seeds/<target>/` holds (written by the crate's ignored test `write_fuzz_seeds`).
+/// what `fuzz/seeds/<target>/` holds (written by the crate's test `write_fuzz_seeds`).
 pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
     crate::proto::harness::fuzz_seeds(target)
 }

@@ -55,7 +55,7 @@ pub(crate) type Seeds = Vec<(String, Vec<u8>)>;
 /// Reads of members are checked only for groups up to this many slots: a peer may announce
 /// up to `u32::MAX` slots of one process in a scope without limits, and a member list has
 /// one entry per slot.
-const READ_CHECK_SLOTS: usize = 1 << 16;
+const READ_CHECK_SLOTS: usize = 1 << 12;
 
 /// A deterministic peer (an Ed25519 key from `n`), made once: deriving a key costs more than
 /// the rest of a session.
@@ -113,8 +113,6 @@ pub(crate) struct Tally {
     pub applied: u64,
     pub held: u64,
     pub ignored: u64,
-    /// Valid inputs kept from the core by the known-bug guard.
-    pub guarded: u64,
 }
 
 /// The origins of the initial state, with their own cores (so that valid next inputs can be
@@ -137,33 +135,10 @@ pub(crate) struct Session {
     now: Duration,
     view: View,
     origins: Origins,
-    /// Keeps valid inputs off known bugs, see [`KNOWN_BUGS_ENV`].
-    guard: bool,
     /// Slots handed to the core in valid inputs so far (joins and synced slots): no count
     /// can exceed it (plus the initial state's few).
     slots_offered: u64,
     pub(crate) tally: Tally,
-}
-
-/// Two bugs these properties found, both fixed in the core since (the `fixed_*` tests of
-/// `hostile_input` check them with the guard lifted). The harness still keeps valid inputs
-/// off them unless the environment variable named here is set; the guard can go:
-///
-/// 1. **Slot overflow.** A peer may announce up to `u32::MAX` slots of one process in a scope
-///    without limits, and two such announcements overflow its `u32` count (a panic in debug
-///    builds, a wrapped count and broken counters in release). Sessions without limits do not
-///    hand the core a valid input that would bring the slots offered in total past
-///    `u32::MAX`, the only way to reach it. Reproducer:
-///    `fuzz/artifacts/delta/known-slot-overflow`.
-/// 2. **Sequence overflow.** Once a peer's applied version has `seq == u64::MAX` (a sync or a
-///    delta says so), releasing held deltas computes `seq + 1`: a panic in debug builds
-///    (harmless wrapping in release). Valid inputs with that sequence are not handed to the
-///    core. Reproducer: `fuzz/artifacts/sync/known-seq-overflow`.
-pub(crate) const KNOWN_BUGS_ENV: &str = "PROCGROUPS_FUZZ_KNOWN_BUGS";
-
-fn guard_known_bugs() -> bool {
-    static GUARD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *GUARD.get_or_init(|| std::env::var_os(KNOWN_BUGS_ENV).is_none())
 }
 
 fn core_config(limits: Limits) -> CoreConfig {
@@ -252,7 +227,6 @@ impl Session {
             now: Duration::from_millis(10),
             view,
             origins: Origins { a, a_missing, b, c },
-            guard: guard_known_bugs(),
             slots_offered: 16,
             tally: Tally::default(),
         };
@@ -359,19 +333,15 @@ impl Session {
     }
 
     /// Hands `delta` from `sender` to the core and checks everything.
-    /// `None` when the known-bug guard kept it from the core.
     pub(crate) fn delta(
         &mut self,
         sender: PeerId,
         delta: Delta,
-    ) -> Option<Result<DeltaOutcome, Rejection>> {
+    ) -> Result<DeltaOutcome, Rejection> {
         let problem = delta_problem(self.local, sender, &delta);
         if problem.is_none() {
             let joined = delta.ops.iter().filter(|op| op.change > 0);
-            let offered: u64 = joined.map(|op| op.change.unsigned_abs()).sum();
-            if !self.offer(offered, delta.seq) {
-                return None;
-            }
+            self.slots_offered += joined.map(|op| op.change.unsigned_abs()).sum::<u64>();
         }
         let before = self.snapshot(sender);
         let result = self.core.handle_delta(sender, delta.clone(), self.now);
@@ -407,43 +377,19 @@ impl Session {
         }
         let changes_nothing = !matches!(result, Ok(DeltaOutcome::Applied));
         self.check_after(sender, &before, changes_nothing, result.is_err());
-        Some(result)
-    }
-
-    /// Whether a valid input of `slots` joined and sequence `seq` may be handed to the core
-    /// (see [`KNOWN_BUGS_ENV`]).
-    fn offer(&mut self, slots: u64, seq: u64) -> bool {
-        let unlimited = self.cfg.max_groups == 0 && self.cfg.max_members_per_group == 0;
-        let overflow = unlimited && self.slots_offered + slots > u64::from(u32::MAX);
-        if self.guard && (overflow || seq == u64::MAX) {
-            self.tally.guarded += 1;
-            return false;
-        }
-        self.slots_offered += slots;
-        true
-    }
-
-    /// Lifts the known-bug guard (see [`KNOWN_BUGS_ENV`]).
-    #[cfg(test)]
-    pub(crate) fn without_guard(mut self) -> Self {
-        self.guard = false;
-        self
+        result
     }
 
     /// Hands `state` from `sender` to the core and checks everything.
-    /// `None` when the known-bug guard kept it from the core.
     pub(crate) fn sync(
         &mut self,
         sender: PeerId,
         state: SyncState,
-    ) -> Option<Result<SyncOutcome, Rejection>> {
+    ) -> Result<SyncOutcome, Rejection> {
         let problem = sync_problem(self.local, sender, &state);
         if problem.is_none() {
             let members = state.groups.iter().flat_map(|g| &g.members);
-            let offered: u64 = members.map(|(_, slots)| u64::from(*slots)).sum();
-            if !self.offer(offered, state.version.seq) {
-                return None;
-            }
+            self.slots_offered += members.map(|(_, slots)| u64::from(*slots)).sum::<u64>();
         }
         let before = self.snapshot(sender);
         let result = self.core.handle_sync(sender, state.clone(), self.now);
@@ -511,7 +457,7 @@ impl Session {
                 );
             }
         }
-        Some(result)
+        result
     }
 
     /// Time passes and the core ticks.
@@ -662,8 +608,9 @@ impl Session {
             names,
             "which_groups"
         );
-        for change in &changes {
-            self.check_reads(&change.group);
+        let changed: std::collections::BTreeSet<&str> = changes.iter().map(|c| &*c.group).collect();
+        for group in changed {
+            self.check_reads(group);
         }
     }
 
