@@ -287,7 +287,8 @@ impl Session {
             0 | 1 => match ciborium::from_reader::<Delta, _>(body) {
                 Ok(delta) => {
                     let sender = self.sender(control, Some(delta.origin));
-                    self.delta(sender, delta);
+                    // Checked and tallied inside; a rejection is one of the outcomes.
+                    let _checked = self.delta(sender, delta);
                 }
                 Err(_) => self.tally.undecodable += 1,
             },
@@ -301,7 +302,8 @@ impl Session {
                         version,
                         groups,
                     };
-                    self.sync(sender, state);
+                    // Checked and tallied inside; a rejection is one of the outcomes.
+                    let _checked = self.sync(sender, state);
                 }
                 Ok(_) => self.tally.ignored += 1,
                 Err(_) => self.tally.undecodable += 1,
@@ -309,7 +311,8 @@ impl Session {
             _ => match crate::codec::decode_body::<SyncState>(body) {
                 Ok(state) => {
                     let sender = self.sender(control, Some(state.origin));
-                    self.sync(sender, state);
+                    // Checked and tallied inside; a rejection is one of the outcomes.
+                    let _checked = self.sync(sender, state);
                 }
                 Err(_) => self.tally.undecodable += 1,
             },
