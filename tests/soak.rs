@@ -126,12 +126,10 @@ const MAX_WORKERS: usize = 4;
 const MAX_SLOTS: usize = 3;
 /// Nodes down at the same time, at most.
 const MAX_DOWN: usize = 2;
-/// An operation of the workload happens at a step with this probability (20 a second on
-/// average, a fifth of them membership changes). Each membership change is a signed gossipsub
-/// message, and every node verifies each copy it receives: in a debug build (dependencies
-/// unoptimised) one verification takes about 10 ms, so the rate of changes stays low enough
-/// for the nodes to keep up on a 2-core machine.
-const OP_PER_STEP: f64 = 0.4;
+/// An operation of the workload happens at a step with this probability (40 a second on
+/// average, a fifth of them membership changes, each a signed gossipsub message that every
+/// node verifies).
+const OP_PER_STEP: f64 = 0.8;
 /// A fault starts at a step with this probability (one every 3 s on average).
 const FAULT_PER_STEP: f64 = 1.0 / 150.0;
 /// Steps a partition or a dead node lasts: 0.2 s to 3 s, often longer than `GRACE`.
