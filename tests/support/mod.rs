@@ -355,8 +355,9 @@ impl Child {
     /// SIGKILL, then reap: the node gets no chance to say goodbye.
     pub fn kill(&mut self) {
         // Kill before closing stdin: on end of input the child would shut down gracefully.
-        let _ = self.process.kill();
-        let _ = self.process.wait();
+        // An error means the child has already exited (and been reaped): nothing to do.
+        self.process.kill().ok();
+        self.process.wait().ok();
         self.stdin = None;
     }
 }
