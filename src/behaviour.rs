@@ -48,6 +48,14 @@ pub struct BehaviourConfig {
     pub ping_interval: Duration,
     /// A ping unanswered this long closes the connection. Default 5 s.
     pub ping_timeout: Duration,
+    /// Peers the node keeps track of, at most, before it stops taking new ones from peer
+    /// exchange. Default 4096. Peers that connect, that the application dials, and that
+    /// bootstrap, mDNS or Kademlia find are always taken; a peer named in a Discover answer
+    /// once the node knows this many is ignored and counted
+    /// ([`NodeStats::peers_ignored`](crate::NodeStats::peers_ignored)), so that a peer
+    /// inventing others cannot make the node's memory grow. Such a peer is also forgotten
+    /// when a dial to it fails (the next answer naming it brings it back).
+    pub max_known_peers: usize,
 }
 
 impl Default for BehaviourConfig {
@@ -61,6 +69,7 @@ impl Default for BehaviourConfig {
             deliver_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(1),
             ping_timeout: Duration::from_secs(5),
+            max_known_peers: 4096,
         }
     }
 }
@@ -88,6 +97,9 @@ impl BehaviourConfig {
         }
         if self.ping_interval.is_zero() || self.ping_timeout.is_zero() {
             return invalid("ping_interval", "ping interval and timeout must be > 0");
+        }
+        if self.max_known_peers == 0 {
+            return invalid("max_known_peers", "must be at least 1");
         }
         Ok(())
     }

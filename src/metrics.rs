@@ -269,6 +269,12 @@ impl Collector for NodeCollector {
         )?;
         single(
             e,
+            "known_peers",
+            "Peers the node keeps state of: connected, lost and remembered, or being dialed.",
+            ConstGauge::new(node_stats.known_peers as i64),
+        )?;
+        single(
+            e,
             "frames_waiting",
             "Frames of messages waiting in the node's outboxes.",
             ConstGauge::new(node_stats.frames_waiting as i64),
@@ -296,13 +302,15 @@ impl Collector for NodeCollector {
         family(
             e,
             "errors",
-            "Failed requests of the sync and deliver protocols, and malformed input from peers.",
+            "Failed requests of the sync and deliver protocols, malformed input from peers, peers not \
+             admitted, and peers named by peer exchange beyond max_known_peers.",
             node_counters(
                 "kind",
                 &[
                     ("request_failed", node_stats.requests_failed),
                     ("malformed", node_stats.malformed),
                     ("peer_refused", node_stats.peers_refused),
+                    ("peer_ignored", node_stats.peers_ignored),
                 ],
             ),
         )?;

@@ -98,6 +98,8 @@ pub(crate) struct NetStats {
     pub messages_dropped: AtomicU64,
     /// Connections and deltas of peers that are not admitted.
     pub peers_refused: AtomicU64,
+    /// Peers named by peer exchange and not taken: the node knew `max_known_peers` already.
+    pub peers_ignored: AtomicU64,
 }
 
 /// What the application's threads can read of the behaviour's state, and how they wake it.
@@ -107,6 +109,8 @@ pub(crate) struct NetShared {
     pub queued_frames: AtomicUsize,
     pub listen_addrs: RwLock<Vec<Multiaddr>>,
     pub connected: RwLock<HashSet<PeerId>>,
+    /// Peers the behaviour keeps state of (connected or not), as of its last turn.
+    pub known_peers: AtomicUsize,
     pub stats: NetStats,
     pub heartbeat: Heartbeat,
     /// The behaviour stopped (shutdown, or every handle dropped).
@@ -384,6 +388,9 @@ struct Peer {
     forgotten: bool,
     /// It said goodbye: not redialed when its connection closes.
     departed: bool,
+    /// Known only from a peer-exchange answer: never connected, and not dialed by the
+    /// application or found by any other means. Forgotten when a dial to it fails.
+    told: bool,
     outbox: Outbox,
 }
 
@@ -464,7 +471,9 @@ pub enum Event {
 ///   between its sync and its subscription is not lost). The answer also names the other
 ///   connected peers of the shared scopes (at most 64, with their addresses): the node dials
 ///   them, because a sync needs a direct connection to the origin, so every member of a
-///   scope ends up connected to every other.
+///   scope ends up connected to every other. A peer known only from such answers is forgotten
+///   when its dial fails, and none is taken once the node knows `max_known_peers`
+///   ([`BehaviourConfig`]), so answers cannot make it keep state without bound.
 /// - **Sync** of one origin's state, pulled from the origin itself when the core asks (gap,
 ///   new incarnation, unknown or purged origin), paged under half the response cap, at most
 ///   256 pages. A node whose deltas reach us through others but that we are not connected
@@ -499,7 +508,10 @@ pub struct Behaviour {
     by_id: HashMap<String, usize>,
     peers: HashMap<PeerId, Peer>,
     sync_out: HashMap<OutboundRequestId, SyncOut>,
-    deliver_out: HashMap<OutboundRequestId, (PeerId, u64)>,
+    /// Delivery batches in flight: peer, batch sequence, and when the batch counts as failed.
+    deliver_out: HashMap<OutboundRequestId, (PeerId, u64, Instant)>,
+    /// See [`BehaviourConfig::deliver_timeout`].
+    deliver_timeout: Duration,
     partial_syncs: HashMap<(PeerId, usize), PartialSync>,
     served_pages: HashMap<(PeerId, usize), ServedPages>,
     /// Per sender: (incarnation, last batch delivered).
@@ -517,6 +529,8 @@ pub struct Behaviour {
     kad_interval: Duration,
     shutdown: Option<Shutdown>,
     allowed: Option<hashbrown::HashSet<PeerId>>,
+    /// See [`BehaviourConfig::max_known_peers`].
+    max_known_peers: usize,
 }
 
 impl Behaviour {
@@ -569,6 +583,7 @@ impl Behaviour {
             peers: HashMap::new(),
             sync_out: HashMap::new(),
             deliver_out: HashMap::new(),
+            deliver_timeout: config.behaviour.deliver_timeout,
             partial_syncs: HashMap::new(),
             served_pages: HashMap::new(),
             received: HashMap::new(),
@@ -585,6 +600,7 @@ impl Behaviour {
             kad_interval: KAD_FIRST,
             shutdown: None,
             allowed: config.allowed,
+            max_known_peers: config.behaviour.max_known_peers,
         };
         for addr in config.bootstrap {
             net.bootstrap(addr);
@@ -617,7 +633,9 @@ impl Behaviour {
     fn bootstrap(&mut self, addr: Multiaddr) {
         if let Some(Protocol::P2p(peer)) = addr.iter().last() {
             self.protocols.kad.add_address(&peer, addr.clone());
-            self.peers.entry(peer).or_default().remember(addr.clone());
+            let p = self.peers.entry(peer).or_default();
+            p.told = false;
+            p.remember(addr.clone());
         }
         self.dial(addr);
     }
@@ -640,6 +658,7 @@ impl Behaviour {
                 if let Some(Protocol::P2p(peer)) = addr.iter().last() {
                     let p = self.peers.entry(peer).or_default();
                     p.forgotten = false;
+                    p.told = false;
                     p.remember(addr.clone());
                 }
                 self.dial(addr);
@@ -647,6 +666,7 @@ impl Behaviour {
             Command::Disconnect(peer) => {
                 let p = self.peers.entry(peer).or_default();
                 p.forgotten = true;
+                p.told = false;
                 p.redial = None;
                 self.pending.push_back(ToSwarm::CloseConnection {
                     peer_id: peer,
@@ -828,13 +848,24 @@ impl Behaviour {
         self.pending.push_back(ToSwarm::Dial { opts });
     }
 
-    /// Peers a Discover answer told us of: remember their addresses and connect.
+    /// Peers a Discover answer told us of: remember their addresses and connect. A new peer
+    /// is taken only while the node knows fewer than `max_known_peers`.
     fn meet(&mut self, peers: Vec<(PeerId, Vec<Multiaddr>)>) {
         for (peer, addrs) in peers.into_iter().take(MAX_PEERS_EXCHANGED) {
             if peer == self.me {
                 continue;
             }
-            let p = self.peers.entry(peer).or_default();
+            if !self.peers.contains_key(&peer) && self.peers.len() >= self.max_known_peers {
+                self.shared
+                    .stats
+                    .peers_ignored
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let p = self.peers.entry(peer).or_insert_with(|| Peer {
+                told: true,
+                ..Peer::default()
+            });
             for addr in addrs.into_iter().take(MAX_ADDRS) {
                 p.remember(addr);
             }
@@ -1106,6 +1137,15 @@ impl Behaviour {
         }
     }
 
+    /// Counts an answer that does not fit its request (another kind, or a page of another
+    /// scope) as malformed input; a refusal is an answer the protocol allows.
+    fn unfitting_answer(&self, peer: PeerId, answer: &SyncResponse) {
+        if !matches!(answer, SyncResponse::Refused { .. }) {
+            tracing::debug!(%peer, "an answer that does not fit its request");
+            self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn on_sync_response(&mut self, peer: PeerId, id: OutboundRequestId, response: SyncResponse) {
         let Some(out) = self.sync_out.remove(&id) else {
             return;
@@ -1132,10 +1172,12 @@ impl Behaviour {
             (SyncOut::Goodbye, _) => self.goodbye_answered(),
             (SyncOut::Discover, other) => {
                 self.discovers_in_flight = self.discovers_in_flight.saturating_sub(1);
-                tracing::debug!(%peer, ?other, "unexpected answer to Discover");
+                self.unfitting_answer(peer, &other);
+                tracing::debug!(%peer, ?other, "Discover refused or answered amiss");
             }
             (SyncOut::Sync { scope, .. }, other) => {
-                tracing::debug!(%peer, ?other, "sync refused or unexpected");
+                self.unfitting_answer(peer, &other);
+                tracing::debug!(%peer, ?other, "sync refused or answered amiss");
                 self.partial_syncs.remove(&(peer, scope));
                 let now = self.now();
                 self.scopes[scope]
@@ -1231,7 +1273,8 @@ impl Behaviour {
                 frames: send.frames,
             };
             let id = self.protocols.deliver.send_request(&peer, batch);
-            self.deliver_out.insert(id, (peer, send.seq));
+            self.deliver_out
+                .insert(id, (peer, send.seq, now + self.deliver_timeout));
         }
     }
 
@@ -1254,7 +1297,7 @@ impl Behaviour {
                     }
                 }
                 request_response::Message::Response { request_id, .. } => {
-                    if let Some((peer, seq)) = self.deliver_out.remove(&request_id)
+                    if let Some((peer, seq, _)) = self.deliver_out.remove(&request_id)
                         && let Some(p) = self.peers.get_mut(&peer)
                     {
                         let done = p.outbox.on_success(seq);
@@ -1270,19 +1313,9 @@ impl Behaviour {
             request_response::Event::OutboundFailure {
                 request_id, error, ..
             } => {
-                if let Some((peer, seq)) = self.deliver_out.remove(&request_id)
-                    && let Some(p) = self.peers.get_mut(&peer)
-                {
+                if let Some((peer, seq, _)) = self.deliver_out.remove(&request_id) {
                     tracing::debug!(%peer, seq, %error, "delivery batch failed");
-                    if let Some(lost) = p.outbox.on_failure(seq, &self.policy, now) {
-                        self.shared.queued_frames.fetch_sub(lost, Ordering::Relaxed);
-                        self.shared
-                            .stats
-                            .frames_lost
-                            .fetch_add(lost as u64, Ordering::Relaxed);
-                        tracing::warn!(%peer, lost, "delivery given up");
-                    }
-                    self.pump(peer, now);
+                    self.delivery_failed(peer, seq, now);
                 }
             }
             // A malformed request is counted by the codec (request-response reports no
@@ -1291,6 +1324,41 @@ impl Behaviour {
                 tracing::debug!(%peer, %error, "inbound delivery failed");
             }
             request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// A batch failed (an error, or no answer within `deliver_timeout`): retried later or given
+    /// up, as the outbox decides.
+    fn delivery_failed(&mut self, peer: PeerId, seq: u64, now: Instant) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if let Some(lost) = p.outbox.on_failure(seq, &self.policy, now) {
+            self.shared.queued_frames.fetch_sub(lost, Ordering::Relaxed);
+            self.shared
+                .stats
+                .frames_lost
+                .fetch_add(lost as u64, Ordering::Relaxed);
+            tracing::warn!(%peer, lost, "delivery given up");
+        }
+        self.pump(peer, now);
+    }
+
+    /// Batches unanswered past `deliver_timeout` fail now. request-response's own timeout
+    /// starts only once the stream is negotiated, which a peer that never reads can put off
+    /// for the swarm's 10 s upgrade timeout. The batch keeps its sequence number, so a late
+    /// first copy and its retry are still delivered once; a late answer is ignored.
+    fn expire_deliveries(&mut self, now: Instant) {
+        let expired: Vec<(OutboundRequestId, PeerId, u64)> = self
+            .deliver_out
+            .iter()
+            .filter(|(_, (_, _, deadline))| *deadline <= now)
+            .map(|(id, (peer, seq, _))| (*id, *peer, *seq))
+            .collect();
+        for (id, peer, seq) in expired {
+            self.deliver_out.remove(&id);
+            tracing::debug!(%peer, seq, "delivery batch unanswered within the timeout");
+            self.delivery_failed(peer, seq, now);
         }
     }
 
@@ -1331,6 +1399,7 @@ impl Behaviour {
     fn on_connection_established(&mut self, peer_id: PeerId, endpoint: &ConnectedPoint) {
         let p = self.peers.entry(peer_id).or_default();
         p.connections += 1;
+        p.told = false;
         if endpoint.is_dialer() {
             p.remember(endpoint.get_remote_address().clone());
         }
@@ -1374,6 +1443,14 @@ impl Behaviour {
     }
 
     fn on_dial_failure(&mut self, peer: PeerId) {
+        if self
+            .peers
+            .get(&peer)
+            .is_some_and(|p| p.told && p.connections == 0 && p.outbox.len() == 0)
+        {
+            self.peers.remove(&peer);
+            return;
+        }
         if let Some(p) = self.peers.get_mut(&peer)
             && p.connections == 0
             && !p.forgotten
@@ -1445,6 +1522,7 @@ impl Behaviour {
                         continue;
                     }
                     let p = self.peers.entry(peer).or_default();
+                    p.told = false;
                     for a in &addrs {
                         p.remember(a.clone());
                     }
@@ -1556,8 +1634,12 @@ impl Behaviour {
         for peer in due {
             self.pump(peer, now);
         }
+        self.expire_deliveries(now);
         self.redials(now);
         self.publish_views(now);
+        self.shared
+            .known_peers
+            .store(self.peers.len(), Ordering::Relaxed);
         let ttl = self.policy.timeout.max(Duration::from_secs(5)) * 2;
         self.served_pages
             .retain(|_, s| now.duration_since(s.at) < ttl);

@@ -435,8 +435,9 @@ impl Node {
     /// duplicate, rejected), `syncs_total` (applied, rejected, served), `purges_total`,
     /// `broadcasts_total`, `deliveries_total` (by `target`: local, remote), `drops_total`
     /// (by `what`: event, remote_slot) and `health` (0 healthy, 1 degraded, 2 unhealthy);
-    /// per node `node_peers`, `frames_waiting`, `frames_total` (sent, received, lost),
-    /// `duplicate_batches_total`, `errors_total` (request_failed, malformed) and
+    /// per node `node_peers`, `known_peers`, `frames_waiting`, `frames_total` (sent, received,
+    /// lost), `duplicate_batches_total`, `errors_total` (request_failed, malformed,
+    /// peer_refused, peer_ignored) and
     /// `messages_dropped_total`.
     ///
     /// The values are read at each scrape from the counters the node keeps anyway, so
@@ -582,6 +583,7 @@ impl NodeShared {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .len(),
+            known_peers: net.known_peers.load(Ordering::Relaxed),
             frames_waiting: net.queued_frames.load(Ordering::Relaxed),
             frames_sent: read(&net.stats.frames_sent),
             frames_received: read(&net.stats.frames_received),
@@ -591,6 +593,7 @@ impl NodeShared {
             malformed: read(&net.stats.malformed),
             messages_dropped: read(&net.stats.messages_dropped),
             peers_refused: read(&net.stats.peers_refused),
+            peers_ignored: read(&net.stats.peers_ignored),
         }
     }
 

@@ -139,6 +139,10 @@ pub struct ScopeStats {
 pub struct NodeStats {
     /// Connected peers.
     pub peers: usize,
+    /// Peers the node keeps state of: connected, lost and remembered, or told of and being
+    /// dialed (at most [`BehaviourConfig::max_known_peers`](crate::behaviour::BehaviourConfig::max_known_peers)
+    /// of them from peer exchange); updated every 20 ms.
+    pub known_peers: usize,
     /// Frames waiting in the outboxes (at most 65 536).
     pub frames_waiting: usize,
     /// Frames acknowledged by their receiving node.
@@ -152,7 +156,8 @@ pub struct NodeStats {
     /// Requests of the sync and deliver protocols that failed (timeout, connection lost,
     /// refused).
     pub requests_failed: u64,
-    /// Malformed input from peers: undecodable deltas, requests or responses.
+    /// Malformed input from peers: undecodable, truncated or over-cap deltas, requests or
+    /// responses, and answers that do not fit their request (another kind, another scope).
     pub malformed: u64,
     /// Messages to this node's processes dropped: nobody listened to the topic, or the inbox
     /// was full.
@@ -160,6 +165,9 @@ pub struct NodeStats {
     /// Connections refused and deltas rejected because their peer is not admitted
     /// ([`NodeBuilder::allow_peers`](crate::NodeBuilder::allow_peers)).
     pub peers_refused: u64,
+    /// Peers named by peer exchange and ignored because the node already knew
+    /// [`BehaviourConfig::max_known_peers`](crate::behaviour::BehaviourConfig::max_known_peers).
+    pub peers_ignored: u64,
 }
 
 impl ScopeCounters {

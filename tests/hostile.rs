@@ -12,9 +12,9 @@
 //! Refused today but counted nowhere (so no test asserts a counter for them): a request that
 //! announces a frame and then trickles it until the timeout, a gossipsub message
 //! over `max_transmit_size` or with a forged author (gossipsub drops it before the node sees
-//! it), a sync answer for another scope or of the wrong kind, and inbound streams beyond
-//! libp2p's 100 per connection. A peer-exchange answer is capped (64 peers, 8 addresses each)
-//! but answers are not: each one can make the node dial 512 more addresses.
+//! it), and inbound streams beyond
+//! libp2p's 100 per connection. A peer-exchange answer is capped (64 peers, 8 addresses each),
+//! and so is what all answers together can make the node keep (`max_known_peers`, test 10).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -631,7 +631,7 @@ async fn lying_sync_responses_touch_only_the_liar() {
     h.script_sync([
         // More pages than any state: refused before anything is buffered (malformed).
         page(SCOPE, 1_000_000, vec![group("g", &[(ia, 1)])]),
-        // Another scope's page: refused.
+        // Another scope's page: refused (malformed: it does not fit the request).
         page("test:other", 1, vec![group("g", &[(ia, 1)])]),
         // A member twice in a group: refused by the core (syncs_rejected).
         page(SCOPE, 1, vec![group("g", &[(ib, 1), (ib, 2)])]),
@@ -648,6 +648,10 @@ async fn lying_sync_responses_touch_only_the_liar() {
     })
     .await;
     pull_sync(&h, &a, 2).await;
+    eventually("the page of another scope refused", WAIT, || {
+        a.node_stats().malformed == na0.malformed + 2
+    })
+    .await;
     pull_sync(&h, &a, 3).await;
     eventually("the sync with a duplicate member rejected", WAIT, || {
         stats(&a).syncs_rejected == a0.syncs_rejected + 1
@@ -673,7 +677,7 @@ async fn lying_sync_responses_touch_only_the_liar() {
     let (a1, na1) = (stats(&a), a.node_stats());
     assert_eq!(a1.syncs_rejected, a0.syncs_rejected + 1, "{a1:?}");
     assert_eq!(a1.syncs_applied, a0.syncs_applied + 1, "{a1:?}");
-    assert_eq!(na1.malformed, na0.malformed + 1, "{na1:?}");
+    assert_eq!(na1.malformed, na0.malformed + 2, "{na1:?}");
     eprintln!("lying syncs: A {a0:?}\n  -> {a1:?}\nA node {na1:?}");
     drop((pa, pb, pb2));
     finish(vec![a, b], vec![h]).await;
@@ -1104,4 +1108,95 @@ async fn peer_exchange_is_capped_per_answer() {
 
 fn multiaddr(port: u16) -> libp2p::Multiaddr {
     format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()
+}
+
+/// 10. Peer exchange answer after answer: a node with `max_known_peers = 20` asked again and
+///     again by anti-entropy, each answer naming 64 made-up peers at addresses where nobody
+///     listens. The node never keeps state of more than 20 peers; the made-up peers beyond
+///     the cap are ignored and counted (`peers_ignored`); those it took are forgotten once
+///     their dial fails; its views stay exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_exchange_answers_are_bounded_by_max_known_peers() {
+    const MAX_KNOWN: usize = 20;
+    let config = ScopeConfig::builder()
+        .anti_entropy_interval(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let a = Node::builder()
+        .mdns(false)
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .network_config(procgroups::behaviour::BehaviourConfig {
+            max_known_peers: MAX_KNOWN,
+            mdns: false,
+            ..Default::default()
+        })
+        .scope(SCOPE, config.clone())
+        .build()
+        .await
+        .unwrap();
+    let b = honest(config).await;
+    b.dial(a.listen_addrs()[0].clone()).unwrap();
+    let (pa, ga) = spawn(&a);
+    let (pb, gb) = spawn(&b);
+    ga.join("g").unwrap();
+    gb.join("g").unwrap();
+    let honest_view = truth(&[("g", &[pa.pid(), pb.pid()])]);
+    converge("both members everywhere", &[&ga, &gb], &honest_view).await;
+    let h = Hostile::new(SCOPE);
+    attach(&h, &[&a]).await;
+    eventually("A knows B and the hostile peer", WAIT, || {
+        a.node_stats().known_peers == 2
+    })
+    .await;
+
+    // Addresses where nobody listens: a dial fails at once.
+    let closed: Vec<libp2p::Multiaddr> = (0..8)
+        .map(|_| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            multiaddr(l.local_addr().unwrap().port())
+        })
+        .collect();
+    let fakes = || -> Vec<(libp2p::PeerId, Vec<libp2p::Multiaddr>)> {
+        (0..64)
+            .map(|_| (libp2p::PeerId::random(), closed.clone()))
+            .collect()
+    };
+    let n0 = a.node_stats();
+    // Five answers in a row, each naming 64 new peers: 320 in all.
+    let mut most_known = 0;
+    for _ in 0..5 {
+        let d0 = h.seen().discovers_from(&a.peer_id());
+        h.advertise_peers(fakes());
+        eventually("A asks the hostile peer again", WAIT, || {
+            most_known = most_known.max(a.node_stats().known_peers);
+            h.seen().discovers_from(&a.peer_id()) > d0 + 1
+        })
+        .await;
+    }
+    h.advertise_peers(Vec::new());
+    eventually(
+        "the made-up peers forgotten after their dials failed",
+        WAIT,
+        || {
+            most_known = most_known.max(a.node_stats().known_peers);
+            a.node_stats().known_peers == 2
+        },
+    )
+    .await;
+    let n1 = a.node_stats();
+    assert!(most_known <= MAX_KNOWN, "A kept {most_known} peers");
+    // Each answer found at most 18 free places (20 less B and the hostile peer).
+    assert!(
+        n1.peers_ignored >= n0.peers_ignored + 5 * (64 - 18),
+        "{n0:?}\n  -> {n1:?}"
+    );
+    assert_eq!(n1.peers, 2, "{n1:?}");
+
+    let (pb2, _) = honest_join_propagates(&b, &ga, "later", Duration::from_secs(5)).await;
+    let mut expected = honest_view;
+    expected.insert("later".into(), vec![pb2.pid()]);
+    converge("the views", &[&ga, &gb], &expected).await;
+    eprintln!("max_known_peers: most known {most_known}, A node {n0:?}\n  -> {n1:?}");
+    drop((pa, pb, pb2));
+    finish(vec![a, b], vec![h]).await;
 }
