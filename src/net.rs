@@ -294,18 +294,24 @@ async fn bind(
     let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(10));
     let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
     let mut swarm = match psk {
-        None => builder
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .map_err(|e| unavailable(format!("tcp transport: {e}")))?
-            .with_quic()
-            .with_behaviour(|_| behaviour)
-            .map_err(|e| unavailable(format!("behaviour: {e}")))?
-            .with_swarm_config(idle)
-            .build(),
+        None => {
+            let tcp = builder
+                .with_tcp(
+                    tcp::Config::default().nodelay(true),
+                    noise::Config::new,
+                    yamux::Config::default,
+                )
+                .map_err(|e| unavailable(format!("tcp transport: {e}")))?;
+            #[cfg(feature = "quic")]
+            let transports = tcp.with_quic();
+            #[cfg(not(feature = "quic"))]
+            let transports = tcp;
+            transports
+                .with_behaviour(|_| behaviour)
+                .map_err(|e| unavailable(format!("behaviour: {e}")))?
+                .with_swarm_config(idle)
+                .build()
+        }
         Some(psk) => builder
             .with_other_transport(|key| {
                 let noise = noise::Config::new(key)

@@ -83,7 +83,8 @@ impl NodeBuilder {
 
     /// Listens on `addr` (TCP or QUIC); call it once per address. Without any, the node
     /// listens on one TCP and one QUIC port of every interface
-    /// (`/ip4/0.0.0.0/tcp/0`, `/ip4/0.0.0.0/udp/0/quic-v1`).
+    /// (`/ip4/0.0.0.0/tcp/0`, `/ip4/0.0.0.0/udp/0/quic-v1`). QUIC needs the crate's `quic`
+    /// feature (on by default); without it a QUIC address fails to bind (`Unavailable`).
     pub fn listen_on(mut self, addr: Multiaddr) -> Self {
         self.listen.push(addr);
         self
@@ -154,12 +155,15 @@ impl NodeBuilder {
     /// [`Node::listen_addrs`]).
     pub async fn build(mut self) -> Result<Node> {
         let tcp: Multiaddr = "/ip4/0.0.0.0/tcp/0".parse().expect("a valid multiaddr");
-        let quic: Multiaddr = "/ip4/0.0.0.0/udp/0/quic-v1"
-            .parse()
-            .expect("a valid multiaddr");
         let listen = match (self.listen.is_empty(), self.psk.is_some()) {
-            (true, false) => vec![tcp, quic],
-            (true, true) => vec![tcp],
+            #[cfg(feature = "quic")]
+            (true, false) => vec![
+                tcp,
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .expect("a valid multiaddr"),
+            ],
+            (true, _) => vec![tcp],
             (false, _) => std::mem::take(&mut self.listen),
         };
         if self.psk.is_some()
