@@ -67,6 +67,18 @@ fn spawn(node: &Node) -> (Process, Instance) {
     (p, pg)
 }
 
+/// A process on each of `a` and `b` joins `g`; returns both and the view once both nodes
+/// have it.
+async fn one_member_each(a: &Node, b: &Node) -> ((Process, Instance), (Process, Instance), View) {
+    let (pa, ga) = spawn(a);
+    let (pb, gb) = spawn(b);
+    ga.join("g").unwrap();
+    gb.join("g").unwrap();
+    let view = truth(&[("g", &[pa.pid(), pb.pid()])]);
+    converge("both members everywhere", &[&ga, &gb], &view).await;
+    ((pa, ga), (pb, gb), view)
+}
+
 /// The hostile peer connects to `nodes`; returns once each knows it shares the scope, it
 /// knows each is subscribed to the scope's topic, and each has asked for its versions twice
 /// (on the connection and on its subscription): a quiet start.
@@ -190,12 +202,7 @@ async fn finish(nodes: Vec<Node>, hostiles: Vec<Hostile>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_deltas_are_rejected_and_do_not_spread() {
     let (a, b) = pair(ScopeConfig::default()).await;
-    let (pa, ga) = spawn(&a);
-    let (pb, gb) = spawn(&b);
-    ga.join("g").unwrap();
-    gb.join("g").unwrap();
-    let honest_view = truth(&[("g", &[pa.pid(), pb.pid()])]);
-    converge("both members everywhere", &[&ga, &gb], &honest_view).await;
+    let ((pa, ga), (pb, gb), _) = one_member_each(&a, &b).await;
 
     // Connected to A only: what A refuses never reaches B.
     let h = Hostile::new(SCOPE);
@@ -300,12 +307,7 @@ async fn spoofed_deltas_are_rejected_and_do_not_spread() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_input_is_refused_and_counted() {
     let (a, b) = pair(ScopeConfig::default()).await;
-    let (pa, ga) = spawn(&a);
-    let (pb, gb) = spawn(&b);
-    ga.join("g").unwrap();
-    gb.join("g").unwrap();
-    let honest_view = truth(&[("g", &[pa.pid(), pb.pid()])]);
-    converge("both members everywhere", &[&ga, &gb], &honest_view).await;
+    let ((pa, ga), (pb, gb), _) = one_member_each(&a, &b).await;
     let h = Hostile::new(SCOPE);
     attach(&h, &[&a]).await;
     let (a0, b0, na0, nb0) = (stats(&a), stats(&b), a.node_stats(), b.node_stats());
@@ -603,12 +605,7 @@ async fn lying_sync_responses_touch_only_the_liar() {
         .build()
         .unwrap();
     let (a, b) = pair(config).await;
-    let (pa, ga) = spawn(&a);
-    let (pb, gb) = spawn(&b);
-    ga.join("g").unwrap();
-    gb.join("g").unwrap();
-    let honest_view = truth(&[("g", &[pa.pid(), pb.pid()])]);
-    converge("both members everywhere", &[&ga, &gb], &honest_view).await;
+    let ((pa, ga), (pb, gb), honest_view) = one_member_each(&a, &b).await;
     let h = Hostile::new(SCOPE);
     attach(&h, &[&a]).await;
     let (a0, na0) = (stats(&a), a.node_stats());
@@ -1032,12 +1029,7 @@ async fn peer_exchange_is_capped_per_answer() {
         .build()
         .unwrap();
     let (a, b) = pair(config).await;
-    let (pa, ga) = spawn(&a);
-    let (pb, gb) = spawn(&b);
-    ga.join("g").unwrap();
-    gb.join("g").unwrap();
-    let honest_view = truth(&[("g", &[pa.pid(), pb.pid()])]);
-    converge("both members everywhere", &[&ga, &gb], &honest_view).await;
+    let ((pa, ga), (pb, gb), honest_view) = one_member_each(&a, &b).await;
     let h = Hostile::new(SCOPE);
     attach(&h, &[&a]).await;
 
@@ -1136,12 +1128,7 @@ async fn peer_exchange_answers_are_bounded_by_max_known_peers() {
         .unwrap();
     let b = honest(config).await;
     b.dial(a.listen_addrs()[0].clone()).unwrap();
-    let (pa, ga) = spawn(&a);
-    let (pb, gb) = spawn(&b);
-    ga.join("g").unwrap();
-    gb.join("g").unwrap();
-    let honest_view = truth(&[("g", &[pa.pid(), pb.pid()])]);
-    converge("both members everywhere", &[&ga, &gb], &honest_view).await;
+    let ((pa, ga), (pb, gb), honest_view) = one_member_each(&a, &b).await;
     let h = Hostile::new(SCOPE);
     attach(&h, &[&a]).await;
     eventually("A knows B and the hostile peer", WAIT, || {
