@@ -516,8 +516,6 @@ pub struct Behaviour {
     sync_out: HashMap<OutboundRequestId, SyncOut>,
     /// Delivery batches in flight: peer, batch sequence, and when the batch counts as failed.
     deliver_out: HashMap<OutboundRequestId, (PeerId, u64, Instant)>,
-    /// See [`BehaviourConfig::deliver_timeout`].
-    deliver_timeout: Duration,
     partial_syncs: HashMap<(PeerId, usize), PartialSync>,
     served_pages: HashMap<(PeerId, usize), ServedPages>,
     /// Per sender: (incarnation, last batch delivered).
@@ -589,7 +587,6 @@ impl Behaviour {
             peers: HashMap::new(),
             sync_out: HashMap::new(),
             deliver_out: HashMap::new(),
-            deliver_timeout: config.behaviour.deliver_timeout,
             partial_syncs: HashMap::new(),
             served_pages: HashMap::new(),
             received: HashMap::new(),
@@ -1280,7 +1277,7 @@ impl Behaviour {
             };
             let id = self.protocols.deliver.send_request(&peer, batch);
             self.deliver_out
-                .insert(id, (peer, send.seq, now + self.deliver_timeout));
+                .insert(id, (peer, send.seq, now + self.policy.timeout));
         }
     }
 
@@ -1333,7 +1330,7 @@ impl Behaviour {
         }
     }
 
-    /// A batch failed (an error, or no answer within `deliver_timeout`): retried later or given
+    /// A batch failed (an error, or no answer within the policy's timeout): retried later or given
     /// up, as the outbox decides.
     fn delivery_failed(&mut self, peer: PeerId, seq: u64, now: Instant) {
         let Some(p) = self.peers.get_mut(&peer) else {
@@ -1350,7 +1347,8 @@ impl Behaviour {
         self.pump(peer, now);
     }
 
-    /// Batches unanswered past `deliver_timeout` fail now. request-response's own timeout
+    /// Batches unanswered past the policy's timeout (the longest `broadcast_timeout`, also
+    /// request-response's `deliver_timeout`) fail now. request-response's own timeout
     /// starts only once the stream is negotiated, which a peer that never reads can put off
     /// for the swarm's 10 s upgrade timeout. The batch keeps its sequence number, so a late
     /// first copy and its retry are still delivered once; a late answer is ignored.

@@ -140,8 +140,8 @@ pub struct NodeStats {
     /// Connected peers.
     pub peers: usize,
     /// Peers the node keeps state of: connected, lost and remembered, or told of and being
-    /// dialed (at most [`BehaviourConfig::max_known_peers`](crate::behaviour::BehaviourConfig::max_known_peers)
-    /// of them from peer exchange); updated every 20 ms.
+    /// dialed; updated every 20 ms. Peer exchange adds none once there are
+    /// [`BehaviourConfig::max_known_peers`](crate::behaviour::BehaviourConfig::max_known_peers).
     pub known_peers: usize,
     /// Frames waiting in the outboxes (at most 65 536).
     pub frames_waiting: usize,
