@@ -1050,11 +1050,7 @@ async fn peer_exchange_is_capped_per_answer() {
         });
     }
     // Nine addresses where nobody listens (refused at once).
-    let mut closed = Vec::new();
-    for _ in 0..9 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        closed.push(multiaddr(l.local_addr().unwrap().port()));
-    }
+    let (_held, closed) = refusing_addrs(9);
     // Peers 0..50 list their own address first, peers 50..100 ninth (beyond 8 addresses).
     let fakes: Vec<(libp2p::PeerId, Vec<libp2p::Multiaddr>)> = own
         .iter()
@@ -1102,6 +1098,20 @@ fn multiaddr(port: u16) -> libp2p::Multiaddr {
     format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()
 }
 
+/// `n` loopback addresses that refuse connections, and the sockets that keep them so: each
+/// port is held by a socket bound but not listening. A port merely bound and released could
+/// be handed to a listener of a test running beside this one, which would then be dialed.
+fn refusing_addrs(n: usize) -> (Vec<tokio::net::TcpSocket>, Vec<libp2p::Multiaddr>) {
+    (0..n)
+        .map(|_| {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let addr = multiaddr(socket.local_addr().unwrap().port());
+            (socket, addr)
+        })
+        .unzip()
+}
+
 /// 10. Peer exchange answer after answer: a node with `max_known_peers = 20` asked again and
 ///     again by anti-entropy, each answer naming 64 made-up peers at addresses where nobody
 ///     listens. The node never keeps state of more than 20 peers; the made-up peers beyond
@@ -1137,12 +1147,7 @@ async fn peer_exchange_answers_are_bounded_by_max_known_peers() {
     .await;
 
     // Addresses where nobody listens: a dial fails at once.
-    let closed: Vec<libp2p::Multiaddr> = (0..8)
-        .map(|_| {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            multiaddr(l.local_addr().unwrap().port())
-        })
-        .collect();
+    let (_held, closed) = refusing_addrs(8);
     let fakes = || -> Vec<(libp2p::PeerId, Vec<libp2p::Multiaddr>)> {
         (0..64)
             .map(|_| (libp2p::PeerId::random(), closed.clone()))
