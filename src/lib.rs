@@ -44,34 +44,50 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-pub mod behaviour;
-pub mod codec;
-pub mod config;
-mod error;
+// The layers, lowest first; a layer imports only the layers below it (`tests/architecture.rs`
+// checks it, and docs/architecture.md describes each):
+// - `vocab`: the shared vocabulary (pids, errors, configuration, policy, member lists, events);
+// - `proto`: the sans-IO core, one state machine per scope;
+// - `net`: the libp2p behaviour, which reaches the application through `net::host`'s traits;
+// - `app`: the application's side (node, processes, instances, scopes, subscriptions, health,
+//   metrics), which implements those traits;
+// - `testing`: the test and fuzz support, built only for tests and the fuzz targets.
+mod app;
+mod net;
+mod proto;
+#[cfg(any(test, feature = "fuzzing"))]
+mod testing;
+mod vocab;
+
+pub mod behaviour {
+    //! The libp2p side of a node: [`Behaviour`], the node's network logic as one
+    //! [`NetworkBehaviour`](libp2p::swarm::NetworkBehaviour), over [`Protocols`], the libp2p
+    //! protocols it composes.
+    pub use crate::net::behaviour::{Behaviour, Event};
+    pub use crate::net::protocols::*;
+}
+pub use net::{codec, wire};
+/// Entry points for the fuzz targets in `fuzz/`; not part of the API.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
-pub mod fuzzing;
-mod health;
-mod instance;
-mod keep_alive;
-mod members;
-mod metrics;
-mod net;
-mod node;
-mod outbox;
-mod pid;
-mod policy;
-mod process;
-mod proto;
-mod scope;
-mod stats;
-mod subscription;
-pub mod wire;
+pub use testing::fuzzing;
+pub use vocab::config;
 
-pub use config::{ConfigError, ScopeConfig, ScopeConfigBuilder};
-pub use error::{Error, ErrorKind, Limit, Result};
-pub use health::{HealthProblem, HealthStatus, ScopeHealth};
-pub use instance::{GroupNames, Instance};
+pub use app::health::{HealthProblem, HealthStatus, ScopeHealth};
+pub use app::instance::{GroupNames, Instance};
+pub use app::node::{DEFAULT_MAILBOX_CAPACITY, Node, NodeBuilder};
+pub use app::process::{Inbox, Message, Process};
+pub use app::stats::{NodeStats, ScopeStats};
+pub use app::subscription::Subscription;
+pub use net::view::BreakerCounts;
+pub use proto::state::MAX_GROUP_NAME_LEN;
+pub use vocab::config::{ConfigError, ScopeConfig, ScopeConfigBuilder};
+pub use vocab::error::{Error, ErrorKind, Limit, Result};
+pub use vocab::event::{Event, EventKind};
+pub use vocab::members::Members;
+pub use vocab::pid::{ParsePidError, Pid};
+pub use vocab::policy::{AllowAll, Permission, Policy, Request};
+
 /// The README's examples, compiled as doctests so that they stay true.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
@@ -79,13 +95,5 @@ pub struct ReadmeDoctests;
 
 /// Re-exported so that users name the same libp2p types (`PeerId`, `Keypair`, `Multiaddr`).
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr, pnet::PreSharedKey};
-pub use members::Members;
-pub use node::{DEFAULT_MAILBOX_CAPACITY, Node, NodeBuilder};
-pub use pid::{ParsePidError, Pid};
-pub use policy::{AllowAll, Permission, Policy, Request};
-pub use process::{Inbox, Message, Process};
 /// Re-exported: [`Node::register_metrics`] takes a registry of this version.
 pub use prometheus_client;
-pub use proto::state::MAX_GROUP_NAME_LEN;
-pub use stats::{BreakerCounts, NodeStats, ScopeStats};
-pub use subscription::{Event, EventKind, Subscription};

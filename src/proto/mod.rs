@@ -9,12 +9,6 @@
 pub(crate) mod messages;
 pub(crate) mod state;
 
-#[cfg(any(test, feature = "fuzzing"))]
-pub(crate) mod harness;
-#[cfg(test)]
-mod hostile_input;
-#[cfg(test)]
-mod sim;
 #[cfg(test)]
 mod tests;
 

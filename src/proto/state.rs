@@ -14,7 +14,7 @@ use hashbrown::{HashMap, HashSet};
 use libp2p::PeerId;
 
 use super::messages::{Delta, Op, SyncGroup, SyncState, Version};
-use crate::error::Limit;
+use crate::vocab::error::Limit;
 use crate::{EventKind, Members, Pid};
 
 type Map<K, V> = HashMap<K, V, FixedState>;

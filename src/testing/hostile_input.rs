@@ -10,8 +10,8 @@ use libp2p::PeerId;
 use proptest::prelude::*;
 
 use super::harness::{Limits, Mode, Session, View, cbor};
-use super::messages::{Delta, Op, SyncGroup, SyncState, Version};
-use super::state::{Rejection, SyncOutcome};
+use crate::proto::messages::{Delta, Op, SyncGroup, SyncState, Version};
+use crate::proto::state::{Rejection, SyncOutcome};
 
 fn seeds(mode: Mode) -> &'static [(String, Vec<u8>)] {
     static DELTAS: OnceLock<Vec<(String, Vec<u8>)>> = OnceLock::new();
@@ -260,7 +260,7 @@ fn feed(session: &mut Session, input: &Input) {
         } => {
             let state = build_sync(session, sync);
             if *as_page {
-                let page = crate::wire::SyncResponse::Page {
+                let page = crate::net::wire::SyncResponse::Page {
                     scope: "app:pg".into(),
                     version: state.version,
                     page: 0,
@@ -431,7 +431,7 @@ proptest! {
         let before = session.view().clone();
         let sender = node(&session, sender);
         if step[0] & 0x0c == 0x0c {
-            let state: SyncState = crate::codec::decode_body(body).unwrap();
+            let state: SyncState = crate::net::codec::decode_body(body).unwrap();
             prop_assume!(state.origin != sender);
             let result = session.sync(sender, state);
             prop_assert!(matches!(result, Err(Rejection::WrongOrigin { .. })), "{name}: {result:?}");

@@ -3,19 +3,19 @@
 //! crate breaks; the properties and byte formats are described with the checks, in the
 //! crate's `codec::hostile` and `proto::harness` modules.
 
-use crate::proto::harness::{Limits, Mode, Session};
+use crate::testing::harness::{Limits, Mode, Session};
 
 /// One frame read from a stream by the request-response codec: the first byte picks the
 /// protocol, the side and the caps, the rest is the stream.
 pub fn codec(data: &[u8]) {
     if let Some((selector, stream)) = data.split_first() {
-        crate::codec::hostile::read_checked(*selector, stream);
+        crate::testing::codec_hostile::read_checked(*selector, stream);
     }
 }
 
 /// The bytes decoded as every message a peer sends.
 pub fn decode(data: &[u8]) {
-    crate::codec::hostile::decode_checked(data);
+    crate::testing::codec_hostile::decode_checked(data);
 }
 
 /// Deltas (gossipsub) applied to a scope core that holds state: the first byte picks the
@@ -39,5 +39,5 @@ fn session(mode: Mode, data: &[u8]) {
 /// Valid inputs for `target` to start from (`codec`, `decode`, `delta` or `sync`), named:
 /// what `fuzz/seeds/<target>/` holds (written by the crate's test `write_fuzz_seeds`).
 pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
-    crate::proto::harness::fuzz_seeds(target)
+    crate::testing::harness::fuzz_seeds(target)
 }

@@ -12,18 +12,18 @@ use libp2p::pnet::PreSharedKey;
 use libp2p::{Multiaddr, PeerId};
 use prometheus_client::registry::Registry;
 
-use crate::behaviour::BehaviourConfig;
-use crate::config::{ConfigError, load_scopes_file, validate_scope_id};
-use crate::error::{Error, Result};
-use crate::health::{HealthProblem, ScopeHealth};
-use crate::metrics::NodeCollector;
+use crate::app::health::{HealthProblem, ScopeHealth};
+use crate::app::metrics::NodeCollector;
+use crate::app::process::{Message, Process, ProcessShared, ProcessTable};
+use crate::app::scope::Scope;
+use crate::app::stats::{NodeStats, ScopeStats};
+use crate::net::outbox::DeliveryPolicy;
+use crate::net::protocols::BehaviourConfig;
+use crate::net::wire::Frame;
 use crate::net::{NetConfig, NetHandle, NetShared};
-use crate::outbox::DeliveryPolicy;
-use crate::policy::{AllowAll, Permission, Policy, Request};
-use crate::process::{Message, Process, ProcessShared, ProcessTable};
-use crate::scope::Scope;
-use crate::stats::{NodeStats, ScopeStats};
-use crate::wire::Frame;
+use crate::vocab::config::{ConfigError, load_scopes_file, validate_scope_id};
+use crate::vocab::error::{Error, Result};
+use crate::vocab::policy::{AllowAll, Permission, Policy, Request};
 use crate::{Members, Pid, ScopeConfig};
 
 /// The default capacity of each inbox of a process.
@@ -128,7 +128,7 @@ impl NodeBuilder {
     }
 
     /// Hosts the scopes of a registry file, TOML (`.toml`) or YAML (`.yaml`, `.yml`), in the
-    /// seeds' entry shape (see [`parse_scopes_toml`](crate::config::parse_scopes_toml) and
+    /// seeds' entry shape (see [`parse_scopes_toml`](crate::vocab::config::parse_scopes_toml) and
     /// `examples/procgroups.toml`); entries with `lifecycle.auto_start = false` are skipped.
     /// Read by [`build`](Self::build), which fails with `Invalid` naming the file and the
     /// field if the file is wrong.
@@ -184,7 +184,7 @@ impl NodeBuilder {
     }
 
     /// Validates the configuration and returns the node with its network
-    /// [`Behaviour`](crate::behaviour::Behaviour), for the application to run in a swarm of
+    /// [`Behaviour`](crate::net::behaviour::Behaviour), for the application to run in a swarm of
     /// its own (built with the same keypair: pass one with [`keypair`](Self::keypair)). The
     /// node does nothing on the network until that swarm is polled; `listen_on` is ignored
     /// (the application's swarm listens), and [`Node::listen_addrs`] reports what it binds.
@@ -218,12 +218,12 @@ impl NodeBuilder {
     /// p.open("app:pg")?.join("workers")?;
     /// # Ok(()) }
     /// ```
-    pub fn build_behaviour(self) -> Result<(Node, crate::behaviour::Behaviour)> {
+    pub fn build_behaviour(self) -> Result<(Node, crate::net::behaviour::Behaviour)> {
         let (node, behaviour, _) = self.prepare()?;
         Ok((node, behaviour))
     }
 
-    fn prepare(self) -> Result<(Node, crate::behaviour::Behaviour, Keypair)> {
+    fn prepare(self) -> Result<(Node, crate::net::behaviour::Behaviour, Keypair)> {
         if self.mailbox_capacity == 0 {
             return Err(ConfigError::InvalidField {
                 field: "mailbox_capacity",
@@ -274,7 +274,7 @@ impl NodeBuilder {
             network.sync_timeout = t;
         }
         let processes: Arc<ProcessTable> = Arc::default();
-        let (behaviour, net) = crate::net::behaviour(
+        let (behaviour, net) = crate::net::behaviour::build(
             NetConfig {
                 keypair: keypair.clone(),
                 bootstrap: self.bootstrap,

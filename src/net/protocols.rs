@@ -1,5 +1,5 @@
-//! The libp2p side of a node: [`Behaviour`], the node's network logic as one
-//! [`NetworkBehaviour`], over [`Protocols`], the libp2p protocols it composes.
+//! [`Protocols`], the libp2p protocols a node's [`Behaviour`](crate::behaviour::Behaviour)
+//! composes, and their configuration ([`BehaviourConfig`]).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -10,10 +10,9 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{StreamProtocol, gossipsub, identify, kad, mdns, ping, request_response};
 
-use crate::codec::Codec;
-use crate::keep_alive::KeepAlive;
-pub use crate::net::{Behaviour, Event};
-use crate::wire::{
+use crate::net::codec::Codec;
+use crate::net::keep_alive::KeepAlive;
+use crate::net::wire::{
     DELIVER_PROTOCOL, DeliverAck, DeliverBatch, SYNC_PROTOCOL, SyncRequest, SyncResponse,
 };
 
@@ -63,8 +62,8 @@ impl Default for BehaviourConfig {
         Self {
             mdns: true,
             max_transmit_size: 256 * 1024,
-            max_request_bytes: crate::codec::DEFAULT_MAX_REQUEST_BYTES,
-            max_response_bytes: crate::codec::DEFAULT_MAX_RESPONSE_BYTES,
+            max_request_bytes: crate::net::codec::DEFAULT_MAX_REQUEST_BYTES,
+            max_response_bytes: crate::net::codec::DEFAULT_MAX_RESPONSE_BYTES,
             sync_timeout: Duration::from_secs(5),
             deliver_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(1),

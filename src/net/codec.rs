@@ -206,9 +206,6 @@ where
     }
 }
 
-#[cfg(any(test, feature = "fuzzing"))]
-pub(crate) mod hostile;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,9 @@
 //! Counters and snapshots of a node and its scopes: what [`Node::stats`](crate::Node::stats)
 //! returns, what the metrics export and what the health check reads.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
-use libp2p::PeerId;
+use crate::net::view::BreakerCounts;
 
 /// Counters of one scope that the application's threads and the network behaviour bump
 /// without the scope's lock.
@@ -19,55 +17,6 @@ pub(crate) struct ScopeCounters {
     pub slots_remote: AtomicU64,
     pub frames_queued: AtomicU64,
     pub events_dropped: AtomicU64,
-}
-
-/// What the network behaviour knows of one scope's peers, written at each of its turns.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct ScopeNetView {
-    pub peers: usize,
-    pub breakers: BreakerCounts,
-    /// Peers of the scope lost without a goodbye, with the time they were lost.
-    pub unreachable: Vec<(PeerId, Instant)>,
-}
-
-/// The outboxes' circuit breakers towards a scope's peers, by state.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct BreakerCounts {
-    /// Peers whose breaker is closed: messages flow.
-    pub closed: usize,
-    /// Peers whose breaker lets one probe through after its reset time.
-    pub half_open: usize,
-    /// Peers whose breaker is open: messages to them fail fast and are counted lost.
-    pub open: usize,
-}
-
-/// The network behaviour's pulse, for the health check: when it last ran its housekeeping
-/// (every 20 ms while its swarm is polled), and whether it stopped.
-#[derive(Debug)]
-pub(crate) struct Heartbeat {
-    last: Mutex<Instant>,
-}
-
-impl Default for Heartbeat {
-    fn default() -> Self {
-        Self {
-            last: Mutex::new(Instant::now()),
-        }
-    }
-}
-
-impl Heartbeat {
-    pub(crate) fn beat(&self, now: Instant) {
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = now;
-    }
-
-    /// Time since the last beat (or since the node was built, before the first).
-    pub(crate) fn silence(&self) -> Duration {
-        self.last
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .elapsed()
-    }
 }
 
 fn read(counter: &AtomicU64) -> u64 {
@@ -141,7 +90,7 @@ pub struct NodeStats {
     pub peers: usize,
     /// Peers the node keeps state of: connected, lost and remembered, or told of and being
     /// dialed; updated every 20 ms. Peer exchange adds none once there are
-    /// [`BehaviourConfig::max_known_peers`](crate::behaviour::BehaviourConfig::max_known_peers).
+    /// [`BehaviourConfig::max_known_peers`](crate::net::protocols::BehaviourConfig::max_known_peers).
     pub known_peers: usize,
     /// Frames waiting in the outboxes (at most 65 536).
     pub frames_waiting: usize,
@@ -166,7 +115,7 @@ pub struct NodeStats {
     /// ([`NodeBuilder::allow_peers`](crate::NodeBuilder::allow_peers)).
     pub peers_refused: u64,
     /// Peers named by peer exchange and ignored because the node already knew
-    /// [`BehaviourConfig::max_known_peers`](crate::behaviour::BehaviourConfig::max_known_peers).
+    /// [`BehaviourConfig::max_known_peers`](crate::net::protocols::BehaviourConfig::max_known_peers).
     pub peers_ignored: u64,
 }
 

@@ -12,13 +12,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use hashbrown::HashMap;
 
-use crate::error::{Error, Result};
+use crate::app::process::ProcessShared;
+use crate::app::stats::{ScopeCounters, ScopeStats};
+use crate::app::subscription::{Subscriber, Subscription};
 use crate::net::NetShared;
-use crate::process::ProcessShared;
+use crate::net::view::ScopeNetView;
 use crate::proto::state::GroupName;
 use crate::proto::{Change, CoreConfig, ScopeCore};
-use crate::stats::{ScopeCounters, ScopeNetView, ScopeStats};
-use crate::subscription::{Subscriber, Subscription};
+use crate::vocab::error::{Error, Result};
 use crate::{Event, EventKind, Members, Pid, ScopeConfig};
 
 pub(crate) struct Scope {

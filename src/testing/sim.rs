@@ -19,8 +19,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use super::messages::{Delta, SyncState, Version};
-use super::state::{CoreConfig, Output, ScopeCore};
+use crate::proto::messages::{Delta, SyncState, Version};
+use crate::proto::state::{CoreConfig, Output, ScopeCore};
 use crate::{EventKind, Pid};
 
 type View = BTreeMap<String, BTreeMap<Pid, u32>>;

@@ -11,9 +11,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
-use crate::error::{Error, Result};
-use crate::node::NodeShared;
-use crate::policy::Permission;
+use crate::app::node::NodeShared;
+use crate::vocab::error::{Error, Result};
+use crate::vocab::policy::Permission;
 use crate::{Instance, Pid};
 
 /// A message delivered to a process: a direct [`send`](Process::send) or one slot of a
@@ -239,7 +239,7 @@ impl Process {
     /// through it. `NotFound` if the node has no such scope; needs `pg.open` on the scope id.
     pub fn open(&self, scope: &str) -> Result<Instance> {
         self.node.check_running()?;
-        crate::config::validate_scope_id(scope).map_err(|e| match e {
+        crate::vocab::config::validate_scope_id(scope).map_err(|e| match e {
             crate::ConfigError::InvalidScopeId { id, reason } => {
                 Error::InvalidScopeId { scope: id, reason }
             }
@@ -280,7 +280,7 @@ impl Process {
         }
         let payload = encode_payload(payload)?;
         if to.node() != self.node.peer_id {
-            let frame = crate::wire::Frame {
+            let frame = crate::net::wire::Frame {
                 from: self.pid().id(),
                 topic: topic.into(),
                 payload,

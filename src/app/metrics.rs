@@ -11,9 +11,9 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::ScopeHealth;
-use crate::health::HealthStatus;
-use crate::node::NodeShared;
-use crate::stats::ScopeStats;
+use crate::app::health::HealthStatus;
+use crate::app::node::NodeShared;
+use crate::app::stats::ScopeStats;
 
 /// Reads a node's figures at each scrape; holds the node weakly, so that a registry that
 /// outlives the node reports nothing for it rather than keeping it alive.

@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::wire::Frame;
+use crate::net::wire::Frame;
 
 /// Frames waiting for the network on one node (all peers together) beyond which `broadcast`
 /// and `send` to other nodes are `Unavailable` at once: a frame is a few handles (the payload

@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
-use crate::node::NodeShared;
-use crate::policy::Permission;
-use crate::process::{Message, ProcessShared, encode_payload};
+use crate::app::node::NodeShared;
+use crate::app::process::{Message, ProcessShared, encode_payload};
+use crate::app::scope::Scope;
+use crate::net::wire::Frame;
 use crate::proto::state::group_name_problem;
-use crate::scope::Scope;
-use crate::wire::Frame;
+use crate::vocab::error::{Error, Result};
+use crate::vocab::policy::Permission;
 use crate::{Members, Subscription};
 
 /// One group name or a batch of them: `"workers"`, `["workers", "all"]`, a `Vec<String>`, a

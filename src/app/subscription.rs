@@ -1,4 +1,4 @@
-//! Membership events and the subscriptions that carry them.
+//! The subscriptions that carry membership events to the application.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -7,57 +7,7 @@ use std::task::{Context, Poll};
 
 use tokio::sync::mpsc;
 
-use crate::Pid;
-
-/// What happened to the members of a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum EventKind {
-    /// Slots were added: shown as `member.joined`.
-    MemberJoined,
-    /// Slots were removed (leave, exit, node down): shown as `member.left`.
-    MemberLeft,
-}
-
-impl EventKind {
-    /// The seeds' name: `"member.joined"` or `"member.left"`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            EventKind::MemberJoined => "member.joined",
-            EventKind::MemberLeft => "member.left",
-        }
-    }
-}
-
-impl std::fmt::Display for EventKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One membership change of one group.
-///
-/// `pids` keeps multiplicity: a process that leaves a group it had joined three times is
-/// listed three times. Consecutive changes of the same kind to the same group made in one
-/// operation (a sync, an exit, a delta from a peer) arrive as one event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    /// Joined or left.
-    pub kind: EventKind,
-    /// The group (the seeds' `path`).
-    pub group: Arc<str>,
-    /// The affected processes, once per slot.
-    pub pids: Arc<[Pid]>,
-}
-
-impl Event {
-    /// The seeds' `system` field of every procgroups event.
-    pub const SYSTEM: &'static str = "pg";
-
-    /// Always `"pg"`.
-    pub fn system(&self) -> &'static str {
-        Self::SYSTEM
-    }
-}
+use crate::vocab::event::Event;
 
 /// A bounded stream of [`Event`]s, from [`Instance::monitor`](crate::Instance::monitor) or
 /// [`Instance::events`](crate::Instance::events).

@@ -1,6 +1,6 @@
 //! The crate's error type.
 
-use crate::policy::Permission;
+use crate::vocab::policy::Permission;
 
 /// The broad class of an [`Error`], matching the error kinds of the seeds' API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -146,7 +146,7 @@ pub enum Error {
     },
     /// A configuration value or file is invalid.
     #[error("invalid configuration: {0}")]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::vocab::config::ConfigError),
 }
 
 impl Error {

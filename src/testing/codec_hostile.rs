@@ -21,11 +21,11 @@ use libp2p::request_response::Codec as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Codec, decode_body};
-use crate::proto::harness::Seeds;
-use crate::wire::{
+use crate::net::codec::{Codec, decode_body};
+use crate::net::wire::{
     DeliverAck, DeliverBatch, Delta, SYNC_PROTOCOL, SyncRequest, SyncResponse, SyncState,
 };
+use crate::testing::harness::Seeds;
 
 /// The caps of the "tiny" codecs.
 pub(crate) const TINY_CAP: usize = 64;
@@ -188,8 +188,8 @@ fn decode_one<T: Serialize + DeserializeOwned + PartialEq + Debug>(data: &[u8]) 
 /// Valid frames and messages to start fuzzing from: `(name, selector byte + stream)` for
 /// [`read_checked`] and `(name, CBOR)` for [`decode_checked`].
 pub(crate) fn seeds() -> (Seeds, Seeds) {
-    use crate::proto::harness::{Mode, Session, cbor, peer};
-    use crate::wire::{Frame, SyncGroup, Version};
+    use crate::net::wire::{Frame, SyncGroup, Version};
+    use crate::testing::harness::{Mode, Session, cbor, peer};
 
     let version = Version {
         incarnation: 0xa1,
@@ -303,7 +303,7 @@ mod erased {
 
     impl<T: serde::Serialize> Encode for T {
         fn cbor(&self) -> Vec<u8> {
-            crate::proto::harness::cbor(self)
+            crate::testing::harness::cbor(self)
         }
     }
 }
@@ -342,7 +342,7 @@ mod tests {
     fn a_frame_at_the_cap_is_read_and_one_byte_over_it_is_refused() {
         let body = (0..TINY_CAP)
             .map(|n| {
-                crate::proto::harness::cbor(&SyncResponse::Refused {
+                crate::testing::harness::cbor(&SyncResponse::Refused {
                     reason: "x".repeat(n),
                 })
             })
@@ -422,7 +422,7 @@ mod tests {
                 any::<u32>(),
                 0..200u32,
                 Just(u32::MAX),
-                Just(super::super::DEFAULT_MAX_REQUEST_BYTES as u32 + 1),
+                Just(crate::net::codec::DEFAULT_MAX_REQUEST_BYTES as u32 + 1),
             ],
             body in proptest::collection::vec(any::<u8>(), 0..256),
         ) {

@@ -39,11 +39,11 @@ use std::time::Duration;
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
 
-use super::messages::{Delta, Op, SyncGroup, SyncState, Version};
-use super::state::{
+use crate::net::wire::SyncResponse;
+use crate::proto::messages::{Delta, Op, SyncGroup, SyncState, Version};
+use crate::proto::state::{
     CoreConfig, DeltaOutcome, Rejection, ScopeCore, SyncOutcome, group_name_problem,
 };
-use crate::wire::SyncResponse;
 use crate::{EventKind, Pid};
 
 /// Every slot a core holds, by group (see `ScopeCore::view`).
@@ -292,7 +292,7 @@ impl Session {
                 }
                 Err(_) => self.tally.undecodable += 1,
             },
-            2 => match crate::codec::decode_body::<SyncResponse>(body) {
+            2 => match crate::net::codec::decode_body::<SyncResponse>(body) {
                 Ok(SyncResponse::Page {
                     version, groups, ..
                 }) => {
@@ -308,7 +308,7 @@ impl Session {
                 Ok(_) => self.tally.ignored += 1,
                 Err(_) => self.tally.undecodable += 1,
             },
-            _ => match crate::codec::decode_body::<SyncState>(body) {
+            _ => match crate::net::codec::decode_body::<SyncState>(body) {
                 Ok(state) => {
                     let sender = self.sender(control, Some(state.origin));
                     // Checked and tallied inside; a rejection is one of the outcomes.
@@ -780,7 +780,7 @@ struct Before {
 /// The seeds of fuzz target `target` (`codec`, `decode`, `delta` or `sync`): valid inputs to
 /// start from, named. A session's seeds come under both limits (its first byte).
 pub(crate) fn fuzz_seeds(target: &str) -> Seeds {
-    let (codec, decode) = crate::codec::hostile::seeds();
+    let (codec, decode) = crate::testing::codec_hostile::seeds();
     let session = |mode| {
         let mut out = Vec::new();
         for (name, steps) in Session::seeds(mode) {

@@ -32,19 +32,19 @@ use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns, noise, ping, tcp, ya
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Pid;
-use crate::behaviour::{
+use crate::app::process::{Message, ProcessTable};
+use crate::app::scope::Scope;
+use crate::net::outbox::{BreakerState, DeliveryPolicy, MAX_QUEUED_FRAMES, Outbox};
+use crate::net::protocols::{
     BehaviourConfig, Protocols, ProtocolsEvent, scope_provider_key, scope_topic,
 };
-use crate::error::{Error, Result};
-use crate::outbox::{BreakerState, DeliveryPolicy, MAX_QUEUED_FRAMES, Outbox};
-use crate::process::{Message, ProcessTable};
-use crate::proto::messages::{Delta, SyncGroup, SyncState, Version};
-use crate::proto::state::Output;
-use crate::scope::Scope;
-use crate::stats::{Heartbeat, ScopeNetView};
-use crate::wire::{
+use crate::net::view::{Heartbeat, ScopeNetView};
+use crate::net::wire::{
     DeliverAck, DeliverBatch, Frame, MAX_PEERS_EXCHANGED, SyncRequest, SyncResponse,
 };
+use crate::proto::messages::{Delta, SyncGroup, SyncState, Version};
+use crate::proto::state::Output;
+use crate::vocab::error::{Error, Result};
 
 /// How often timers are checked: retries, reorder windows, grace periods, anti-entropy.
 const HOUSEKEEPING: Duration = Duration::from_millis(20);
@@ -213,7 +213,7 @@ impl NetHandle {
 }
 
 /// Builds the behaviour and the application's handle on it.
-pub(crate) fn behaviour(
+pub(crate) fn build(
     config: NetConfig,
     scopes: Vec<Arc<Scope>>,
     processes: Arc<ProcessTable>,
@@ -501,7 +501,7 @@ pub enum Event {
 ///   looks up its providers 200 ms after its first connection, then at doubling intervals up
 ///   to every 30 s, and dials the providers it finds.
 ///
-/// [`Protocols`]: crate::behaviour::Protocols
+/// [`Protocols`]: crate::net::protocols::Protocols
 pub struct Behaviour {
     protocols: Protocols,
     commands: mpsc::UnboundedReceiver<Command>,

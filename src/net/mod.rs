@@ -1,0 +1,16 @@
+//! The network layer: the libp2p [`Behaviour`](behaviour::Behaviour) that carries a node's
+//! scopes to its peers, the protocols it composes, their codec and wire types, the per-peer
+//! outboxes, and the swarm a node runs it in.
+//!
+//! It never imports the application's side: it reaches the scopes and the inboxes through the
+//! traits of [`host`], and the application drives it through [`handle::NetHandle`].
+
+pub(crate) mod behaviour;
+pub mod codec;
+pub(crate) mod keep_alive;
+pub(crate) mod outbox;
+pub mod protocols;
+pub(crate) mod view;
+pub mod wire;
+
+pub(crate) use behaviour::{NetConfig, NetHandle, NetShared, spawn_swarm};

@@ -1,0 +1,56 @@
+//! What the network layer tells the application of its state: each scope's peers as the
+//! behaviour last saw them, and the behaviour's own pulse.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+
+/// What the network behaviour knows of one scope's peers, written at each of its turns.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ScopeNetView {
+    pub peers: usize,
+    pub breakers: BreakerCounts,
+    /// Peers of the scope lost without a goodbye, with the time they were lost.
+    pub unreachable: Vec<(PeerId, Instant)>,
+}
+
+/// The outboxes' circuit breakers towards a scope's peers, by state.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerCounts {
+    /// Peers whose breaker is closed: messages flow.
+    pub closed: usize,
+    /// Peers whose breaker lets one probe through after its reset time.
+    pub half_open: usize,
+    /// Peers whose breaker is open: messages to them fail fast and are counted lost.
+    pub open: usize,
+}
+
+/// The network behaviour's pulse, for the health check: when it last ran its housekeeping
+/// (every 20 ms while its swarm is polled), and whether it stopped.
+#[derive(Debug)]
+pub(crate) struct Heartbeat {
+    last: Mutex<Instant>,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self {
+            last: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl Heartbeat {
+    pub(crate) fn beat(&self, now: Instant) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = now;
+    }
+
+    /// Time since the last beat (or since the node was built, before the first).
+    pub(crate) fn silence(&self) -> Duration {
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+    }
+}

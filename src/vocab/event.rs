@@ -1,0 +1,55 @@
+//! Membership events: what a subscription carries and the core records.
+
+use std::sync::Arc;
+
+use crate::vocab::pid::Pid;
+
+/// What happened to the members of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKind {
+    /// Slots were added: shown as `member.joined`.
+    MemberJoined,
+    /// Slots were removed (leave, exit, node down): shown as `member.left`.
+    MemberLeft,
+}
+
+impl EventKind {
+    /// The seeds' name: `"member.joined"` or `"member.left"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EventKind::MemberJoined => "member.joined",
+            EventKind::MemberLeft => "member.left",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One membership change of one group.
+///
+/// `pids` keeps multiplicity: a process that leaves a group it had joined three times is
+/// listed three times. Consecutive changes of the same kind to the same group made in one
+/// operation (a sync, an exit, a delta from a peer) arrive as one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Joined or left.
+    pub kind: EventKind,
+    /// The group (the seeds' `path`).
+    pub group: Arc<str>,
+    /// The affected processes, once per slot.
+    pub pids: Arc<[Pid]>,
+}
+
+impl Event {
+    /// The seeds' `system` field of every procgroups event.
+    pub const SYSTEM: &'static str = "pg";
+
+    /// Always `"pg"`.
+    pub fn system(&self) -> &'static str {
+        Self::SYSTEM
+    }
+}
