@@ -17,6 +17,7 @@ use crate::app::metrics::NodeCollector;
 use crate::app::process::{Message, Process, ProcessShared, ProcessTable};
 use crate::app::scope::Scope;
 use crate::app::stats::{NodeStats, ScopeStats};
+use crate::net::host::ScopeHost;
 use crate::net::outbox::DeliveryPolicy;
 use crate::net::protocols::BehaviourConfig;
 use crate::net::wire::Frame;
@@ -246,6 +247,8 @@ impl NodeBuilder {
         let peer_id = keypair.public().to_peer_id();
         let incarnation: u64 = rand::random();
         let net_shared = Arc::new(NetShared::default());
+        // The scope cores' clock.
+        let epoch = std::time::Instant::now();
         let mut table: HashMap<Arc<str>, Arc<Scope>> = HashMap::new();
         let mut ordered = Vec::new();
         for (id, config) in scopes {
@@ -259,6 +262,7 @@ impl NodeBuilder {
                 config,
                 peer_id,
                 incarnation,
+                epoch,
                 net_shared.clone(),
             ));
             ordered.push(scope.clone());
@@ -283,7 +287,10 @@ impl NodeBuilder {
                 incarnation,
                 allowed: self.allowed,
             },
-            ordered,
+            ordered
+                .iter()
+                .map(|s| s.clone() as Arc<dyn ScopeHost>)
+                .collect(),
             processes.clone(),
             net_shared,
         )?;

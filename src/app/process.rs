@@ -12,9 +12,12 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::app::node::NodeShared;
+use crate::net::host::InboxSink;
+use crate::net::wire::Frame;
 use crate::vocab::error::{Error, Result};
 use crate::vocab::policy::Permission;
 use crate::{Instance, Pid};
+use libp2p::PeerId;
 
 /// A message delivered to a process: a direct [`send`](Process::send) or one slot of a
 /// [`broadcast`](Instance::broadcast).
@@ -317,5 +320,23 @@ impl Drop for Process {
 impl std::fmt::Debug for Process {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Process").field("pid", &self.pid()).finish()
+    }
+}
+
+impl InboxSink for ProcessTable {
+    fn deliver_batch(&self, peer: PeerId, frames: Vec<Frame>, dropped: &AtomicU64) -> u64 {
+        let processes = self.read().unwrap_or_else(|e| e.into_inner());
+        let mut count = 0;
+        for frame in frames {
+            let message =
+                Message::new_shared(Pid::new(peer, frame.from), frame.topic, frame.payload);
+            for id in frame.targets.iter() {
+                if let Some(p) = processes.get(id) {
+                    p.deliver(message.clone(), dropped);
+                }
+                count += 1;
+            }
+        }
+        count
     }
 }

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 
@@ -16,16 +17,21 @@ use crate::app::process::ProcessShared;
 use crate::app::stats::{ScopeCounters, ScopeStats};
 use crate::app::subscription::{Subscriber, Subscription};
 use crate::net::NetShared;
-use crate::net::view::ScopeNetView;
+use crate::net::host::ScopeHost;
+use crate::net::view::{ScopeNetCounters, ScopeNetView};
+use crate::proto::messages::{SyncState, Version};
 use crate::proto::state::GroupName;
-use crate::proto::{Change, CoreConfig, ScopeCore};
+use crate::proto::{Change, CoreConfig, Input, Outcome, Output, Refusal, ScopeCore};
 use crate::vocab::error::{Error, Result};
 use crate::{Event, EventKind, Members, Pid, ScopeConfig};
+use libp2p::PeerId;
 
 pub(crate) struct Scope {
     pub(crate) id: Arc<str>,
     pub(crate) config: ScopeConfig,
     state: Mutex<ScopeState>,
+    /// The start of the core's clock.
+    epoch: Instant,
     /// Wakes the network behaviour when a local change is queued for the peers.
     net: Arc<NetShared>,
     pub(crate) counters: ScopeCounters,
@@ -35,6 +41,8 @@ pub(crate) struct Scope {
 
 struct ScopeState {
     core: ScopeCore,
+    /// Outputs of the core for the network layer, taken at its next call.
+    for_net: Vec<Output>,
     subscribers: Subscribers,
     /// The action queue is above `action_queue_size` and that was logged.
     queue_warned: bool,
@@ -84,18 +92,23 @@ fn event((kind, group, pids): (EventKind, GroupName, Vec<Pid>)) -> Event {
 }
 
 impl ScopeState {
-    /// Turns the core's changes into events for the subscribers that want them. Consecutive
-    /// changes of one kind to one group become one event.
+    /// Takes the core's outputs: membership changes become events for the subscribers that
+    /// want them (consecutive changes of one kind to one group become one event); the others
+    /// are for the network layer and wait in `for_net` until it takes them.
     fn flush(&mut self, dropped: &AtomicU64) {
         let mut run: Option<(EventKind, GroupName, Vec<Pid>)> = None;
         let subscribers = &mut self.subscribers;
-        for Change {
-            kind,
-            group,
-            pid,
-            count,
-        } in self.core.drain_changes()
-        {
+        while let Some(output) = self.core.poll_output() {
+            let Output::Changed(Change {
+                kind,
+                group,
+                pid,
+                count,
+            }) = output
+            else {
+                self.for_net.push(output);
+                continue;
+            };
             if let Some((k, g, pids)) = &mut run
                 && *k == kind
                 && Arc::ptr_eq(g, &group)
@@ -124,6 +137,7 @@ impl Scope {
         config: ScopeConfig,
         local: libp2p::PeerId,
         incarnation: u64,
+        epoch: Instant,
         net: Arc<NetShared>,
     ) -> Self {
         let mut core = ScopeCore::new(
@@ -137,22 +151,20 @@ impl Scope {
             config,
             state: Mutex::new(ScopeState {
                 core,
+                for_net: Vec::new(),
                 subscribers: Subscribers::default(),
                 queue_warned: false,
             }),
+            epoch,
             net,
             counters: ScopeCounters::default(),
             net_view: Mutex::new(ScopeNetView::default()),
         }
     }
 
-    /// Runs `f` on the core (for the network task) and hands the changes it made to the
-    /// subscribers.
-    pub(crate) fn with_core<R>(&self, f: impl FnOnce(&mut ScopeCore) -> R) -> R {
-        let mut state = self.lock();
-        let r = f(&mut state.core);
-        state.flush(&self.counters.events_dropped);
-        r
+    /// The core's clock: time since the node started (the network layer reads the same).
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
     }
 
     /// The queue of changes for the peers: past `action_queue_size` a warning, past
@@ -207,15 +219,27 @@ impl Scope {
         let mut state = self.lock();
         self.usable(process, None)?;
         self.backpressure(&mut state)?;
-        state
-            .core
-            .join(process.pid.id(), names)
-            .map_err(|e| Error::LimitReached {
-                limit: e.limit,
-                scope: self.id.to_string(),
-                group: e.group,
-                max: e.max,
-            })?;
+        let join = Input::Join {
+            process: process.pid.id(),
+            groups: names,
+        };
+        match state.core.handle(join, self.now()) {
+            Err(Refusal::Limit(e)) => {
+                return Err(Error::LimitReached {
+                    limit: e.limit,
+                    scope: self.id.to_string(),
+                    group: e.group,
+                    max: e.max,
+                });
+            }
+            // Only a peer's input is rejected; said here rather than assumed.
+            Err(Refusal::Rejected(rejection)) => {
+                return Err(Error::Unavailable {
+                    reason: format!("scope {:?} refused a local join: {rejection}", self.id),
+                });
+            }
+            Ok(_) => {}
+        }
         state.flush(&self.counters.events_dropped);
         self.changed(&state);
         Ok(())
@@ -225,7 +249,11 @@ impl Scope {
         let mut state = self.lock();
         self.usable(process, None)?;
         self.backpressure(&mut state)?;
-        if state.core.leave(process.pid.id(), names) == 0 {
+        let leave = Input::Leave {
+            process: process.pid.id(),
+            groups: names,
+        };
+        if let Ok(Outcome::Left { slots: 0 }) = state.core.handle(leave, self.now()) {
             return Err(Error::NotMember {
                 scope: self.id.to_string(),
                 groups: names.iter().map(|n| n.to_string()).collect(),
@@ -239,7 +267,11 @@ impl Scope {
     /// Removes every slot of the process and closes its subscriptions.
     pub(crate) fn exit(&self, id: u64) {
         let mut state = self.lock();
-        state.core.exit(id);
+        // An exit is never refused.
+        state
+            .core
+            .handle(Input::Exit { process: id }, self.now())
+            .ok();
         state.flush(&self.counters.events_dropped);
         self.changed(&state);
         state.subscribers.remove_where(|s| s.process == id);
@@ -283,7 +315,7 @@ impl Scope {
             stats.slots_refused = core.slots_refused;
         }
         self.counters.fill(&mut stats);
-        stats.deltas_rejected += self.counters.deltas_rejected.load(Ordering::Relaxed);
+        stats.deltas_rejected += self.counters.net.deltas_rejected.load(Ordering::Relaxed);
         let view = self.net_view.lock().unwrap_or_else(|e| e.into_inner());
         stats.peers = view.peers;
         stats.peers_unreachable = view.unreachable.len();
@@ -347,5 +379,51 @@ impl Scope {
         state.subscribers.all.push(subscriber);
         state.core.set_record_changes(true);
         Ok((subscription, snapshot))
+    }
+}
+
+impl ScopeHost for Scope {
+    fn id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    fn config(&self) -> &ScopeConfig {
+        &self.config
+    }
+
+    fn handle(&self, input: Input<'_>, out: &mut Vec<Output>) -> Result<Outcome, Refusal> {
+        let mut state = self.lock();
+        let result = state.core.handle(input, self.now());
+        state.flush(&self.counters.events_dropped);
+        out.append(&mut state.for_net);
+        result
+    }
+
+    fn now(&self) -> Duration {
+        Scope::now(self)
+    }
+
+    fn version(&self) -> Version {
+        self.lock().core.version()
+    }
+
+    fn sync_state(&self) -> SyncState {
+        let mut state = self.lock();
+        let sync = state.core.sync_state();
+        // Cutting the queued changes into deltas may have made outputs.
+        state.flush(&self.counters.events_dropped);
+        sync
+    }
+
+    fn live_origins(&self) -> Vec<PeerId> {
+        self.lock().core.live_origins().collect()
+    }
+
+    fn counters(&self) -> &ScopeNetCounters {
+        &self.counters.net
+    }
+
+    fn set_view(&self, view: ScopeNetView) {
+        *self.net_view.lock().unwrap_or_else(|e| e.into_inner()) = view;
     }
 }

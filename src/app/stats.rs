@@ -3,15 +3,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::net::view::BreakerCounts;
+use crate::net::view::{BreakerCounts, ScopeNetCounters};
 
 /// Counters of one scope that the application's threads and the network behaviour bump
 /// without the scope's lock.
 #[derive(Debug, Default)]
 pub(crate) struct ScopeCounters {
-    pub deltas_published: AtomicU64,
-    pub deltas_rejected: AtomicU64,
-    pub syncs_served: AtomicU64,
+    /// The network layer's own.
+    pub net: ScopeNetCounters,
     pub broadcasts: AtomicU64,
     pub slots_local: AtomicU64,
     pub slots_remote: AtomicU64,
@@ -121,8 +120,8 @@ pub struct NodeStats {
 
 impl ScopeCounters {
     pub(crate) fn fill(&self, stats: &mut ScopeStats) {
-        stats.deltas_sent = read(&self.deltas_published);
-        stats.syncs_served = read(&self.syncs_served);
+        stats.deltas_sent = read(&self.net.deltas_published);
+        stats.syncs_served = read(&self.net.syncs_served);
         stats.broadcasts = read(&self.broadcasts);
         stats.delivered_local = read(&self.slots_local);
         stats.delivered_remote = read(&self.slots_remote);

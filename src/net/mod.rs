@@ -7,6 +7,7 @@
 
 pub(crate) mod behaviour;
 pub mod codec;
+pub(crate) mod host;
 pub(crate) mod keep_alive;
 pub(crate) mod outbox;
 pub mod protocols;

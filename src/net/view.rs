@@ -2,9 +2,21 @@
 //! behaviour last saw them, and the behaviour's own pulse.
 
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
+
+/// Counters of one scope that the network layer bumps without the scope's lock.
+#[derive(Debug, Default)]
+pub(crate) struct ScopeNetCounters {
+    /// Deltas handed to gossipsub.
+    pub deltas_published: AtomicU64,
+    /// Deltas refused before they reached the core (no source, not admitted, malformed).
+    pub deltas_rejected: AtomicU64,
+    /// Sync pages served to peers.
+    pub syncs_served: AtomicU64,
+}
 
 /// What the network behaviour knows of one scope's peers, written at each of its turns.
 #[derive(Debug, Default, Clone)]

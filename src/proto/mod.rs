@@ -6,10 +6,12 @@
 //! own, so the simulator in `sim` and the property tests drive it exactly like the network
 //! layer does.
 
+pub(crate) mod input;
 pub(crate) mod messages;
 pub(crate) mod state;
 
 #[cfg(test)]
 mod tests;
 
+pub(crate) use input::{Input, Outcome, Output, Refusal};
 pub(crate) use state::{Change, CoreConfig, ScopeCore};

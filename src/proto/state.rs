@@ -13,6 +13,7 @@ use foldhash::fast::FixedState;
 use hashbrown::{HashMap, HashSet};
 use libp2p::PeerId;
 
+use super::input::Output;
 use super::messages::{Delta, Op, SyncGroup, SyncState, Version};
 use crate::vocab::error::Limit;
 use crate::{EventKind, Members, Pid};
@@ -81,14 +82,6 @@ pub(crate) struct Change {
     pub group: GroupName,
     pub pid: Pid,
     pub count: u32,
-}
-
-/// Something the core asks the network layer to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Output {
-    /// Pull `peer`'s full state of this scope (a Sync request); answer with
-    /// [`ScopeCore::handle_sync`] or [`ScopeCore::sync_failed`].
-    RequestSync { peer: PeerId },
 }
 
 /// Why a delta or a sync from a peer was refused. A refused input changes nothing.
@@ -284,7 +277,7 @@ pub(crate) struct ScopeCore {
     pending_index: Map<GroupName, u32>,
     ready: VecDeque<Delta>,
     record_changes: bool,
-    changes: Vec<Change>,
+    /// What the core asks of its host, oldest first: see [`Output`].
     outputs: VecDeque<Output>,
     groups_cache: Option<Arc<[GroupName]>>,
     local_groups_cache: Option<Arc<[GroupName]>>,
@@ -326,7 +319,6 @@ impl ScopeCore {
             pending_index: Map::with_hasher(hasher()),
             ready: VecDeque::new(),
             record_changes: true,
-            changes: Vec::new(),
             outputs: VecDeque::new(),
             groups_cache: None,
             local_groups_cache: None,
@@ -381,23 +373,53 @@ impl ScopeCore {
             .map(|o| o.peer)
     }
 
-    /// Whether changes are recorded for [`drain_changes`](Self::drain_changes); off when nobody
-    /// subscribes, so that changes cost nothing.
+    /// Whether membership changes are output ([`Output::Changed`]); off when nobody
+    /// subscribes, so that changes cost nothing. Turning it off drops the changes not yet
+    /// taken.
     pub(crate) fn set_record_changes(&mut self, on: bool) {
         self.record_changes = on;
         if !on {
-            self.changes.clear();
+            self.outputs.retain(|o| !matches!(o, Output::Changed(_)));
         }
     }
 
-    /// The membership changes since the last call, in the order they happened.
-    pub(crate) fn drain_changes(&mut self) -> std::vec::Drain<'_, Change> {
-        self.changes.drain(..)
+    pub(super) fn push_output(&mut self, output: Output) {
+        self.outputs.push_back(output);
     }
 
-    /// The next request for the network layer.
+    /// The next output, oldest first.
     pub(crate) fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
+    }
+
+    /// The membership changes among the outputs, in the order they happened; the other
+    /// outputs stay queued.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn drain_changes(&mut self) -> std::vec::IntoIter<Change> {
+        let mut changes = Vec::new();
+        self.outputs.retain(|o| match o {
+            Output::Changed(c) => {
+                changes.push(c.clone());
+                false
+            }
+            _ => true,
+        });
+        changes.into_iter()
+    }
+
+    /// The first sync request among the outputs, for tests that look at requests alone: the
+    /// timers before it are dropped (a test ticks when it likes), the rest stay queued.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn poll_request(&mut self) -> Option<PeerId> {
+        self.outputs.retain(|o| !matches!(o, Output::Timer { .. }));
+        let at = self
+            .outputs
+            .iter()
+            .position(|o| matches!(o, Output::RequestSync { .. }))?;
+        match self.outputs.remove(at) {
+            Some(Output::RequestSync { peer }) => Some(peer),
+            _ => None,
+        }
     }
 
     // ---------------------------------------------------------------- local operations
@@ -874,6 +896,9 @@ impl ScopeCore {
             self.want_sync(origin, now);
         } else if origin.gap_since.is_none() {
             origin.gap_since = Some(now);
+            self.outputs.push_back(Output::Timer {
+                at: now + self.cfg.reorder_window,
+            });
         }
     }
 
@@ -907,6 +932,9 @@ impl ScopeCore {
             self.stats.sync_requests += 1;
             self.outputs
                 .push_back(Output::RequestSync { peer: origin.peer });
+            self.outputs.push_back(Output::Timer {
+                at: now + self.cfg.sync_timeout,
+            });
         }
     }
 
@@ -944,6 +972,9 @@ impl ScopeCore {
         self.release_held(node, &mut origin, true);
         if origin.gap_since.is_none() && !origin.held.is_empty() {
             origin.gap_since = Some(now);
+            self.outputs.push_back(Output::Timer {
+                at: now + self.cfg.reorder_window,
+            });
         }
         self.origins.insert(node, origin);
         Ok(outcome)
@@ -1028,6 +1059,9 @@ impl ScopeCore {
             origin.needs_sync = false;
             if origin.gap_since.is_some() {
                 origin.gap_since = Some(now);
+                self.outputs.push_back(Output::Timer {
+                    at: now + self.cfg.reorder_window,
+                });
             }
         }
     }
@@ -1106,6 +1140,19 @@ impl ScopeCore {
             self.want_sync(&mut origin, now);
             self.origins.insert(node, origin);
         }
+        // The host ticks again when the earliest deadline left is due.
+        let next = self
+            .origins
+            .values()
+            .flat_map(|o| {
+                let sync = o.sync_requested.map(|t| t + self.cfg.sync_timeout);
+                let gap = o.gap_since.map(|t| t + self.cfg.reorder_window);
+                sync.into_iter().chain(gap)
+            })
+            .min();
+        if let Some(at) = next {
+            self.outputs.push_back(Output::Timer { at });
+        }
     }
 
     // ---------------------------------------------------------------- the mechanics
@@ -1181,12 +1228,12 @@ impl ScopeCore {
             }
         }
         if self.record_changes {
-            self.changes.push(Change {
+            self.outputs.push_back(Output::Changed(Change {
                 kind: EventKind::MemberJoined,
                 group: group.name.clone(),
                 pid: Pid::new(self.nodes[node as usize], id),
                 count: n,
-            });
+            }));
         }
         // Cloned only for whoever keeps it: a plain extra join needs no name.
         let publish = node == LOCAL && self.publishing;
@@ -1243,12 +1290,12 @@ impl ScopeCore {
             }
         }
         if self.record_changes {
-            self.changes.push(Change {
+            self.outputs.push_back(Output::Changed(Change {
                 kind: EventKind::MemberLeft,
                 group: group.name.clone(),
                 pid: Pid::new(self.nodes[node as usize], id),
                 count: removed,
-            });
+            }));
         }
         let emptied = group.slots == 0;
         // Cloned only when needed: a plain extra leave keeps the group and publishes nothing.

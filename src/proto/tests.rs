@@ -5,7 +5,7 @@ use std::time::Duration;
 use libp2p::PeerId;
 
 use super::messages::{Delta, Op, SyncGroup, SyncState, Version};
-use super::state::{CoreConfig, DeltaOutcome, Output, Rejection, ScopeCore, SyncOutcome};
+use super::state::{CoreConfig, DeltaOutcome, Rejection, ScopeCore, SyncOutcome};
 use crate::{EventKind, Pid};
 
 fn config() -> CoreConfig {
@@ -132,7 +132,7 @@ fn an_early_delta_waits_for_the_missing_one() {
     );
     assert_mirrors(&a, &b);
     b.tick(ms(1000));
-    assert_eq!(b.poll_output(), None, "the gap closed: no sync needed");
+    assert_eq!(b.poll_request(), None, "the gap closed: no sync needed");
 }
 
 #[test]
@@ -146,18 +146,18 @@ fn a_gap_that_stays_open_pulls_a_sync_once_the_window_passes() {
     // b knows nothing of a, and the delta is not a's first: hold it.
     assert_eq!(b.handle_delta(sender, second, T0), Ok(DeltaOutcome::Held));
     b.tick(ms(50));
-    assert_eq!(b.poll_output(), None, "still inside the reorder window");
+    assert_eq!(b.poll_request(), None, "still inside the reorder window");
     b.tick(ms(100));
-    assert_eq!(b.poll_output(), Some(Output::RequestSync { peer: sender }));
+    assert_eq!(b.poll_request(), Some(sender));
     b.tick(ms(150));
-    assert_eq!(b.poll_output(), None, "one request in flight at a time");
+    assert_eq!(b.poll_request(), None, "one request in flight at a time");
     assert_eq!(
         b.handle_sync(sender, a.sync_state(), ms(160)),
         Ok(SyncOutcome::Applied)
     );
     assert_mirrors(&a, &b);
     b.tick(ms(5000));
-    assert_eq!(b.poll_output(), None);
+    assert_eq!(b.poll_request(), None);
 }
 
 #[test]
@@ -172,11 +172,11 @@ fn an_unanswered_sync_request_is_sent_again_after_the_timeout() {
         },
         T0,
     );
-    assert_eq!(b.poll_output(), Some(Output::RequestSync { peer: sender }));
+    assert_eq!(b.poll_request(), Some(sender));
     b.tick(ms(500));
-    assert_eq!(b.poll_output(), None);
+    assert_eq!(b.poll_request(), None);
     b.tick(ms(1000));
-    assert_eq!(b.poll_output(), Some(Output::RequestSync { peer: sender }));
+    assert_eq!(b.poll_request(), Some(sender));
 }
 
 #[test]
@@ -253,7 +253,7 @@ fn node_down_purges_and_late_deltas_create_no_ghosts() {
     assert_eq!(b.handle_delta(sender, late, T0), Ok(DeltaOutcome::Held));
     assert!(b.members("g").is_empty(), "no ghost member");
     // ...it asks the origin itself, and only its answer restores the members.
-    assert_eq!(b.poll_output(), Some(Output::RequestSync { peer: sender }));
+    assert_eq!(b.poll_request(), Some(sender));
     b.sync_failed(sender, T0);
     assert!(b.members("g").is_empty());
     b.handle_sync(sender, a.sync_state(), T0).unwrap();
@@ -275,7 +275,7 @@ fn a_restarted_origin_is_a_new_incarnation_that_replaces_the_old() {
     let first = new.take_deltas().remove(0);
     assert_eq!(first.seq, 1);
     assert_eq!(b.handle_delta(peer, first, T0), Ok(DeltaOutcome::Held));
-    assert_eq!(b.poll_output(), Some(Output::RequestSync { peer }));
+    assert_eq!(b.poll_request(), Some(peer));
     b.handle_sync(peer, new.sync_state(), T0).unwrap();
     assert_mirrors(&new, &b);
     // A straggler of the old incarnation changes nothing now.

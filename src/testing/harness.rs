@@ -216,7 +216,7 @@ impl Session {
         let mut c = origin_core(peers[2], 0xc1);
         c.join(7, &["a", "f"]).unwrap();
 
-        while core.poll_output().is_some() {}
+        while core.poll_request().is_some() {}
         core.drain_changes().for_each(drop);
         let view = core.view();
         let session = Self {
@@ -505,7 +505,7 @@ impl Session {
     }
 
     fn snapshot(&mut self, sender: PeerId) -> Before {
-        while self.core.poll_output().is_some() {}
+        while self.core.poll_request().is_some() {}
         Before {
             view: self.view.clone(),
             versions: self.versions(),
@@ -557,7 +557,7 @@ impl Session {
                 "a rejected input moved a version"
             );
             assert_eq!(
-                self.core.poll_output(),
+                self.core.poll_request(),
                 None,
                 "a rejected input asked for something"
             );

@@ -20,7 +20,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::proto::messages::{Delta, SyncState, Version};
-use crate::proto::state::{CoreConfig, Output, ScopeCore};
+use crate::proto::state::{CoreConfig, ScopeCore};
 use crate::{EventKind, Pid};
 
 type View = BTreeMap<String, BTreeMap<Pid, u32>>;
@@ -325,7 +325,7 @@ impl Sim {
                 continue;
             }
             self.nodes[i].core.tick(now);
-            while let Some(Output::RequestSync { peer }) = self.nodes[i].core.poll_output() {
+            while let Some(peer) = self.nodes[i].core.poll_request() {
                 let j = self.index(peer);
                 if self.reachable(i, j) {
                     self.send(i, j, Msg::SyncRequest);

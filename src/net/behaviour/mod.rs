@@ -31,9 +31,7 @@ use libp2p::swarm::{
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns, noise, ping, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::Pid;
-use crate::app::process::{Message, ProcessTable};
-use crate::app::scope::Scope;
+use crate::net::host::{InboxSink, ScopeHost};
 use crate::net::outbox::{BreakerState, DeliveryPolicy, MAX_QUEUED_FRAMES, Outbox};
 use crate::net::protocols::{
     BehaviourConfig, Protocols, ProtocolsEvent, scope_provider_key, scope_topic,
@@ -43,7 +41,7 @@ use crate::net::wire::{
     DeliverAck, DeliverBatch, Frame, MAX_PEERS_EXCHANGED, SyncRequest, SyncResponse,
 };
 use crate::proto::messages::{Delta, SyncGroup, SyncState, Version};
-use crate::proto::state::Output;
+use crate::proto::{Input, Outcome, Output, Refusal};
 use crate::vocab::error::{Error, Result};
 
 /// How often timers are checked: retries, reorder windows, grace periods, anti-entropy.
@@ -215,8 +213,8 @@ impl NetHandle {
 /// Builds the behaviour and the application's handle on it.
 pub(crate) fn build(
     config: NetConfig,
-    scopes: Vec<Arc<Scope>>,
-    processes: Arc<ProcessTable>,
+    scopes: Vec<Arc<dyn ScopeHost>>,
+    processes: Arc<dyn InboxSink>,
     shared: Arc<NetShared>,
 ) -> Result<(Behaviour, NetHandle)> {
     let (commands, command_rx) = mpsc::unbounded_channel();
@@ -369,7 +367,9 @@ fn unavailable(reason: String) -> Error {
 }
 
 struct ScopeNet {
-    scope: Arc<Scope>,
+    scope: Arc<dyn ScopeHost>,
+    /// When the core wants its next tick, on its clock ([`Output::Timer`]).
+    next_tick: Option<Duration>,
     topic: gossipsub::IdentTopic,
     key: kad::RecordKey,
     /// Peers known to host the scope, for anti-entropy's round robin.
@@ -522,12 +522,13 @@ pub struct Behaviour {
     received: HashMap<PeerId, (u64, u64)>,
     discover_queue: VecDeque<PeerId>,
     discovers_in_flight: usize,
-    start: Instant,
     policy: DeliveryPolicy,
     incarnation: u64,
     page_bytes: usize,
     shared: Arc<NetShared>,
-    processes: Arc<ProcessTable>,
+    processes: Arc<dyn InboxSink>,
+    /// The core's outputs being carried out (kept to reuse its allocation).
+    outputs: Vec<Output>,
     kad_enabled: bool,
     kad_next: Option<Instant>,
     kad_interval: Duration,
@@ -540,8 +541,8 @@ pub struct Behaviour {
 impl Behaviour {
     fn new(
         config: NetConfig,
-        scopes: Vec<Arc<Scope>>,
-        processes: Arc<ProcessTable>,
+        scopes: Vec<Arc<dyn ScopeHost>>,
+        processes: Arc<dyn InboxSink>,
         shared: Arc<NetShared>,
         commands: mpsc::UnboundedReceiver<Command>,
     ) -> Result<Self> {
@@ -557,18 +558,19 @@ impl Behaviour {
         let mut by_id = HashMap::new();
         let mut nets = Vec::new();
         for (i, scope) in scopes.into_iter().enumerate() {
-            let topic = scope_topic(&scope.id);
+            let topic = scope_topic(scope.id());
             protocols
                 .gossipsub
                 .subscribe(&topic)
                 .map_err(|e| unavailable(format!("gossipsub subscribe: {e}")))?;
             by_topic.insert(topic.hash(), i);
-            by_id.insert(scope.id.to_string(), i);
-            let next_anti_entropy = scope.config.anti_entropy_interval().map(|d| now + d);
+            by_id.insert(scope.id().to_string(), i);
+            let next_anti_entropy = scope.config().anti_entropy_interval().map(|d| now + d);
             nets.push(ScopeNet {
-                key: scope_provider_key(&scope.id),
+                key: scope_provider_key(scope.id()),
                 topic,
                 scope,
+                next_tick: None,
                 peers: Vec::new(),
                 next_anti_entropy,
                 cursor: 0,
@@ -592,12 +594,12 @@ impl Behaviour {
             received: HashMap::new(),
             discover_queue: VecDeque::new(),
             discovers_in_flight: 0,
-            start: now,
             page_bytes: config.behaviour.max_response_bytes / 2,
             policy: config.policy,
             incarnation: config.incarnation,
             shared,
             processes,
+            outputs: Vec::new(),
             kad_enabled: !config.bootstrap.is_empty(),
             kad_next: None,
             kad_interval: KAD_FIRST,
@@ -647,10 +649,6 @@ impl Behaviour {
         self.pending.push_back(ToSwarm::Dial {
             opts: DialOpts::from(addr),
         });
-    }
-
-    fn now(&self) -> Duration {
-        self.start.elapsed()
     }
 
     // ------------------------------------------------------------------ commands
@@ -726,31 +724,56 @@ impl Behaviour {
 
     // ------------------------------------------------------------------ deltas
 
+    /// The network layer's turn: every scope's queued local changes go out as deltas.
     fn publish_deltas(&mut self) {
         for i in 0..self.scopes.len() {
-            let deltas = self.scopes[i].scope.with_core(|c| c.take_deltas());
-            for delta in deltas {
-                let mut data = Vec::new();
-                if let Err(e) = ciborium::into_writer(&delta, &mut data) {
-                    tracing::error!(error = %e, "cannot encode a delta");
-                    continue;
-                }
-                let topic = self.scopes[i].topic.clone();
-                match self.protocols.gossipsub.publish(topic, data) {
-                    Ok(_) => {
-                        self.scopes[i]
-                            .scope
-                            .counters
-                            .deltas_published
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                    // Peers that miss it see the gap or a newer version and pull a sync.
-                    Err(e) => {
-                        tracing::debug!(scope = %self.scopes[i].scope.id, seq = delta.seq, error = %e, "delta not published")
-                    }
-                }
+            self.feed(i, Input::Flush).ok();
+        }
+    }
+
+    fn publish_delta(&mut self, scope: usize, delta: Delta) {
+        let mut data = Vec::new();
+        if let Err(e) = ciborium::into_writer(&delta, &mut data) {
+            tracing::error!(error = %e, "cannot encode a delta");
+            return;
+        }
+        let topic = self.scopes[scope].topic.clone();
+        match self.protocols.gossipsub.publish(topic, data) {
+            Ok(_) => {
+                self.scopes[scope]
+                    .scope
+                    .counters()
+                    .deltas_published
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            // Peers that miss it see the gap or a newer version and pull a sync.
+            Err(e) => {
+                tracing::debug!(scope = %self.scopes[scope].scope.id(), seq = delta.seq, error = %e, "delta not published")
             }
         }
+    }
+
+    /// Hands `input` to scope `scope`'s core and carries out what the core asks.
+    fn feed(&mut self, scope: usize, input: Input<'_>) -> Result<Outcome, Refusal> {
+        let mut outputs = std::mem::take(&mut self.outputs);
+        let result = self.scopes[scope].scope.handle(input, &mut outputs);
+        for output in outputs.drain(..) {
+            match output {
+                Output::Publish(delta) => self.publish_delta(scope, delta),
+                Output::RequestSync { peer } => self.request_sync(peer, scope, 0, None),
+                Output::Timer { at } => {
+                    let next = &mut self.scopes[scope].next_tick;
+                    *next = Some(next.map_or(at, |t| t.min(at)));
+                }
+                // The host gives the changes to its subscribers.
+                Output::Changed(_) => {}
+            }
+        }
+        // A nested feed (a sync request that fails at once) took a buffer of its own.
+        if self.outputs.capacity() < outputs.capacity() {
+            self.outputs = outputs;
+        }
+        result
     }
 
     fn on_gossip_message(
@@ -772,7 +795,7 @@ impl Behaviour {
             return MessageAcceptance::Ignore;
         };
         // The core counts what it rejects; what never reaches it is counted here.
-        let rejected = &self.scopes[scope].scope.counters.deltas_rejected;
+        let rejected = &self.scopes[scope].scope.counters().deltas_rejected;
         let Some(source) = message.source else {
             rejected.fetch_add(1, Ordering::Relaxed);
             return MessageAcceptance::Reject;
@@ -790,28 +813,20 @@ impl Behaviour {
                 return MessageAcceptance::Reject;
             }
         };
-        let now = self.now();
-        let result = self.scopes[scope]
-            .scope
-            .with_core(|c| c.handle_delta(source, delta, now));
-        match result {
+        match self.feed(
+            scope,
+            Input::Delta {
+                sender: source,
+                delta,
+            },
+        ) {
             Ok(_) => {
                 self.note_sharing(source, scope);
-                self.drain_outputs(scope);
                 MessageAcceptance::Accept
             }
             Err(rejection) => {
-                tracing::warn!(%source, scope = %self.scopes[scope].scope.id, %rejection, "delta rejected");
+                tracing::warn!(%source, scope = %self.scopes[scope].scope.id(), %rejection, "delta rejected");
                 MessageAcceptance::Reject
-            }
-        }
-    }
-
-    /// Sends the requests the core asked for.
-    fn drain_outputs(&mut self, scope: usize) {
-        while let Some(output) = self.scopes[scope].scope.with_core(|c| c.poll_output()) {
-            match output {
-                Output::RequestSync { peer } => self.request_sync(peer, scope, 0, None),
             }
         }
     }
@@ -823,14 +838,11 @@ impl Behaviour {
             // Its deltas reached us through others: reach it directly (the addresses come
             // from what the protocols know of it), and pull again once connected.
             self.dial_known(peer);
-            let now = self.now();
-            self.scopes[scope]
-                .scope
-                .with_core(|c| c.sync_failed(peer, now));
+            self.feed(scope, Input::SyncFailed { origin: peer }).ok();
             return;
         }
         let request = SyncRequest::Sync {
-            scope: self.scopes[scope].scope.id.to_string(),
+            scope: self.scopes[scope].scope.id().to_string(),
             page,
             version,
         };
@@ -881,7 +893,7 @@ impl Behaviour {
             .iter()
             .enumerate()
             .filter(|(i, _)| only.is_none_or(|o| o == *i))
-            .map(|(_, s)| (s.scope.id.to_string(), s.scope.with_core(|c| c.version())))
+            .map(|(_, s)| (s.scope.id().to_string(), s.scope.version()))
             .collect()
     }
 
@@ -911,16 +923,12 @@ impl Behaviour {
 
     /// The peer told us its versions: remember that it hosts those scopes, pull what differs.
     fn on_peer_versions(&mut self, peer: PeerId, versions: Vec<(String, Version)>) {
-        let now = self.now();
         for (id, version) in versions {
             let Some(&scope) = self.by_id.get(&id) else {
                 continue;
             };
             self.note_sharing(peer, scope);
-            self.scopes[scope]
-                .scope
-                .with_core(|c| c.handle_peer_version(peer, version, now));
-            self.drain_outputs(scope);
+            self.feed(scope, Input::PeerVersion { peer, version }).ok();
         }
     }
 
@@ -933,11 +941,7 @@ impl Behaviour {
         if p.scopes.insert(scope) {
             self.scopes[scope].peers.push(peer);
             self.protocols.keep_alive.set(peer, true);
-            self.scopes[scope].scope.with_core(|c| {
-                if !c.is_publishing() {
-                    c.set_publishing(true);
-                }
-            });
+            self.feed(scope, Input::PeerShares).ok();
         }
     }
 
@@ -970,10 +974,7 @@ impl Behaviour {
                     }
                     Some(SyncOut::Sync { peer, scope }) => {
                         self.partial_syncs.remove(&(peer, scope));
-                        let now = self.now();
-                        self.scopes[scope]
-                            .scope
-                            .with_core(|c| c.sync_failed(peer, now));
+                        self.feed(scope, Input::SyncFailed { origin: peer }).ok();
                     }
                     Some(SyncOut::Goodbye) => self.goodbye_answered(),
                     None => {}
@@ -1046,16 +1047,10 @@ impl Behaviour {
             }
             SyncRequest::Goodbye { incarnation } => {
                 for i in 0..self.scopes.len() {
-                    let leaving = self.scopes[i].scope.with_core(|c| {
-                        let same = c
-                            .applied_version(&peer)
-                            .is_none_or(|v| v.incarnation == incarnation);
-                        if same {
-                            c.peer_down(peer);
-                        }
-                        same
-                    });
-                    if leaving && let Some(p) = self.peers.get_mut(&peer) {
+                    let leaving = self.feed(i, Input::Goodbye { peer, incarnation });
+                    if let Ok(Outcome::Goodbye { purged: true }) = leaving
+                        && let Some(p) = self.peers.get_mut(&peer)
+                    {
                         p.purged.insert(i);
                     }
                 }
@@ -1084,11 +1079,11 @@ impl Behaviour {
         self.note_sharing(peer, scope);
         self.scopes[scope]
             .scope
-            .counters
+            .counters()
             .syncs_served
             .fetch_add(1, Ordering::Relaxed);
         if page == 0 {
-            let state = self.scopes[scope].scope.with_core(|c| c.sync_state());
+            let state = self.scopes[scope].scope.sync_state();
             let pages = paginate(state.groups, self.page_bytes);
             let count = pages.len() as u32;
             let mut pages = pages.into_iter();
@@ -1169,7 +1164,7 @@ impl Behaviour {
                     pages,
                     groups,
                 },
-            ) if self.scopes[scope].scope.id.as_ref() == scope_id => {
+            ) if self.scopes[scope].scope.id().as_ref() == scope_id => {
                 self.on_sync_page(peer, scope, version, page, pages, groups);
             }
             (SyncOut::Goodbye, _) => self.goodbye_answered(),
@@ -1182,10 +1177,7 @@ impl Behaviour {
                 self.unfitting_answer(peer, &other);
                 tracing::debug!(%peer, ?other, "sync refused or answered amiss");
                 self.partial_syncs.remove(&(peer, scope));
-                let now = self.now();
-                self.scopes[scope]
-                    .scope
-                    .with_core(|c| c.sync_failed(peer, now));
+                self.feed(scope, Input::SyncFailed { origin: peer }).ok();
             }
         }
     }
@@ -1199,16 +1191,13 @@ impl Behaviour {
         pages: u32,
         groups: Vec<SyncGroup>,
     ) {
-        let now = self.now();
         let key = (peer, scope);
         if pages > MAX_SYNC_PAGES {
             // More than any state we would hold: refuse it before buffering any of it.
             tracing::warn!(%peer, pages, "sync of too many pages refused");
             self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
             self.partial_syncs.remove(&key);
-            self.scopes[scope]
-                .scope
-                .with_core(|c| c.sync_failed(peer, now));
+            self.feed(scope, Input::SyncFailed { origin: peer }).ok();
             return;
         }
         let complete = if page == 0 {
@@ -1237,9 +1226,7 @@ impl Behaviour {
                 }
                 _ => {
                     self.partial_syncs.remove(&key);
-                    self.scopes[scope]
-                        .scope
-                        .with_core(|c| c.sync_failed(peer, now));
+                    self.feed(scope, Input::SyncFailed { origin: peer }).ok();
                     return;
                 }
             }
@@ -1252,13 +1239,13 @@ impl Behaviour {
                     version,
                     groups,
                 };
-                let result = self.scopes[scope]
-                    .scope
-                    .with_core(|c| c.handle_sync(peer, state, now));
-                if let Err(rejection) = result {
+                let sync = Input::Sync {
+                    sender: peer,
+                    state,
+                };
+                if let Err(rejection) = self.feed(scope, sync) {
                     tracing::warn!(%peer, %rejection, "sync rejected");
                 }
-                self.drain_outputs(scope);
             }
         }
     }
@@ -1380,18 +1367,9 @@ impl Behaviour {
             return;
         }
         self.received.insert(peer, (batch.incarnation, batch.seq));
-        let processes = self.processes.read().unwrap_or_else(|e| e.into_inner());
-        let mut count = 0;
-        for frame in batch.frames {
-            let message =
-                Message::new_shared(Pid::new(peer, frame.from), frame.topic, frame.payload);
-            for id in frame.targets.iter() {
-                if let Some(p) = processes.get(id) {
-                    p.deliver(message.clone(), &self.shared.stats.messages_dropped);
-                }
-                count += 1;
-            }
-        }
+        let count =
+            self.processes
+                .deliver_batch(peer, batch.frames, &self.shared.stats.messages_dropped);
         self.shared
             .stats
             .frames_received
@@ -1610,7 +1588,7 @@ impl Behaviour {
         }
         for s in &self.scopes {
             if let Err(e) = kad.start_providing(s.key.clone()) {
-                tracing::warn!(scope = %s.scope.id, error = %e, "cannot provide");
+                tracing::warn!(scope = %s.scope.id(), error = %e, "cannot provide");
             }
             kad.get_providers(s.key.clone());
         }
@@ -1621,10 +1599,13 @@ impl Behaviour {
     fn housekeeping(&mut self) {
         let now = Instant::now();
         self.shared.heartbeat.beat(now);
-        let core_now = self.now();
         for i in 0..self.scopes.len() {
-            self.scopes[i].scope.with_core(|c| c.tick(core_now));
-            self.drain_outputs(i);
+            let scope = &mut self.scopes[i];
+            if scope.next_tick.is_some_and(|at| at <= scope.scope.now()) {
+                // The core asks again for what stays pending.
+                scope.next_tick = None;
+                self.feed(i, Input::Tick).ok();
+            }
             self.anti_entropy(i, now);
         }
         self.watch_origins(now);
@@ -1656,9 +1637,10 @@ impl Behaviour {
 
     fn anti_entropy(&mut self, scope: usize, now: Instant) {
         let s = &mut self.scopes[scope];
-        let (Some(next), Some(interval)) =
-            (s.next_anti_entropy, s.scope.config.anti_entropy_interval())
-        else {
+        let (Some(next), Some(interval)) = (
+            s.next_anti_entropy,
+            s.scope.config().anti_entropy_interval(),
+        ) else {
             return;
         };
         if now < next {
@@ -1684,9 +1666,7 @@ impl Behaviour {
     /// them.
     fn watch_origins(&mut self, now: Instant) {
         for i in 0..self.scopes.len() {
-            let origins: Vec<PeerId> = self.scopes[i]
-                .scope
-                .with_core(|c| c.live_origins().collect());
+            let origins = self.scopes[i].scope.live_origins();
             for origin in origins {
                 let p = self.peers.entry(origin).or_default();
                 p.scopes.insert(i);
@@ -1707,7 +1687,7 @@ impl Behaviour {
             let Some(since) = p.down_since else { continue };
             for &i in &p.scopes {
                 if !p.purged.contains(&i)
-                    && now.duration_since(since) >= self.scopes[i].scope.config.node_down_grace()
+                    && now.duration_since(since) >= self.scopes[i].scope.config().node_down_grace()
                 {
                     purge.push((*peer, i));
                 }
@@ -1717,8 +1697,8 @@ impl Behaviour {
             }
         }
         for (peer, i) in purge {
-            tracing::info!(%peer, scope = %self.scopes[i].scope.id, "node down: purging its members");
-            self.scopes[i].scope.with_core(|c| c.peer_down(peer));
+            tracing::info!(%peer, scope = %self.scopes[i].scope.id(), "node down: purging its members");
+            self.feed(i, Input::PeerDown { peer }).ok();
             self.partial_syncs.remove(&(peer, i));
         }
     }
@@ -1752,7 +1732,7 @@ impl Behaviour {
             }
         }
         for (s, view) in self.scopes.iter().zip(views) {
-            *s.scope.net_view.lock().unwrap_or_else(|e| e.into_inner()) = view;
+            s.scope.set_view(view);
         }
     }
 
