@@ -7,11 +7,16 @@
 
 pub(crate) mod behaviour;
 pub mod codec;
+pub(crate) mod handle;
 pub(crate) mod host;
 pub(crate) mod keep_alive;
 pub(crate) mod outbox;
+pub(crate) mod paging;
 pub mod protocols;
+pub(crate) mod swarm;
 pub(crate) mod view;
 pub mod wire;
 
-pub(crate) use behaviour::{NetConfig, NetHandle, NetShared, spawn_swarm};
+pub(crate) use behaviour::NetConfig;
+pub(crate) use handle::{NetHandle, NetShared};
+pub(crate) use swarm::spawn_swarm;

@@ -1,0 +1,99 @@
+//! The application's commands (dial, disconnect, deliver, shut down) and the graceful stop.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use libp2p::PeerId;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{CloseConnection, ToSwarm};
+use tokio::sync::oneshot;
+
+use crate::net::wire::SyncRequest;
+
+use super::{Behaviour, Event, GOODBYE_WAIT, Shutdown, SyncOut};
+use crate::net::handle::Command;
+
+impl Behaviour {
+    pub(super) fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Dial(addr) => {
+                if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+                    let p = self.peers.entry(peer).or_default();
+                    p.forgotten = false;
+                    p.told = false;
+                    p.remember(addr.clone());
+                }
+                self.dial(addr);
+            }
+            Command::Disconnect(peer) => {
+                let p = self.peers.entry(peer).or_default();
+                p.forgotten = true;
+                p.told = false;
+                p.redial = None;
+                self.pending.push_back(ToSwarm::CloseConnection {
+                    peer_id: peer,
+                    connection: CloseConnection::All,
+                });
+            }
+            Command::Deliver { peer, frame } => {
+                let now = Instant::now();
+                let p = self.peers.entry(peer).or_default();
+                if let Err(refused) = p.outbox.push(frame, &self.policy, now) {
+                    // Counted as waiting by `NetHandle::deliver`: it waits no more.
+                    self.shared.queued_frames.fetch_sub(1, Ordering::Relaxed);
+                    self.shared
+                        .stats
+                        .frames_lost
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, ?refused, "frame refused");
+                }
+                self.pump(peer, now);
+            }
+            Command::Shutdown(done) => self.begin_shutdown(done),
+        }
+    }
+
+    pub(super) fn begin_shutdown(&mut self, done: oneshot::Sender<()>) {
+        self.publish_deltas();
+        let peers: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.connections > 0 && !p.scopes.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in &peers {
+            let id = self.protocols.sync.send_request(
+                peer,
+                SyncRequest::Goodbye {
+                    incarnation: self.incarnation,
+                },
+            );
+            self.sync_out.insert(id, SyncOut::Goodbye);
+        }
+        self.shutdown = Some(Shutdown {
+            done,
+            deadline: Instant::now() + GOODBYE_WAIT,
+            waiting: peers.len(),
+        });
+    }
+
+    pub(super) fn goodbye_answered(&mut self) {
+        if let Some(s) = &mut self.shutdown {
+            s.waiting = s.waiting.saturating_sub(1);
+        }
+    }
+
+    /// Everything stops: no more timers, requests or events; the owner may drop the swarm.
+    pub(super) fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        self.shared.stopped.store(true, Ordering::Release);
+        if let Some(s) = self.shutdown.take() {
+            s.done.send(()).ok();
+        }
+        self.pending
+            .push_back(ToSwarm::GenerateEvent(Event::Stopped));
+    }
+}

@@ -1,0 +1,141 @@
+//! Delivery of messages to other nodes' processes: batches from the per-peer outboxes, their
+//! acknowledgements, failures and deadlines, and received batches delivered once to the inboxes.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use libp2p::PeerId;
+use libp2p::request_response::{self, OutboundRequestId};
+
+use crate::net::wire::{DeliverAck, DeliverBatch};
+
+use super::Behaviour;
+
+impl Behaviour {
+    pub(super) fn pump(&mut self, peer: PeerId, now: Instant) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        while let Some(send) = p.outbox.poll_send(&self.policy, now) {
+            let batch = DeliverBatch {
+                incarnation: self.incarnation,
+                seq: send.seq,
+                frames: send.frames,
+            };
+            let id = self.protocols.deliver.send_request(&peer, batch);
+            self.deliver_out
+                .insert(id, (peer, send.seq, now + self.policy.timeout));
+        }
+    }
+
+    pub(super) fn on_deliver_event(
+        &mut self,
+        event: request_response::Event<DeliverBatch, DeliverAck>,
+    ) {
+        let now = Instant::now();
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let seq = request.seq;
+                    self.on_batch(peer, request);
+                    if self
+                        .protocols
+                        .deliver
+                        .send_response(channel, DeliverAck { seq })
+                        .is_err()
+                    {
+                        tracing::debug!(%peer, "delivery ack not sent: the connection closed");
+                    }
+                }
+                request_response::Message::Response { request_id, .. } => {
+                    if let Some((peer, seq, _)) = self.deliver_out.remove(&request_id)
+                        && let Some(p) = self.peers.get_mut(&peer)
+                    {
+                        let done = p.outbox.on_success(seq);
+                        self.shared.queued_frames.fetch_sub(done, Ordering::Relaxed);
+                        self.shared
+                            .stats
+                            .frames_sent
+                            .fetch_add(done as u64, Ordering::Relaxed);
+                        self.pump(peer, now);
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some((peer, seq, _)) = self.deliver_out.remove(&request_id) {
+                    tracing::debug!(%peer, seq, %error, "delivery batch failed");
+                    self.delivery_failed(peer, seq, now);
+                }
+            }
+            // A malformed request is counted by the codec (request-response reports no
+            // failure for it); what is left here is a stream that failed otherwise.
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound delivery failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// A batch failed (an error, or no answer within the policy's timeout): retried later or given
+    /// up, as the outbox decides.
+    pub(super) fn delivery_failed(&mut self, peer: PeerId, seq: u64, now: Instant) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if let Some(lost) = p.outbox.on_failure(seq, &self.policy, now) {
+            self.shared.queued_frames.fetch_sub(lost, Ordering::Relaxed);
+            self.shared
+                .stats
+                .frames_lost
+                .fetch_add(lost as u64, Ordering::Relaxed);
+            tracing::warn!(%peer, lost, "delivery given up");
+        }
+        self.pump(peer, now);
+    }
+
+    /// Batches unanswered past the policy's timeout (the longest `broadcast_timeout`, also
+    /// request-response's `deliver_timeout`) fail now. request-response's own timeout
+    /// starts only once the stream is negotiated, which a peer that never reads can put off
+    /// for the swarm's 10 s upgrade timeout. The batch keeps its sequence number, so a late
+    /// first copy and its retry are still delivered once; a late answer is ignored.
+    pub(super) fn expire_deliveries(&mut self, now: Instant) {
+        let expired: Vec<(OutboundRequestId, PeerId, u64)> = self
+            .deliver_out
+            .iter()
+            .filter(|(_, (_, _, deadline))| *deadline <= now)
+            .map(|(id, (peer, seq, _))| (*id, *peer, *seq))
+            .collect();
+        for (id, peer, seq) in expired {
+            self.deliver_out.remove(&id);
+            tracing::debug!(%peer, seq, "delivery batch unanswered within the timeout");
+            self.delivery_failed(peer, seq, now);
+        }
+    }
+
+    /// Delivers a batch once: a retried batch (same incarnation, a sequence already seen) is
+    /// acknowledged again but not delivered again.
+    pub(super) fn on_batch(&mut self, peer: PeerId, batch: DeliverBatch) {
+        if let Some(&(incarnation, last)) = self.received.get(&peer)
+            && incarnation == batch.incarnation
+            && batch.seq <= last
+        {
+            self.shared
+                .stats
+                .batches_duplicate
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.received.insert(peer, (batch.incarnation, batch.seq));
+        let count =
+            self.processes
+                .deliver_batch(peer, batch.frames, &self.shared.stats.messages_dropped);
+        self.shared
+            .stats
+            .frames_received
+            .fetch_add(count, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,249 @@
+//! Peers: admission, connections, dials and redials with backoff, node-down purges after each
+//! scope's grace period, and the view of each scope's peers for stats and health.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use libp2p::core::ConnectedPoint;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::ToSwarm;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::{Multiaddr, PeerId};
+
+use crate::net::outbox::BreakerState;
+use crate::net::view::ScopeNetView;
+use crate::proto::Input;
+
+use super::{
+    Behaviour, KAD_FIRST, MAX_REDIALS, REDIAL_FIRST, REDIAL_MAX, UNREACHABLE_REPORTED_FOR,
+};
+
+impl Behaviour {
+    /// Whether the allow-list (if any) admits `peer`; counts a refusal.
+    pub(super) fn admits(&self, peer: &PeerId) -> bool {
+        let admitted = self.allowed.as_ref().is_none_or(|a| a.contains(peer));
+        if !admitted {
+            self.shared
+                .stats
+                .peers_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "peer not admitted");
+        }
+        admitted
+    }
+
+    pub(super) fn is_connected(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.connections > 0)
+    }
+
+    pub(super) fn dial(&mut self, addr: Multiaddr) {
+        self.pending.push_back(ToSwarm::Dial {
+            opts: DialOpts::from(addr),
+        });
+    }
+
+    /// Dials a peer we know of, unless the application disconnected it or it is being dialed.
+    pub(super) fn dial_known(&mut self, peer: PeerId) {
+        if peer == self.me {
+            return;
+        }
+        let p = self.peers.entry(peer).or_default();
+        if p.forgotten || p.connections > 0 {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer).addresses(p.addrs.clone()).build();
+        self.pending.push_back(ToSwarm::Dial { opts });
+    }
+
+    pub(super) fn bootstrap(&mut self, addr: Multiaddr) {
+        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            self.protocols.kad.add_address(&peer, addr.clone());
+            let p = self.peers.entry(peer).or_default();
+            p.told = false;
+            p.remember(addr.clone());
+        }
+        self.dial(addr);
+    }
+
+    pub(super) fn on_connection_established(&mut self, peer_id: PeerId, endpoint: &ConnectedPoint) {
+        let p = self.peers.entry(peer_id).or_default();
+        p.connections += 1;
+        p.told = false;
+        if endpoint.is_dialer() {
+            p.remember(endpoint.get_remote_address().clone());
+        }
+        if p.connections == 1 {
+            p.down_since = None;
+            p.purged.clear();
+            p.redial = None;
+            p.forgotten = false;
+            p.departed = false;
+            self.shared
+                .connected
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(peer_id);
+            self.discover_queue.push_back(peer_id);
+            self.pump_discovers();
+            if self.kad_enabled && self.kad_next.is_none() {
+                self.kad_next = Some(Instant::now() + KAD_FIRST);
+            }
+        }
+    }
+
+    pub(super) fn on_connection_closed(&mut self, peer_id: PeerId, remaining: usize) {
+        if remaining > 0 {
+            if let Some(p) = self.peers.get_mut(&peer_id) {
+                p.connections = remaining;
+            }
+            return;
+        }
+        let p = self.peers.entry(peer_id).or_default();
+        p.connections = 0;
+        p.down_since = Some(Instant::now());
+        if !p.scopes.is_empty() && !p.forgotten && !p.departed {
+            p.redial = Some((Instant::now() + REDIAL_FIRST, REDIAL_FIRST, 0));
+        }
+        self.shared
+            .connected
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&peer_id);
+    }
+
+    pub(super) fn on_dial_failure(&mut self, peer: PeerId) {
+        if self
+            .peers
+            .get(&peer)
+            .is_some_and(|p| p.told && p.connections == 0 && p.outbox.len() == 0)
+        {
+            self.peers.remove(&peer);
+            return;
+        }
+        if let Some(p) = self.peers.get_mut(&peer)
+            && p.connections == 0
+            && !p.forgotten
+        {
+            let (_, backoff, attempts) = p.redial.unwrap_or((Instant::now(), REDIAL_FIRST / 2, 0));
+            if attempts < MAX_REDIALS {
+                let backoff = (backoff * 2).min(REDIAL_MAX);
+                p.redial = Some((Instant::now() + backoff, backoff, attempts + 1));
+            } else {
+                p.redial = None;
+            }
+        }
+    }
+
+    pub(super) fn on_listen_addr(&mut self, address: &Multiaddr, added: bool) {
+        let mut addrs = self
+            .shared
+            .listen_addrs
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if added {
+            if !addrs.contains(address) {
+                addrs.push(address.clone());
+            }
+        } else {
+            addrs.retain(|a| a != address);
+        }
+    }
+
+    /// Origins whose members we hold but to which we have no connection (their deltas came
+    /// through other peers) are unreachable too: start their grace period and try to reach
+    /// them.
+    pub(super) fn watch_origins(&mut self, now: Instant) {
+        for i in 0..self.scopes.len() {
+            let origins = self.scopes[i].scope.live_origins();
+            for origin in origins {
+                let p = self.peers.entry(origin).or_default();
+                p.scopes.insert(i);
+                if p.connections == 0 && p.down_since.is_none() {
+                    p.down_since = Some(now);
+                    if !p.forgotten && p.redial.is_none() {
+                        p.redial = Some((now, REDIAL_FIRST, 0));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Purges the members of peers unreachable for longer than each scope's grace period.
+    pub(super) fn node_down(&mut self, now: Instant) {
+        let mut purge = Vec::new();
+        for (peer, p) in &mut self.peers {
+            let Some(since) = p.down_since else { continue };
+            for &i in &p.scopes {
+                if !p.purged.contains(&i)
+                    && now.duration_since(since) >= self.scopes[i].scope.config().node_down_grace()
+                {
+                    purge.push((*peer, i));
+                }
+            }
+            for (_, i) in purge.iter().filter(|(q, _)| q == peer) {
+                p.purged.insert(*i);
+            }
+        }
+        for (peer, i) in purge {
+            tracing::info!(%peer, scope = %self.scopes[i].scope.id(), "node down: purging its members");
+            self.feed(i, Input::PeerDown { peer }).ok();
+            self.partial_syncs.remove(&(peer, i));
+        }
+    }
+
+    /// Tells each scope what the behaviour knows of its peers, for stats and health.
+    pub(super) fn publish_views(&mut self, now: Instant) {
+        let mut views = vec![ScopeNetView::default(); self.scopes.len()];
+        for (id, p) in &self.peers {
+            let connected = p.connections > 0;
+            let lost = match p.down_since {
+                Some(since) if !connected && !p.forgotten && !p.departed => {
+                    (now.duration_since(since) < UNREACHABLE_REPORTED_FOR).then_some(since)
+                }
+                _ => None,
+            };
+            if !connected && lost.is_none() {
+                continue;
+            }
+            for &i in &p.scopes {
+                let view = &mut views[i];
+                if let Some(since) = lost {
+                    view.unreachable.push((*id, since));
+                } else {
+                    view.peers += 1;
+                }
+                match p.outbox.breaker_state() {
+                    BreakerState::Closed => view.breakers.closed += 1,
+                    BreakerState::HalfOpen => view.breakers.half_open += 1,
+                    BreakerState::Open => view.breakers.open += 1,
+                }
+            }
+        }
+        for (s, view) in self.scopes.iter().zip(views) {
+            s.scope.set_view(view);
+        }
+    }
+
+    pub(super) fn redials(&mut self, now: Instant) {
+        let due: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .peers
+            .iter_mut()
+            .filter(|(_, p)| p.connections == 0 && !p.forgotten)
+            .filter_map(|(id, p)| match p.redial {
+                Some((at, backoff, attempts)) if at <= now => {
+                    // Until the dial reports back, wait as if it failed.
+                    p.redial = Some((now + backoff.max(REDIAL_FIRST) * 4, backoff, attempts));
+                    Some((*id, p.addrs.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        for (peer, addrs) in due {
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .allocate_new_port()
+                .build();
+            self.pending.push_back(ToSwarm::Dial { opts });
+        }
+    }
+}

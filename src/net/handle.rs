@@ -1,0 +1,145 @@
+//! The application's side of the network layer: [`NetHandle`] sends it commands, and
+//! [`NetShared`] is what the application's threads read of its state and how they wake it.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures::task::AtomicWaker;
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::net::outbox::MAX_QUEUED_FRAMES;
+use crate::net::view::Heartbeat;
+use crate::net::wire::Frame;
+use crate::vocab::error::{Error, Result};
+
+use crate::net::behaviour::GOODBYE_WAIT;
+
+/// Counters of the network side, readable from any thread.
+#[derive(Debug, Default)]
+pub(crate) struct NetStats {
+    pub requests_failed: AtomicU64,
+    pub frames_sent: AtomicU64,
+    pub frames_received: AtomicU64,
+    pub frames_lost: AtomicU64,
+    pub batches_duplicate: AtomicU64,
+    /// Shared with the request-response codecs, which count the malformed frames they read.
+    pub malformed: Arc<AtomicU64>,
+    /// Messages for this node's processes that nobody listened to or found a full inbox.
+    pub messages_dropped: AtomicU64,
+    /// Connections and deltas of peers that are not admitted.
+    pub peers_refused: AtomicU64,
+    /// Peers named by peer exchange and not taken: the node knew `max_known_peers` already.
+    pub peers_ignored: AtomicU64,
+}
+
+/// What the application's threads can read of the behaviour's state, and how they wake it.
+#[derive(Default)]
+pub(crate) struct NetShared {
+    /// Frames handed over and not yet acknowledged, given up or refused.
+    pub queued_frames: AtomicUsize,
+    pub listen_addrs: RwLock<Vec<Multiaddr>>,
+    pub connected: RwLock<HashSet<PeerId>>,
+    /// Peers the behaviour keeps state of (connected or not), as of its last turn.
+    pub known_peers: AtomicUsize,
+    pub stats: NetStats,
+    pub heartbeat: Heartbeat,
+    /// The behaviour stopped (shutdown, or every handle dropped).
+    pub stopped: AtomicBool,
+    /// Set with [`wake`](Self::wake) when a scope queued a change for the peers.
+    pub(crate) dirty: AtomicBool,
+    pub(crate) waker: AtomicWaker,
+}
+
+impl NetShared {
+    /// A local change waits for the peers: the behaviour publishes it at its next turn,
+    /// with whatever else queued meanwhile.
+    pub(crate) fn wake(&self) {
+        if !self.dirty.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+}
+
+pub(crate) enum Command {
+    Dial(Multiaddr),
+    Disconnect(PeerId),
+    Deliver { peer: PeerId, frame: Frame },
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The application's side of the behaviour.
+pub(crate) struct NetHandle {
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+    pub(crate) shared: Arc<NetShared>,
+    /// The thread that drives the node's own swarm; `None` when the application embeds the
+    /// behaviour in its swarm.
+    pub(crate) thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl NetHandle {
+    fn send(&self, command: Command) -> Result<()> {
+        self.commands.send(command).map_err(|_| Error::Unavailable {
+            reason: "the node's network behaviour has stopped".into(),
+        })
+    }
+
+    pub(crate) fn dial(&self, addr: Multiaddr) -> Result<()> {
+        self.send(Command::Dial(addr))
+    }
+
+    pub(crate) fn disconnect(&self, peer: PeerId) -> Result<()> {
+        self.send(Command::Disconnect(peer))
+    }
+
+    /// `Unavailable` when [`MAX_QUEUED_FRAMES`] frames wait already.
+    pub(crate) fn check_room(&self) -> Result<()> {
+        let queued = self.shared.queued_frames.load(Ordering::Relaxed);
+        if queued >= MAX_QUEUED_FRAMES {
+            return Err(Error::Unavailable {
+                reason: format!("{queued} messages wait for the network"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Queues a frame, or refuses it at once when [`MAX_QUEUED_FRAMES`] wait already.
+    pub(crate) fn deliver(&self, peer: PeerId, frame: Frame) -> Result<()> {
+        let queued = self.shared.queued_frames.fetch_add(1, Ordering::Relaxed);
+        if queued >= MAX_QUEUED_FRAMES {
+            self.shared.queued_frames.fetch_sub(1, Ordering::Relaxed);
+            return Err(Error::Unavailable {
+                reason: format!("{queued} messages wait for the network"),
+            });
+        }
+        let sent = self.send(Command::Deliver { peer, frame });
+        if sent.is_err() {
+            self.shared.queued_frames.fetch_sub(1, Ordering::Relaxed);
+        }
+        sent
+    }
+
+    /// Says goodbye to the peers and stops the behaviour; returns once it has stopped (and,
+    /// for the node's own swarm, once its thread has ended).
+    pub(crate) async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        let stopped = match self.send(Command::Shutdown(tx)) {
+            // The bound is for an application's swarm that is no longer polled; an error of
+            // `rx` means the behaviour is gone already.
+            Ok(()) => tokio::time::timeout(GOODBYE_WAIT * 3, rx).await.is_ok(),
+            Err(_) => true,
+        };
+        if !stopped {
+            tracing::warn!("the network behaviour did not stop: is its swarm still polled?");
+            return;
+        }
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            // The behaviour has stopped, so the thread is ending: joining is short.
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .ok();
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The swarm a node runs its behaviour in when the application does not embed it: TCP and
+//! QUIC (or TCP with a pre-shared key), noise, yamux, on a thread of its own.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::core::Transport as _;
+use libp2p::identity::Keypair;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, Swarm, noise, tcp, yamux};
+use tokio::sync::oneshot;
+
+use crate::vocab::error::{Error, Result};
+
+use crate::net::behaviour::{Behaviour, Event};
+use crate::net::handle::NetHandle;
+
+/// Runs `behaviour` in a swarm of its own (TCP and QUIC, noise, yamux; with a pre-shared key,
+/// TCP with pnet below noise and no QUIC) on a dedicated thread with a `current_thread`
+/// runtime, listening on `listen`; returns once every listener is bound.
+pub(crate) async fn spawn_swarm(
+    keypair: Keypair,
+    behaviour: Behaviour,
+    handle: &NetHandle,
+    listen: Vec<Multiaddr>,
+    psk: Option<PreSharedKey>,
+) -> Result<()> {
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("procgroups-net".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    ready_tx
+                        .send(Err(unavailable(format!("runtime: {e}"))))
+                        .ok();
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let mut swarm = match bind(keypair, behaviour, listen, psk).await {
+                    Ok(swarm) => {
+                        ready_tx.send(Ok(())).ok();
+                        swarm
+                    }
+                    Err(e) => {
+                        ready_tx.send(Err(e)).ok();
+                        return;
+                    }
+                };
+                loop {
+                    match swarm.select_next_some().await {
+                        SwarmEvent::Behaviour(Event::Stopped) => return,
+                        other => tracing::trace!(?other, "swarm event"),
+                    }
+                }
+            });
+        })
+        .map_err(|e| unavailable(format!("cannot start the network thread: {e}")))?;
+    *handle.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
+    match ready_rx.await {
+        Ok(result) => result,
+        Err(_) => Err(unavailable(
+            "the network thread ended while starting".into(),
+        )),
+    }
+}
+
+/// Builds the node's swarm and waits until every listener has an address.
+async fn bind(
+    keypair: Keypair,
+    behaviour: Behaviour,
+    listen: Vec<Multiaddr>,
+    psk: Option<PreSharedKey>,
+) -> Result<Swarm<Behaviour>> {
+    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(10));
+    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
+    let mut swarm = match psk {
+        None => {
+            let tcp = builder
+                .with_tcp(
+                    tcp::Config::default().nodelay(true),
+                    noise::Config::new,
+                    yamux::Config::default,
+                )
+                .map_err(|e| unavailable(format!("tcp transport: {e}")))?;
+            #[cfg(feature = "quic")]
+            let transports = tcp.with_quic();
+            #[cfg(not(feature = "quic"))]
+            let transports = tcp;
+            transports
+                .with_behaviour(|_| behaviour)
+                .map_err(|e| unavailable(format!("behaviour: {e}")))?
+                .with_swarm_config(idle)
+                .build()
+        }
+        Some(psk) => builder
+            .with_other_transport(|key| {
+                let noise = noise::Config::new(key)
+                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+                let transport = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                    .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default())
+                    .timeout(Duration::from_secs(20));
+                Ok(transport)
+            })
+            .map_err(|e| unavailable(format!("pnet transport: {e}")))?
+            .with_behaviour(|_| behaviour)
+            .map_err(|e| unavailable(format!("behaviour: {e}")))?
+            .with_swarm_config(idle)
+            .build(),
+    };
+    let mut listeners = Vec::new();
+    for addr in &listen {
+        let id = swarm
+            .listen_on(addr.clone())
+            .map_err(|e| unavailable(format!("cannot listen on {addr}: {e}")))?;
+        listeners.push(id);
+    }
+    let mut bound: HashSet<_> = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bound.len() < listeners.len() {
+        let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .map_err(|_| unavailable("listeners not bound within 10 s".into()))?;
+        match event {
+            // The behaviour records the address too (for `listen_addrs`).
+            SwarmEvent::NewListenAddr { listener_id, .. } => {
+                bound.insert(listener_id);
+            }
+            SwarmEvent::ListenerClosed {
+                addresses, reason, ..
+            } => {
+                return Err(unavailable(format!(
+                    "listener on {addresses:?} closed: {reason:?}"
+                )));
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                return Err(unavailable(format!("listener error: {error}")));
+            }
+            other => tracing::trace!(?other, "event while binding"),
+        }
+    }
+    Ok(swarm)
+}
+
+pub(crate) fn unavailable(reason: String) -> Error {
+    Error::Unavailable { reason }
+}
