@@ -12,6 +12,7 @@ pub(crate) mod host;
 pub(crate) mod keep_alive;
 pub(crate) mod outbox;
 pub(crate) mod paging;
+pub(crate) mod peer;
 pub mod protocols;
 pub(crate) mod swarm;
 pub(crate) mod view;

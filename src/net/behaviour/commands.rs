@@ -19,17 +19,14 @@ impl Behaviour {
             Command::Dial(addr) => {
                 if let Some(Protocol::P2p(peer)) = addr.iter().last() {
                     let p = self.peers.entry(peer).or_default();
-                    p.forgotten = false;
-                    p.told = false;
+                    p.dialed_by_application();
                     p.remember(addr.clone());
                 }
                 self.dial(addr);
             }
             Command::Disconnect(peer) => {
                 let p = self.peers.entry(peer).or_default();
-                p.forgotten = true;
-                p.told = false;
-                p.redial = None;
+                p.disconnect();
                 self.pending.push_back(ToSwarm::CloseConnection {
                     peer_id: peer,
                     connection: CloseConnection::All,

@@ -11,6 +11,21 @@ use crate::net::wire::{DeliverAck, DeliverBatch};
 
 use super::Behaviour;
 
+/// A delivery batch sent and not yet answered.
+pub(super) struct BatchInFlight {
+    pub(super) peer: PeerId,
+    /// The batch's sequence number, which its retries keep.
+    pub(super) seq: u64,
+    /// Unanswered by then, it counts as failed.
+    pub(super) deadline: Instant,
+}
+
+/// The last batch delivered from a sender: its incarnation and sequence number.
+pub(super) struct LastBatch {
+    pub(super) incarnation: u64,
+    pub(super) seq: u64,
+}
+
 impl Behaviour {
     pub(super) fn pump(&mut self, peer: PeerId, now: Instant) {
         let Some(p) = self.peers.get_mut(&peer) else {
@@ -23,8 +38,12 @@ impl Behaviour {
                 frames: send.frames,
             };
             let id = self.protocols.deliver.send_request(&peer, batch);
-            self.deliver_out
-                .insert(id, (peer, send.seq, now + self.policy.timeout));
+            let in_flight = BatchInFlight {
+                peer,
+                seq: send.seq,
+                deadline: now + self.policy.timeout,
+            };
+            self.deliver_out.insert(id, in_flight);
         }
     }
 
@@ -50,7 +69,8 @@ impl Behaviour {
                     }
                 }
                 request_response::Message::Response { request_id, .. } => {
-                    if let Some((peer, seq, _)) = self.deliver_out.remove(&request_id)
+                    if let Some(BatchInFlight { peer, seq, .. }) =
+                        self.deliver_out.remove(&request_id)
                         && let Some(p) = self.peers.get_mut(&peer)
                     {
                         let done = p.outbox.on_success(seq);
@@ -66,7 +86,8 @@ impl Behaviour {
             request_response::Event::OutboundFailure {
                 request_id, error, ..
             } => {
-                if let Some((peer, seq, _)) = self.deliver_out.remove(&request_id) {
+                if let Some(BatchInFlight { peer, seq, .. }) = self.deliver_out.remove(&request_id)
+                {
                     tracing::debug!(%peer, seq, %error, "delivery batch failed");
                     self.delivery_failed(peer, seq, now);
                 }
@@ -103,25 +124,26 @@ impl Behaviour {
     /// for the swarm's 10 s upgrade timeout. The batch keeps its sequence number, so a late
     /// first copy and its retry are still delivered once; a late answer is ignored.
     pub(super) fn expire_deliveries(&mut self, now: Instant) {
-        let expired: Vec<(OutboundRequestId, PeerId, u64)> = self
+        let expired: Vec<OutboundRequestId> = self
             .deliver_out
             .iter()
-            .filter(|(_, (_, _, deadline))| *deadline <= now)
-            .map(|(id, (peer, seq, _))| (*id, *peer, *seq))
+            .filter(|(_, batch)| batch.deadline <= now)
+            .map(|(id, _)| *id)
             .collect();
-        for (id, peer, seq) in expired {
-            self.deliver_out.remove(&id);
-            tracing::debug!(%peer, seq, "delivery batch unanswered within the timeout");
-            self.delivery_failed(peer, seq, now);
+        for id in expired {
+            if let Some(BatchInFlight { peer, seq, .. }) = self.deliver_out.remove(&id) {
+                tracing::debug!(%peer, seq, "delivery batch unanswered within the timeout");
+                self.delivery_failed(peer, seq, now);
+            }
         }
     }
 
     /// Delivers a batch once: a retried batch (same incarnation, a sequence already seen) is
     /// acknowledged again but not delivered again.
     pub(super) fn on_batch(&mut self, peer: PeerId, batch: DeliverBatch) {
-        if let Some(&(incarnation, last)) = self.received.get(&peer)
-            && incarnation == batch.incarnation
-            && batch.seq <= last
+        if let Some(last) = self.received.get(&peer)
+            && last.incarnation == batch.incarnation
+            && batch.seq <= last.seq
         {
             self.shared
                 .stats
@@ -129,7 +151,11 @@ impl Behaviour {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        self.received.insert(peer, (batch.incarnation, batch.seq));
+        let last = LastBatch {
+            incarnation: batch.incarnation,
+            seq: batch.seq,
+        };
+        self.received.insert(peer, last);
         let count =
             self.processes
                 .deliver_batch(peer, batch.frames, &self.shared.stats.messages_dropped);

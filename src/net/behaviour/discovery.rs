@@ -10,7 +10,8 @@ use libp2p::{Multiaddr, PeerId, identify, kad};
 
 use crate::net::wire::MAX_PEERS_EXCHANGED;
 
-use super::{Behaviour, MAX_ADDRS, Peer};
+use super::Behaviour;
+use crate::net::peer::{MAX_ADDRS, Peer};
 
 impl Behaviour {
     /// Peers a Discover answer told us of: remember their addresses and connect. A new peer
@@ -27,10 +28,7 @@ impl Behaviour {
                     .fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let p = self.peers.entry(peer).or_insert_with(|| Peer {
-                told: true,
-                ..Peer::default()
-            });
+            let p = self.peers.entry(peer).or_insert_with(Peer::told);
             for addr in addrs.into_iter().take(MAX_ADDRS) {
                 p.remember(addr);
             }
@@ -49,7 +47,7 @@ impl Behaviour {
                 continue;
             }
             let p = self.peers.entry(peer).or_default();
-            p.told = false;
+            p.found();
             for a in &addrs {
                 p.remember(a.clone());
             }

@@ -7,7 +7,7 @@
 //! a join changes the scope's core under its mutex and wakes the task, which publishes what
 //! queued since its last turn as one delta, so changes batch themselves under load.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -27,7 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::net::handle::{Command, NetHandle, NetShared};
 use crate::net::host::{InboxSink, ScopeHost};
-use crate::net::outbox::{DeliveryPolicy, Outbox};
+use crate::net::outbox::DeliveryPolicy;
+use crate::net::peer::Peer;
 use crate::net::protocols::{
     BehaviourConfig, Protocols, ProtocolsEvent, scope_provider_key, scope_topic,
 };
@@ -51,11 +52,6 @@ const COMMAND_BUDGET: usize = 256;
 const POLL_ROUNDS: usize = 32;
 /// Discover requests in flight at once; more peers wait their turn.
 const MAX_DISCOVERS_IN_FLIGHT: usize = 8;
-/// First and longest wait before dialing a known peer again.
-const REDIAL_FIRST: Duration = Duration::from_millis(250);
-const REDIAL_MAX: Duration = Duration::from_secs(30);
-/// Dial attempts to a lost peer before it is left to discovery.
-const MAX_REDIALS: u32 = 10;
 /// How long a shutting-down node waits for its goodbyes to be acknowledged.
 pub(crate) const GOODBYE_WAIT: Duration = Duration::from_secs(1);
 /// Kademlia rounds (provide + look up providers): first soon after a connection, then less
@@ -68,8 +64,6 @@ const MAX_SYNC_PAGES: u32 = 256;
 /// A peer lost without a goodbye counts as unreachable (stats, health) until it reconnects,
 /// the application disconnects it, or this long has passed: then it is taken for gone.
 const UNREACHABLE_REPORTED_FOR: Duration = Duration::from_secs(600);
-/// Addresses remembered per peer for dialing it again.
-const MAX_ADDRS: usize = 8;
 
 /// What the node's builder hands the behaviour.
 pub(crate) struct NetConfig {
@@ -109,39 +103,6 @@ struct ScopeNet {
     peers: Vec<PeerId>,
     next_anti_entropy: Option<Instant>,
     cursor: usize,
-}
-
-#[derive(Default)]
-struct Peer {
-    connections: usize,
-    /// Indices of the scopes the peer hosts.
-    scopes: HashSet<usize>,
-    /// Unreachable since; `None` while connected or before anything was known.
-    down_since: Option<Instant>,
-    /// Scopes in which the peer's members were purged during this outage.
-    purged: HashSet<usize>,
-    addrs: Vec<Multiaddr>,
-    redial: Option<(Instant, Duration, u32)>,
-    /// The application disconnected it: no dial to it, by us or by any protocol, until it
-    /// dials the peer again or the peer connects to us.
-    forgotten: bool,
-    /// It said goodbye: not redialed when its connection closes.
-    departed: bool,
-    /// Known only from a peer-exchange answer: never connected, and not dialed by the
-    /// application or found by any other means. Forgotten when a dial to it fails.
-    told: bool,
-    outbox: Outbox,
-}
-
-impl Peer {
-    fn remember(&mut self, addr: Multiaddr) {
-        if !self.addrs.contains(&addr) {
-            if self.addrs.len() >= MAX_ADDRS {
-                self.addrs.remove(0);
-            }
-            self.addrs.push(addr);
-        }
-    }
 }
 
 enum SyncOut {
@@ -247,12 +208,12 @@ pub struct Behaviour {
     by_id: HashMap<String, usize>,
     peers: HashMap<PeerId, Peer>,
     sync_out: HashMap<OutboundRequestId, SyncOut>,
-    /// Delivery batches in flight: peer, batch sequence, and when the batch counts as failed.
-    deliver_out: HashMap<OutboundRequestId, (PeerId, u64, Instant)>,
+    /// Delivery batches sent and not yet answered.
+    deliver_out: HashMap<OutboundRequestId, delivery::BatchInFlight>,
     partial_syncs: HashMap<(PeerId, usize), PartialSync>,
     served_pages: HashMap<(PeerId, usize), ServedPages>,
-    /// Per sender: (incarnation, last batch delivered).
-    received: HashMap<PeerId, (u64, u64)>,
+    /// Per sender, the last batch delivered (a retry of it or of an earlier one is not).
+    received: HashMap<PeerId, delivery::LastBatch>,
     discover_queue: VecDeque<PeerId>,
     discovers_in_flight: usize,
     policy: DeliveryPolicy,
@@ -441,7 +402,7 @@ impl NetworkBehaviour for Behaviour {
         effective_role: Endpoint,
     ) -> std::result::Result<Vec<Multiaddr>, ConnectionDenied> {
         if let Some(peer) = maybe_peer
-            && self.peers.get(&peer).is_some_and(|p| p.forgotten)
+            && self.peers.get(&peer).is_some_and(|p| !p.may_dial())
         {
             // Whoever dials (Kademlia's own bootstrap, a request): the application said no.
             return Err(ConnectionDenied::new(Disconnected));

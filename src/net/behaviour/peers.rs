@@ -11,12 +11,11 @@ use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{Multiaddr, PeerId};
 
 use crate::net::outbox::BreakerState;
+use crate::net::peer::Standing;
 use crate::net::view::ScopeNetView;
 use crate::proto::Input;
 
-use super::{
-    Behaviour, KAD_FIRST, MAX_REDIALS, REDIAL_FIRST, REDIAL_MAX, UNREACHABLE_REPORTED_FOR,
-};
+use super::{Behaviour, KAD_FIRST, UNREACHABLE_REPORTED_FOR};
 
 impl Behaviour {
     /// Whether the allow-list (if any) admits `peer`; counts a refusal.
@@ -48,7 +47,7 @@ impl Behaviour {
             return;
         }
         let p = self.peers.entry(peer).or_default();
-        if p.forgotten || p.connections > 0 {
+        if !p.may_dial() || p.is_connected() {
             return;
         }
         let opts = DialOpts::peer_id(peer).addresses(p.addrs.clone()).build();
@@ -59,7 +58,7 @@ impl Behaviour {
         if let Some(Protocol::P2p(peer)) = addr.iter().last() {
             self.protocols.kad.add_address(&peer, addr.clone());
             let p = self.peers.entry(peer).or_default();
-            p.told = false;
+            p.found();
             p.remember(addr.clone());
         }
         self.dial(addr);
@@ -68,16 +67,12 @@ impl Behaviour {
     pub(super) fn on_connection_established(&mut self, peer_id: PeerId, endpoint: &ConnectedPoint) {
         let p = self.peers.entry(peer_id).or_default();
         p.connections += 1;
-        p.told = false;
+        p.found();
         if endpoint.is_dialer() {
             p.remember(endpoint.get_remote_address().clone());
         }
         if p.connections == 1 {
-            p.down_since = None;
-            p.purged.clear();
-            p.redial = None;
-            p.forgotten = false;
-            p.departed = false;
+            p.reconnected();
             self.shared
                 .connected
                 .write()
@@ -98,12 +93,7 @@ impl Behaviour {
             }
             return;
         }
-        let p = self.peers.entry(peer_id).or_default();
-        p.connections = 0;
-        p.down_since = Some(Instant::now());
-        if !p.scopes.is_empty() && !p.forgotten && !p.departed {
-            p.redial = Some((Instant::now() + REDIAL_FIRST, REDIAL_FIRST, 0));
-        }
+        self.peers.entry(peer_id).or_default().lost(Instant::now());
         self.shared
             .connected
             .write()
@@ -112,25 +102,17 @@ impl Behaviour {
     }
 
     pub(super) fn on_dial_failure(&mut self, peer: PeerId) {
-        if self
-            .peers
-            .get(&peer)
-            .is_some_and(|p| p.told && p.connections == 0 && p.outbox.len() == 0)
-        {
+        if self.peers.get(&peer).is_some_and(|p| {
+            p.standing == Standing::Told && !p.is_connected() && p.outbox.len() == 0
+        }) {
             self.peers.remove(&peer);
             return;
         }
         if let Some(p) = self.peers.get_mut(&peer)
-            && p.connections == 0
-            && !p.forgotten
+            && !p.is_connected()
+            && p.may_dial()
         {
-            let (_, backoff, attempts) = p.redial.unwrap_or((Instant::now(), REDIAL_FIRST / 2, 0));
-            if attempts < MAX_REDIALS {
-                let backoff = (backoff * 2).min(REDIAL_MAX);
-                p.redial = Some((Instant::now() + backoff, backoff, attempts + 1));
-            } else {
-                p.redial = None;
-            }
+            p.dial_failed(Instant::now());
         }
     }
 
@@ -158,12 +140,7 @@ impl Behaviour {
             for origin in origins {
                 let p = self.peers.entry(origin).or_default();
                 p.scopes.insert(i);
-                if p.connections == 0 && p.down_since.is_none() {
-                    p.down_since = Some(now);
-                    if !p.forgotten && p.redial.is_none() {
-                        p.redial = Some((now, REDIAL_FIRST, 0));
-                    }
-                }
+                p.unreached_origin(now);
             }
         }
     }
@@ -195,9 +172,9 @@ impl Behaviour {
     pub(super) fn publish_views(&mut self, now: Instant) {
         let mut views = vec![ScopeNetView::default(); self.scopes.len()];
         for (id, p) in &self.peers {
-            let connected = p.connections > 0;
+            let connected = p.is_connected();
             let lost = match p.down_since {
-                Some(since) if !connected && !p.forgotten && !p.departed => {
+                Some(since) if !connected && p.is_lost_unexpectedly() => {
                     (now.duration_since(since) < UNREACHABLE_REPORTED_FOR).then_some(since)
                 }
                 _ => None,
@@ -228,15 +205,7 @@ impl Behaviour {
         let due: Vec<(PeerId, Vec<Multiaddr>)> = self
             .peers
             .iter_mut()
-            .filter(|(_, p)| p.connections == 0 && !p.forgotten)
-            .filter_map(|(id, p)| match p.redial {
-                Some((at, backoff, attempts)) if at <= now => {
-                    // Until the dial reports back, wait as if it failed.
-                    p.redial = Some((now + backoff.max(REDIAL_FIRST) * 4, backoff, attempts));
-                    Some((*id, p.addrs.clone()))
-                }
-                _ => None,
-            })
+            .filter_map(|(id, p)| p.take_due_redial(now).then(|| (*id, p.addrs.clone())))
             .collect();
         for (peer, addrs) in due {
             let opts = DialOpts::peer_id(peer)

@@ -202,8 +202,7 @@ impl Behaviour {
                 }
                 if let Some(p) = self.peers.get_mut(&peer) {
                     // It left on purpose: do not dial it again (it may come back and dial).
-                    p.departed = true;
-                    p.redial = None;
+                    p.depart();
                 }
                 self.respond(channel, SyncResponse::Ack);
             }
