@@ -75,12 +75,13 @@ pub use vocab::config;
 
 pub use app::health::{HealthProblem, HealthStatus, ScopeHealth};
 pub use app::instance::{GroupNames, Instance};
+pub use app::mailbox::{Inbox, Message};
 pub use app::node::{DEFAULT_MAILBOX_CAPACITY, Node, NodeBuilder};
-pub use app::process::{Inbox, Message, Process};
+pub use app::process::Process;
 pub use app::stats::{NodeStats, ScopeStats};
 pub use app::subscription::Subscription;
 pub use net::view::BreakerCounts;
-pub use proto::state::MAX_GROUP_NAME_LEN;
+pub use proto::groups::MAX_GROUP_NAME_LEN;
 pub use vocab::config::{ConfigError, ScopeConfig, ScopeConfigBuilder};
 pub use vocab::error::{Error, ErrorKind, Limit, Result};
 pub use vocab::event::{Event, EventKind};

@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
-use crate::app::node::NodeShared;
-use crate::app::process::{Message, ProcessShared, encode_payload};
+use crate::app::mailbox::{Message, ProcessShared, encode_payload};
 use crate::app::scope::Scope;
+use crate::app::shared::NodeShared;
 use crate::net::wire::Frame;
-use crate::proto::state::group_name_problem;
+use crate::proto::groups::group_name_problem;
 use crate::vocab::error::{Error, Result};
 use crate::vocab::policy::Permission;
 use crate::{Members, Subscription};

@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::ScopeHealth;
 use crate::app::health::HealthStatus;
-use crate::app::node::NodeShared;
+use crate::app::shared::NodeShared;
 use crate::app::stats::ScopeStats;
 
 /// Reads a node's figures at each scrape; holds the node weakly, so that a registry that

@@ -6,9 +6,11 @@
 
 pub(crate) mod health;
 pub(crate) mod instance;
+pub(crate) mod mailbox;
 pub(crate) mod metrics;
 pub(crate) mod node;
 pub(crate) mod process;
 pub(crate) mod scope;
+pub(crate) mod shared;
 pub(crate) mod stats;
 pub(crate) mod subscription;

@@ -13,15 +13,16 @@ use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 
-use crate::app::process::ProcessShared;
+use crate::app::mailbox::ProcessShared;
 use crate::app::stats::{ScopeCounters, ScopeStats};
 use crate::app::subscription::{Subscriber, Subscription};
 use crate::net::NetShared;
 use crate::net::host::ScopeHost;
 use crate::net::view::{ScopeNetCounters, ScopeNetView};
+use crate::proto::groups::GroupName;
+use crate::proto::input::Change;
 use crate::proto::messages::{SyncState, Version};
-use crate::proto::state::GroupName;
-use crate::proto::{Change, CoreConfig, Input, Outcome, Output, Refusal, ScopeCore};
+use crate::proto::{CoreConfig, Input, Outcome, Output, Refusal, ScopeCore};
 use crate::vocab::error::{Error, Result};
 use crate::{Event, EventKind, Members, Pid, ScopeConfig};
 use libp2p::PeerId;

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use futures::task::AtomicWaker;
 use libp2p::{Multiaddr, PeerId};
@@ -13,8 +14,6 @@ use crate::net::outbox::MAX_QUEUED_FRAMES;
 use crate::net::view::Heartbeat;
 use crate::net::wire::Frame;
 use crate::vocab::error::{Error, Result};
-
-use crate::net::behaviour::GOODBYE_WAIT;
 
 /// Counters of the network side, readable from any thread.
 #[derive(Debug, Default)]
@@ -61,6 +60,9 @@ impl NetShared {
         }
     }
 }
+
+/// How long a shutting-down node waits for its goodbyes to be acknowledged.
+pub(crate) const GOODBYE_WAIT: Duration = Duration::from_secs(1);
 
 pub(crate) enum Command {
     Dial(Multiaddr),

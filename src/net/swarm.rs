@@ -38,7 +38,7 @@ pub(crate) async fn spawn_swarm(
                 Ok(r) => r,
                 Err(e) => {
                     ready_tx
-                        .send(Err(unavailable(format!("runtime: {e}"))))
+                        .send(Err(Error::unavailable(format!("runtime: {e}"))))
                         .ok();
                     return;
                 }
@@ -62,12 +62,12 @@ pub(crate) async fn spawn_swarm(
                 }
             });
         })
-        .map_err(|e| unavailable(format!("cannot start the network thread: {e}")))?;
+        .map_err(|e| Error::unavailable(format!("cannot start the network thread: {e}")))?;
     *handle.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
     match ready_rx.await {
         Ok(result) => result,
-        Err(_) => Err(unavailable(
-            "the network thread ended while starting".into(),
+        Err(_) => Err(Error::unavailable(
+            "the network thread ended while starting",
         )),
     }
 }
@@ -89,14 +89,14 @@ async fn bind(
                     noise::Config::new,
                     yamux::Config::default,
                 )
-                .map_err(|e| unavailable(format!("tcp transport: {e}")))?;
+                .map_err(|e| Error::unavailable(format!("tcp transport: {e}")))?;
             #[cfg(feature = "quic")]
             let transports = tcp.with_quic();
             #[cfg(not(feature = "quic"))]
             let transports = tcp;
             transports
                 .with_behaviour(|_| behaviour)
-                .map_err(|e| unavailable(format!("behaviour: {e}")))?
+                .map_err(|e| Error::unavailable(format!("behaviour: {e}")))?
                 .with_swarm_config(idle)
                 .build()
         }
@@ -112,9 +112,9 @@ async fn bind(
                     .timeout(Duration::from_secs(20));
                 Ok(transport)
             })
-            .map_err(|e| unavailable(format!("pnet transport: {e}")))?
+            .map_err(|e| Error::unavailable(format!("pnet transport: {e}")))?
             .with_behaviour(|_| behaviour)
-            .map_err(|e| unavailable(format!("behaviour: {e}")))?
+            .map_err(|e| Error::unavailable(format!("behaviour: {e}")))?
             .with_swarm_config(idle)
             .build(),
     };
@@ -122,7 +122,7 @@ async fn bind(
     for addr in &listen {
         let id = swarm
             .listen_on(addr.clone())
-            .map_err(|e| unavailable(format!("cannot listen on {addr}: {e}")))?;
+            .map_err(|e| Error::unavailable(format!("cannot listen on {addr}: {e}")))?;
         listeners.push(id);
     }
     let mut bound: HashSet<_> = HashSet::new();
@@ -130,7 +130,7 @@ async fn bind(
     while bound.len() < listeners.len() {
         let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
             .await
-            .map_err(|_| unavailable("listeners not bound within 10 s".into()))?;
+            .map_err(|_| Error::unavailable("listeners not bound within 10 s"))?;
         match event {
             // The behaviour records the address too (for `listen_addrs`).
             SwarmEvent::NewListenAddr { listener_id, .. } => {
@@ -139,19 +139,15 @@ async fn bind(
             SwarmEvent::ListenerClosed {
                 addresses, reason, ..
             } => {
-                return Err(unavailable(format!(
+                return Err(Error::unavailable(format!(
                     "listener on {addresses:?} closed: {reason:?}"
                 )));
             }
             SwarmEvent::ListenerError { error, .. } => {
-                return Err(unavailable(format!("listener error: {error}")));
+                return Err(Error::unavailable(format!("listener error: {error}")));
             }
             other => tracing::trace!(?other, "event while binding"),
         }
     }
     Ok(swarm)
-}
-
-pub(crate) fn unavailable(reason: String) -> Error {
-    Error::Unavailable { reason }
 }

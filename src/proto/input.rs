@@ -1,17 +1,20 @@
 //! The core's vocabulary: one [`Input`] enum in, one [`Output`] enum out.
 //!
 //! A host (the application's scope, the simulator, the test harness) hands every input to
-//! [`ScopeCore::handle`] with the time, then takes the outputs with
-//! [`ScopeCore::poll_output`]: membership changes for subscribers, deltas to publish, syncs to
+//! [`ScopeCore::handle`](super::ScopeCore::handle) with the time, then takes the outputs with
+//! [`ScopeCore::poll_output`](super::ScopeCore::poll_output): membership changes for subscribers, deltas to publish, syncs to
 //! pull, and the time at which it wants [`Input::Tick`]. Reads (member lists, versions, the
-//! state to serve) are plain methods of [`ScopeCore`]: they change nothing the peers see.
+//! state to serve) are plain methods of [`ScopeCore`](super::ScopeCore): they change nothing the peers see.
 
 use std::time::Duration;
 
 use libp2p::PeerId;
 
+use super::groups::GroupName;
 use super::messages::{Delta, SyncState, Version};
-use super::state::{Change, DeltaOutcome, LimitError, Rejection, ScopeCore, SyncOutcome};
+use crate::vocab::error::Limit;
+use crate::vocab::event::EventKind;
+use crate::vocab::pid::Pid;
 
 /// Something that happened to a scope: a local operation, a message from a peer, a peer's
 /// fate, or time passing.
@@ -50,7 +53,7 @@ pub(crate) enum Input<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Output {
     /// Members joined or left (only while recording, see
-    /// [`ScopeCore::set_record_changes`]): for subscribers.
+    /// [`ScopeCore::set_record_changes`](super::ScopeCore::set_record_changes)): for subscribers.
     Changed(Change),
     /// A delta of this node's changes, for every peer of the scope.
     Publish(Delta),
@@ -89,50 +92,61 @@ pub(crate) enum Refusal {
     Rejected(#[from] Rejection),
 }
 
-impl ScopeCore {
-    /// Takes one input at time `now` (the host's clock, from any fixed start); the outputs
-    /// it causes wait in [`poll_output`](Self::poll_output).
-    pub(crate) fn handle(&mut self, input: Input<'_>, now: Duration) -> Result<Outcome, Refusal> {
-        match input {
-            Input::Join { process, groups } => {
-                self.join(process, groups).map_err(Refusal::Limit)?;
-            }
-            Input::Leave { process, groups } => {
-                return Ok(Outcome::Left {
-                    slots: self.leave(process, groups),
-                });
-            }
-            Input::Exit { process } => self.exit(process),
-            Input::Flush => {
-                for delta in self.take_deltas() {
-                    self.push_output(Output::Publish(delta));
-                }
-            }
-            Input::PeerShares => {
-                if !self.is_publishing() {
-                    self.set_publishing(true);
-                }
-            }
-            Input::Delta { sender, delta } => {
-                return Ok(Outcome::Delta(self.handle_delta(sender, delta, now)?));
-            }
-            Input::Sync { sender, state } => {
-                return Ok(Outcome::Sync(self.handle_sync(sender, state, now)?));
-            }
-            Input::SyncFailed { origin } => self.sync_failed(origin, now),
-            Input::PeerVersion { peer, version } => self.handle_peer_version(peer, version, now),
-            Input::PeerDown { peer } => self.peer_down(peer),
-            Input::Goodbye { peer, incarnation } => {
-                let purged = self
-                    .applied_version(&peer)
-                    .is_none_or(|v| v.incarnation == incarnation);
-                if purged {
-                    self.peer_down(peer);
-                }
-                return Ok(Outcome::Goodbye { purged });
-            }
-            Input::Tick => self.tick(now),
-        }
-        Ok(Outcome::Done)
-    }
+/// One change of membership, for subscribers: `count` slots of `pid` joined or left `group`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Change {
+    pub kind: EventKind,
+    pub group: GroupName,
+    pub pid: Pid,
+    pub count: u32,
+}
+
+/// Why a delta or a sync from a peer was refused. A refused input changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Rejection {
+    #[error("the sender is not the origin {origin} it claims")]
+    WrongOrigin { origin: Box<PeerId> },
+    #[error("input claims to come from this node")]
+    FromSelf,
+    #[error("sequence number 0")]
+    ZeroSeq,
+    #[error("op refers to group {index} of {len}")]
+    BadGroupIndex { index: u32, len: usize },
+    #[error("invalid group name: {0}")]
+    InvalidGroupName(&'static str),
+    #[error("op with a change of 0 or beyond u32")]
+    BadChange,
+    #[error("group {0:?} twice in one sync")]
+    DuplicateGroup(String),
+    #[error("process {0} twice in one group of a sync")]
+    DuplicateMember(u64),
+    #[error("member with 0 slots")]
+    ZeroSlots,
+}
+
+/// What became of a delta that was not refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeltaOutcome {
+    /// Applied (with any held deltas that followed it).
+    Applied,
+    /// Already applied: ignored.
+    Duplicate,
+    /// Held until the deltas before it arrive, or a sync replaces them.
+    Held,
+}
+
+/// What happened to a sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SyncOutcome {
+    Applied,
+    /// Not newer than what this node holds: ignored.
+    Stale,
+}
+
+/// A local join refused by a limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LimitError {
+    pub limit: Limit,
+    pub group: String,
+    pub max: usize,
 }

@@ -6,6 +6,7 @@
 //! own, so the simulator in `sim` and the property tests drive it exactly like the network
 //! layer does.
 
+pub(crate) mod groups;
 pub(crate) mod input;
 pub(crate) mod messages;
 pub(crate) mod state;
@@ -14,4 +15,4 @@ pub(crate) mod state;
 mod tests;
 
 pub(crate) use input::{Input, Outcome, Output, Refusal};
-pub(crate) use state::{Change, CoreConfig, ScopeCore};
+pub(crate) use state::{CoreConfig, ScopeCore};

@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 
+use super::input::{DeltaOutcome, Rejection, SyncOutcome};
 use super::messages::{Delta, Op, SyncGroup, SyncState, Version};
-use super::state::{CoreConfig, DeltaOutcome, Rejection, ScopeCore, SyncOutcome};
+use super::state::{CoreConfig, ScopeCore};
 use crate::{EventKind, Pid};
 
 fn config() -> CoreConfig {

@@ -39,5 +39,5 @@ fn session(mode: Mode, data: &[u8]) {
 /// Valid inputs for `target` to start from (`codec`, `decode`, `delta` or `sync`), named:
 /// what `fuzz/seeds/<target>/` holds (written by the crate's test `write_fuzz_seeds`).
 pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
-    crate::testing::harness::fuzz_seeds(target)
+    crate::testing::seeds::fuzz_seeds(target)
 }

@@ -40,10 +40,10 @@ use libp2p::PeerId;
 use libp2p::identity::Keypair;
 
 use crate::net::wire::SyncResponse;
+use crate::proto::groups::group_name_problem;
+use crate::proto::input::{DeltaOutcome, Rejection, SyncOutcome};
 use crate::proto::messages::{Delta, Op, SyncGroup, SyncState, Version};
-use crate::proto::state::{
-    CoreConfig, DeltaOutcome, Rejection, ScopeCore, SyncOutcome, group_name_problem,
-};
+use crate::proto::state::{CoreConfig, ScopeCore};
 use crate::{EventKind, Pid};
 
 /// Every slot a core holds, by group (see `ScopeCore::view`).
@@ -775,30 +775,6 @@ struct Before {
     deltas_rejected: u64,
     syncs_rejected: u64,
     sender: PeerId,
-}
-
-/// The seeds of fuzz target `target` (`codec`, `decode`, `delta` or `sync`): valid inputs to
-/// start from, named. A session's seeds come under both limits (its first byte).
-pub(crate) fn fuzz_seeds(target: &str) -> Seeds {
-    let (codec, decode) = crate::testing::codec_hostile::seeds();
-    let session = |mode| {
-        let mut out = Vec::new();
-        for (name, steps) in Session::seeds(mode) {
-            for (limits, suffix) in [(0u8, "unlimited"), (1, "limited")] {
-                let mut input = vec![limits];
-                input.extend(&steps);
-                out.push((format!("{name}-{suffix}"), input));
-            }
-        }
-        out
-    };
-    match target {
-        "codec" => codec,
-        "decode" => decode,
-        "delta" => session(Mode::Deltas),
-        "sync" => session(Mode::Syncs),
-        _ => Vec::new(),
-    }
 }
 
 /// One step of a session's byte format.

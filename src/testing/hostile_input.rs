@@ -10,8 +10,8 @@ use libp2p::PeerId;
 use proptest::prelude::*;
 
 use super::harness::{Limits, Mode, Session, View, cbor};
+use crate::proto::input::{Rejection, SyncOutcome};
 use crate::proto::messages::{Delta, Op, SyncGroup, SyncState, Version};
-use crate::proto::state::{Rejection, SyncOutcome};
 
 fn seeds(mode: Mode) -> &'static [(String, Vec<u8>)] {
     static DELTAS: OnceLock<Vec<(String, Vec<u8>)>> = OnceLock::new();
@@ -352,7 +352,7 @@ fn write_fuzz_seeds() {
     for target in FUZZ_TARGETS {
         let dir = root.join(target);
         std::fs::create_dir_all(&dir).expect("create the seed directory");
-        for (name, input) in super::harness::fuzz_seeds(target) {
+        for (name, input) in crate::testing::seeds::fuzz_seeds(target) {
             std::fs::write(dir.join(&name), &input).expect("write a seed");
             assert_eq!(std::fs::read(dir.join(&name)).expect("read a seed"), input);
         }
@@ -365,7 +365,7 @@ fn write_fuzz_seeds() {
 #[test]
 fn every_fuzz_target_has_seeds() {
     for target in FUZZ_TARGETS {
-        let seeds = super::harness::fuzz_seeds(target);
+        let seeds = crate::testing::seeds::fuzz_seeds(target);
         assert!(seeds.len() >= 10, "{target}: {} seeds", seeds.len());
         let mut names: Vec<&str> = seeds.iter().map(|(n, _)| n.as_str()).collect();
         names.sort_unstable();

@@ -4,6 +4,7 @@
 
 pub(crate) mod codec_hostile;
 pub(crate) mod harness;
+pub(crate) mod seeds;
 
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

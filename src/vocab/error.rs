@@ -150,6 +150,13 @@ pub enum Error {
 }
 
 impl Error {
+    /// [`Error::Unavailable`] with `reason`.
+    pub(crate) fn unavailable(reason: impl Into<String>) -> Self {
+        Error::Unavailable {
+            reason: reason.into(),
+        }
+    }
+
     /// The class of the error.
     pub fn kind(&self) -> ErrorKind {
         match self {

@@ -10,8 +10,9 @@ use tokio::sync::oneshot;
 
 use crate::net::wire::SyncRequest;
 
-use super::{Behaviour, Event, GOODBYE_WAIT, Shutdown, SyncOut};
+use super::{Behaviour, Event, Shutdown, SyncOut};
 use crate::net::handle::Command;
+use crate::net::handle::GOODBYE_WAIT;
 
 impl Behaviour {
     pub(super) fn on_command(&mut self, command: Command) {

@@ -9,22 +9,7 @@ use libp2p::request_response::{self, OutboundRequestId};
 
 use crate::net::wire::{DeliverAck, DeliverBatch};
 
-use super::Behaviour;
-
-/// A delivery batch sent and not yet answered.
-pub(super) struct BatchInFlight {
-    pub(super) peer: PeerId,
-    /// The batch's sequence number, which its retries keep.
-    pub(super) seq: u64,
-    /// Unanswered by then, it counts as failed.
-    pub(super) deadline: Instant,
-}
-
-/// The last batch delivered from a sender: its incarnation and sequence number.
-pub(super) struct LastBatch {
-    pub(super) incarnation: u64,
-    pub(super) seq: u64,
-}
+use super::{BatchInFlight, Behaviour, LastBatch};
 
 impl Behaviour {
     pub(super) fn pump(&mut self, peer: PeerId, now: Instant) {

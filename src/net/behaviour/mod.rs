@@ -32,10 +32,9 @@ use crate::net::peer::Peer;
 use crate::net::protocols::{
     BehaviourConfig, Protocols, ProtocolsEvent, scope_provider_key, scope_topic,
 };
-use crate::net::swarm::unavailable;
 use crate::proto::Output;
 use crate::proto::messages::{SyncGroup, Version};
-use crate::vocab::error::Result;
+use crate::vocab::error::{Error, Result};
 
 mod commands;
 mod delivery;
@@ -52,8 +51,6 @@ const COMMAND_BUDGET: usize = 256;
 const POLL_ROUNDS: usize = 32;
 /// Discover requests in flight at once; more peers wait their turn.
 const MAX_DISCOVERS_IN_FLIGHT: usize = 8;
-/// How long a shutting-down node waits for its goodbyes to be acknowledged.
-pub(crate) const GOODBYE_WAIT: Duration = Duration::from_secs(1);
 /// Kademlia rounds (provide + look up providers): first soon after a connection, then less
 /// and less often.
 const KAD_FIRST: Duration = Duration::from_millis(200);
@@ -121,6 +118,21 @@ struct ServedPages {
     version: Version,
     pages: Vec<Vec<SyncGroup>>,
     at: Instant,
+}
+
+/// A delivery batch sent and not yet answered.
+struct BatchInFlight {
+    peer: PeerId,
+    /// The batch's sequence number, which its retries keep.
+    seq: u64,
+    /// Unanswered by then, it counts as failed.
+    deadline: Instant,
+}
+
+/// The last batch delivered from a sender: its incarnation and sequence number.
+struct LastBatch {
+    incarnation: u64,
+    seq: u64,
 }
 
 struct Shutdown {
@@ -209,11 +221,11 @@ pub struct Behaviour {
     peers: HashMap<PeerId, Peer>,
     sync_out: HashMap<OutboundRequestId, SyncOut>,
     /// Delivery batches sent and not yet answered.
-    deliver_out: HashMap<OutboundRequestId, delivery::BatchInFlight>,
+    deliver_out: HashMap<OutboundRequestId, BatchInFlight>,
     partial_syncs: HashMap<(PeerId, usize), PartialSync>,
     served_pages: HashMap<(PeerId, usize), ServedPages>,
     /// Per sender, the last batch delivered (a retry of it or of an earlier one is not).
-    received: HashMap<PeerId, delivery::LastBatch>,
+    received: HashMap<PeerId, LastBatch>,
     discover_queue: VecDeque<PeerId>,
     discovers_in_flight: usize,
     policy: DeliveryPolicy,
@@ -245,7 +257,7 @@ impl Behaviour {
             &config.behaviour,
             shared.stats.malformed.clone(),
         )
-        .map_err(|e| unavailable(format!("behaviour: {e}")))?;
+        .map_err(|e| Error::unavailable(format!("behaviour: {e}")))?;
         let me = config.keypair.public().to_peer_id();
         let now = Instant::now();
         let mut by_topic = HashMap::new();
@@ -256,7 +268,7 @@ impl Behaviour {
             protocols
                 .gossipsub
                 .subscribe(&topic)
-                .map_err(|e| unavailable(format!("gossipsub subscribe: {e}")))?;
+                .map_err(|e| Error::unavailable(format!("gossipsub subscribe: {e}")))?;
             by_topic.insert(topic.hash(), i);
             by_id.insert(scope.id().to_string(), i);
             let next_anti_entropy = scope.config().anti_entropy_interval().map(|d| now + d);

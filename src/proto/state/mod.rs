@@ -1,0 +1,733 @@
+//! [`ScopeCore`]: the membership state of one scope on one node, and the rules for changing it.
+//!
+//! Layout: groups map to the nodes that have members in them, and each node to its processes'
+//! slot counts. Nodes are interned (`u32`; the local node is 0), so a slot costs a few bytes,
+//! not a `PeerId`. Member lists are built on the first read after a change and cached, so a
+//! burst of joins costs nothing until somebody reads.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use foldhash::fast::FixedState;
+use libp2p::PeerId;
+
+use super::groups::{
+    GroupName, GroupState, Ids, Map, NodeSlots, ProcGroups, Set, push_slots, sorted,
+};
+use super::input::{Change, Input, LimitError, Outcome, Output, Refusal};
+use super::messages::{Delta, Op, Version};
+use crate::vocab::error::Limit;
+use crate::vocab::event::EventKind;
+use crate::vocab::members::Members;
+use crate::vocab::pid::Pid;
+
+mod publish;
+mod remote;
+
+const LOCAL: u32 = 0;
+/// Rough CBOR size of one op, to cut deltas below the transmit limit.
+const OP_BYTES: usize = 24;
+/// Rough CBOR overhead of a delta besides its ops and names.
+const DELTA_OVERHEAD: usize = 96;
+
+/// The knobs of the core, derived from the [`ScopeConfig`](crate::ScopeConfig).
+#[derive(Debug, Clone)]
+pub(crate) struct CoreConfig {
+    pub max_groups: usize,
+    pub max_members_per_group: usize,
+    /// How long a delta that arrived early waits for the missing ones before a sync is pulled.
+    pub reorder_window: Duration,
+    /// Early deltas held per origin; more means a sync is pulled at once.
+    pub reorder_capacity: usize,
+    /// After this long without an answer a sync request may be sent again.
+    pub sync_timeout: Duration,
+    /// Deltas are cut so that their encoding stays below about this many bytes.
+    pub max_delta_bytes: usize,
+    /// Seed of the hash maps: random in a node, fixed in the simulator.
+    pub hash_seed: u64,
+}
+
+impl CoreConfig {
+    pub(crate) fn from_scope(config: &crate::ScopeConfig, hash_seed: u64) -> Self {
+        Self {
+            max_groups: config.max_groups(),
+            max_members_per_group: config.max_members_per_group(),
+            reorder_window: Duration::from_millis(250),
+            reorder_capacity: 64,
+            sync_timeout: config.protocol_timeout(),
+            max_delta_bytes: 60 * 1024,
+            hash_seed,
+        }
+    }
+}
+
+/// Counters of the core's decisions, for metrics and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct CoreStats {
+    pub deltas_built: u64,
+    pub deltas_applied: u64,
+    pub deltas_duplicate: u64,
+    pub deltas_held: u64,
+    pub deltas_rejected: u64,
+    pub syncs_applied: u64,
+    pub syncs_stale: u64,
+    pub syncs_rejected: u64,
+    pub sync_requests: u64,
+    /// Remote slots refused because of `max_groups` / `max_members_per_group`.
+    pub slots_refused: u64,
+    /// Remote leaves of slots this node did not hold (after a refusal, or hostile).
+    pub leaves_unmatched: u64,
+    pub purges: u64,
+}
+
+struct OriginState {
+    peer: PeerId,
+    /// What this node applied; `None` before the first delta or sync.
+    version: Option<Version>,
+    /// `false` after a purge, until a sync proves the origin alive.
+    alive: bool,
+    /// The groups in which this node holds members of the origin.
+    groups: Set<GroupName>,
+    /// Early deltas, by (incarnation, seq).
+    held: BTreeMap<(u64, u64), Delta>,
+    /// Since when a gap in the sequence is open.
+    gap_since: Option<Duration>,
+    /// A sync is wanted.
+    needs_sync: bool,
+    /// When the sync request in flight was sent.
+    sync_requested: Option<Duration>,
+}
+
+/// The state machine of one scope on one node. See the module docs.
+pub(crate) struct ScopeCore {
+    cfg: CoreConfig,
+    hash_seed: u64,
+    version: Version,
+    /// With peers to tell, local changes queue as ops for deltas; without, only `seq` moves.
+    publishing: bool,
+    /// Interned nodes, shared with the member snapshots; appended to when a peer is first
+    /// seen (rare), never shrunk.
+    nodes: Arc<[PeerId]>,
+    node_index: Map<PeerId, u32>,
+    groups: Map<GroupName, GroupState>,
+    /// Local process id → the groups it has slots in (the counts live in the groups).
+    local_procs: Map<u64, ProcGroups>,
+    origins: Map<u32, OriginState>,
+    pending: Vec<Op>,
+    pending_names: Vec<GroupName>,
+    pending_index: Map<GroupName, u32>,
+    ready: VecDeque<Delta>,
+    record_changes: bool,
+    /// What the core asks of its host, oldest first: see [`Output`].
+    outputs: VecDeque<Output>,
+    groups_cache: Option<Arc<[GroupName]>>,
+    local_groups_cache: Option<Arc<[GroupName]>>,
+    stats: CoreStats,
+    slots: usize,
+    local_slots: usize,
+}
+
+/// The size of a scope's view, see [`ScopeCore::sizes`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Sizes {
+    pub groups: usize,
+    pub slots: usize,
+    pub local_slots: usize,
+}
+
+impl ScopeCore {
+    /// A core for `local` at `incarnation`, with no member.
+    pub(crate) fn new(local: PeerId, incarnation: u64, cfg: CoreConfig) -> Self {
+        let seed = cfg.hash_seed;
+        let hasher = || FixedState::with_seed(seed);
+        let mut node_index = Map::with_hasher(hasher());
+        node_index.insert(local, LOCAL);
+        Self {
+            cfg,
+            hash_seed: seed,
+            version: Version {
+                incarnation,
+                seq: 0,
+            },
+            publishing: false,
+            nodes: vec![local].into(),
+            node_index,
+            groups: Map::with_hasher(hasher()),
+            local_procs: Map::with_hasher(hasher()),
+            origins: Map::with_hasher(hasher()),
+            pending: Vec::new(),
+            pending_names: Vec::new(),
+            pending_index: Map::with_hasher(hasher()),
+            ready: VecDeque::new(),
+            record_changes: true,
+            outputs: VecDeque::new(),
+            groups_cache: None,
+            local_groups_cache: None,
+            stats: CoreStats::default(),
+            slots: 0,
+            local_slots: 0,
+        }
+    }
+
+    fn hasher(&self) -> FixedState {
+        FixedState::with_seed(self.hash_seed)
+    }
+
+    pub(crate) fn local_peer(&self) -> PeerId {
+        self.nodes[LOCAL as usize]
+    }
+
+    /// This node's own version of the scope.
+    pub(crate) fn version(&self) -> Version {
+        self.version
+    }
+
+    pub(crate) fn stats(&self) -> &CoreStats {
+        &self.stats
+    }
+
+    /// Groups, member slots of every node and member slots of this node, kept as counts (a
+    /// metrics scrape reads them under the scope's lock).
+    pub(crate) fn sizes(&self) -> Sizes {
+        Sizes {
+            groups: self.groups.len(),
+            slots: self.slots,
+            local_slots: self.local_slots,
+        }
+    }
+
+    /// Whether local changes are queued as deltas (there are peers to tell). Turning it off
+    /// drops nothing already queued.
+    pub(crate) fn set_publishing(&mut self, on: bool) {
+        self.publishing = on;
+    }
+
+    pub(crate) fn is_publishing(&self) -> bool {
+        self.publishing
+    }
+
+    /// The peers whose members this node holds (applied and not purged).
+    pub(crate) fn live_origins(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.origins
+            .values()
+            .filter(|o| o.alive && o.version.is_some())
+            .map(|o| o.peer)
+    }
+
+    /// Whether membership changes are output ([`Output::Changed`]); off when nobody
+    /// subscribes, so that changes cost nothing. Turning it off drops the changes not yet
+    /// taken.
+    pub(crate) fn set_record_changes(&mut self, on: bool) {
+        self.record_changes = on;
+        if !on {
+            self.outputs.retain(|o| !matches!(o, Output::Changed(_)));
+        }
+    }
+
+    pub(super) fn push_output(&mut self, output: Output) {
+        self.outputs.push_back(output);
+    }
+
+    /// The next output, oldest first.
+    pub(crate) fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The membership changes among the outputs, in the order they happened; the other
+    /// outputs stay queued.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn drain_changes(&mut self) -> std::vec::IntoIter<Change> {
+        let mut changes = Vec::new();
+        self.outputs.retain(|o| match o {
+            Output::Changed(c) => {
+                changes.push(c.clone());
+                false
+            }
+            _ => true,
+        });
+        changes.into_iter()
+    }
+
+    /// The first sync request among the outputs, for tests that look at requests alone: the
+    /// timers before it are dropped (a test ticks when it likes), the rest stay queued.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn poll_request(&mut self) -> Option<PeerId> {
+        self.outputs.retain(|o| !matches!(o, Output::Timer { .. }));
+        let at = self
+            .outputs
+            .iter()
+            .position(|o| matches!(o, Output::RequestSync { .. }))?;
+        match self.outputs.remove(at) {
+            Some(Output::RequestSync { peer }) => Some(peer),
+            _ => None,
+        }
+    }
+
+    /// Joins `id` to every group of `names` (a name may repeat), all or nothing.
+    /// Names must be valid. Refused when a limit would be exceeded.
+    pub(crate) fn join(&mut self, id: u64, names: &[&str]) -> Result<(), LimitError> {
+        self.check_join(id, names)?;
+        let seed = self.hash_seed;
+        for name in names {
+            let added = self.add(LOCAL, name, id, 1);
+            if added.id_fresh
+                && let Some(name) = added.name
+            {
+                match self.local_procs.entry(id) {
+                    hashbrown::hash_map::Entry::Occupied(mut e) => e.get_mut().insert(name, seed),
+                    hashbrown::hash_map::Entry::Vacant(e) => {
+                        e.insert(ProcGroups::One(name));
+                    }
+                }
+            }
+        }
+        self.local_changed();
+        Ok(())
+    }
+
+    fn check_join(&self, id: u64, names: &[&str]) -> Result<(), LimitError> {
+        let (max_groups, max_members) = (self.cfg.max_groups, self.cfg.max_members_per_group);
+        // Occurrences per distinct name, in first-seen order (the error names the first group
+        // that does not fit). A scan for small batches, a map for large ones.
+        let mut tally: Vec<(&str, usize)> = Vec::with_capacity(names.len());
+        if names.len() <= 16 {
+            for name in names {
+                match tally.iter_mut().find(|(n, _)| n == name) {
+                    Some((_, k)) => *k += 1,
+                    None => tally.push((name, 1)),
+                }
+            }
+        } else {
+            let mut index: Map<&str, usize> = Map::with_hasher(self.hasher());
+            for name in names {
+                match index.get(name) {
+                    Some(i) => tally[*i].1 += 1,
+                    None => {
+                        index.insert(name, tally.len());
+                        tally.push((name, 1));
+                    }
+                }
+            }
+        }
+        let mut new_groups = 0;
+        for (name, k) in tally {
+            let current = match self.groups.get(name) {
+                Some(g) if u64::from(g.count(LOCAL, id)) + k as u64 > u64::from(u32::MAX) => {
+                    return Err(LimitError {
+                        limit: Limit::MaxMembersPerGroup,
+                        group: name.to_owned(),
+                        max: u32::MAX as usize,
+                    });
+                }
+                Some(g) => g.slots,
+                None => {
+                    new_groups += 1;
+                    if max_groups != 0 && self.groups.len() + new_groups > max_groups {
+                        return Err(LimitError {
+                            limit: Limit::MaxGroups,
+                            group: name.to_owned(),
+                            max: max_groups,
+                        });
+                    }
+                    0
+                }
+            };
+            if max_members != 0 && current + k > max_members {
+                return Err(LimitError {
+                    limit: Limit::MaxMembersPerGroup,
+                    group: name.to_owned(),
+                    max: max_members,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves one slot of each group of `names`, best effort. Returns how many slots were
+    /// left (0: the process was a member of none of them, and nothing changed).
+    pub(crate) fn leave(&mut self, id: u64, names: &[&str]) -> usize {
+        let mut left = 0;
+        for name in names {
+            let removed = self.remove(LOCAL, name, id, 1);
+            if removed.count == 0 {
+                continue;
+            }
+            left += 1;
+            if removed.id_gone
+                && let Some(groups) = self.local_procs.get_mut(&id)
+                && groups.remove(name)
+            {
+                self.local_procs.remove(&id);
+            }
+        }
+        if left > 0 {
+            self.local_changed();
+        }
+        left
+    }
+
+    /// Removes every slot of `id` in every group, in one change.
+    pub(crate) fn exit(&mut self, id: u64) {
+        let Some(groups) = self.local_procs.remove(&id) else {
+            return;
+        };
+        for name in groups.into_names() {
+            let n = self.groups.get(&name).map_or(0, |g| g.count(LOCAL, id));
+            self.remove(LOCAL, &name, id, n);
+        }
+        self.local_changed();
+    }
+
+    fn local_changed(&mut self) {
+        if !self.publishing {
+            self.version.seq += 1;
+        }
+    }
+
+    /// Every slot of `group`, cached until the group changes.
+    pub(crate) fn members(&mut self, group: &str) -> Members {
+        let nodes = &self.nodes;
+        match self.groups.get_mut(group) {
+            None => Members::default(),
+            Some(g) => g
+                .members
+                .get_or_insert_with(|| {
+                    let mut slots = Vec::with_capacity(g.slots);
+                    for n in &g.nodes {
+                        push_slots(&mut slots, n);
+                    }
+                    Members::from_slots(nodes.clone(), slots)
+                })
+                .clone(),
+        }
+    }
+
+    /// The slots of `group` held by local processes.
+    pub(crate) fn local_members(&mut self, group: &str) -> Members {
+        let table = &self.nodes;
+        match self.groups.get_mut(group) {
+            None => Members::default(),
+            Some(GroupState {
+                nodes,
+                local: cache,
+                ..
+            }) => cache
+                .get_or_insert_with(|| {
+                    let mut slots = Vec::new();
+                    if let Some(n) = nodes.iter().find(|n| n.node == LOCAL) {
+                        push_slots(&mut slots, n);
+                    }
+                    Members::from_slots(table.clone(), slots)
+                })
+                .clone(),
+        }
+    }
+
+    /// The non-empty groups, sorted.
+    pub(crate) fn which_groups(&mut self) -> Arc<[GroupName]> {
+        let groups = &self.groups;
+        self.groups_cache
+            .get_or_insert_with(|| sorted(groups.keys().cloned()))
+            .clone()
+    }
+
+    /// The groups with at least one local slot, sorted.
+    pub(crate) fn which_local_groups(&mut self) -> Arc<[GroupName]> {
+        let groups = &self.groups;
+        self.local_groups_cache
+            .get_or_insert_with(|| {
+                sorted(
+                    groups
+                        .values()
+                        .filter(|g| g.node(LOCAL).is_some())
+                        .map(|g| g.name.clone()),
+                )
+            })
+            .clone()
+    }
+
+    /// Every non-empty group with its members.
+    pub(crate) fn snapshot(&mut self) -> Vec<(GroupName, Members)> {
+        let names = self.which_groups();
+        names
+            .iter()
+            .map(|name| (name.clone(), self.members(name)))
+            .collect()
+    }
+
+    fn intern(&mut self, peer: PeerId) -> u32 {
+        if let Some(node) = self.node_index.get(&peer) {
+            return *node;
+        }
+        let node = self.nodes.len() as u32;
+        let mut nodes = self.nodes.to_vec();
+        nodes.push(peer);
+        self.nodes = nodes.into();
+        self.node_index.insert(peer, node);
+        node
+    }
+
+    fn take_origin(&mut self, node: u32) -> OriginState {
+        self.origins.remove(&node).unwrap_or_else(|| OriginState {
+            peer: self.nodes[node as usize],
+            version: None,
+            alive: true,
+            groups: Set::with_hasher(self.hasher()),
+            held: BTreeMap::new(),
+            gap_since: None,
+            needs_sync: false,
+            sync_requested: None,
+        })
+    }
+
+    /// Adds `n` slots of `(node, id)` to `name`, without limit checks.
+    fn add(&mut self, node: u32, name: &str, id: u64, n: u32) -> Added {
+        let seed = self.hash_seed;
+        let group = match self.groups.entry_ref(name) {
+            hashbrown::hash_map::EntryRef::Occupied(e) => e.into_mut(),
+            hashbrown::hash_map::EntryRef::Vacant(e) => {
+                let key: GroupName = name.into();
+                self.groups_cache = None;
+                e.insert_with_key(
+                    key.clone(),
+                    GroupState {
+                        name: key,
+                        slots: 0,
+                        nodes: Vec::new(),
+                        members: None,
+                        local: None,
+                    },
+                )
+            }
+        };
+        let pos = match group.nodes.iter().position(|s| s.node == node) {
+            Some(pos) => pos,
+            None => {
+                group.nodes.push(NodeSlots {
+                    node,
+                    slots: 0,
+                    ids: Ids::One(id, 0),
+                });
+                group.nodes.len() - 1
+            }
+        };
+        let slots = &mut group.nodes[pos];
+        let node_fresh = slots.slots == 0;
+        let id_fresh = slots.ids.add(id, n, seed);
+        slots.slots += n as usize;
+        group.slots += n as usize;
+        group.members = None;
+        self.slots += n as usize;
+        if node == LOCAL {
+            self.local_slots += n as usize;
+            group.local = None;
+            if node_fresh {
+                self.local_groups_cache = None;
+            }
+        }
+        if self.record_changes {
+            self.outputs.push_back(Output::Changed(Change {
+                kind: EventKind::MemberJoined,
+                group: group.name.clone(),
+                pid: Pid::new(self.nodes[node as usize], id),
+                count: n,
+            }));
+        }
+        // Cloned only for whoever keeps it: a plain extra join needs no name.
+        let publish = node == LOCAL && self.publishing;
+        let name = (node_fresh || id_fresh || publish).then(|| group.name.clone());
+        if publish && let Some(name) = &name {
+            self.queue_op(name, id, i64::from(n));
+        }
+        Added {
+            name: name.filter(|_| node_fresh || id_fresh),
+            node_fresh,
+            id_fresh,
+        }
+    }
+
+    /// Removes up to `n` slots of `(node, id)` from `name`.
+    fn remove(&mut self, node: u32, name: &str, id: u64, n: u32) -> Removed {
+        let nothing = Removed {
+            count: 0,
+            id_gone: false,
+            node_gone: false,
+        };
+        let Some(group) = self.groups.get_mut(name) else {
+            return nothing;
+        };
+        let Some(pos) = group.nodes.iter().position(|s| s.node == node) else {
+            return nothing;
+        };
+        let slots = &mut group.nodes[pos];
+        let Some(count) = slots.ids.get_mut(id) else {
+            return nothing;
+        };
+        let removed = n.min(*count);
+        if removed == 0 {
+            return nothing;
+        }
+        *count -= removed;
+        let id_gone = *count == 0;
+        if id_gone {
+            slots.ids.remove(id);
+        }
+        slots.slots -= removed as usize;
+        group.slots -= removed as usize;
+        group.members = None;
+        self.slots -= removed as usize;
+        let gone = slots.slots == 0;
+        if gone {
+            group.nodes.swap_remove(pos);
+        }
+        if node == LOCAL {
+            self.local_slots -= removed as usize;
+            group.local = None;
+            if gone {
+                self.local_groups_cache = None;
+            }
+        }
+        if self.record_changes {
+            self.outputs.push_back(Output::Changed(Change {
+                kind: EventKind::MemberLeft,
+                group: group.name.clone(),
+                pid: Pid::new(self.nodes[node as usize], id),
+                count: removed,
+            }));
+        }
+        let emptied = group.slots == 0;
+        // Cloned only when needed: a plain extra leave keeps the group and publishes nothing.
+        let publish = node == LOCAL && self.publishing;
+        let name = (emptied || publish).then(|| group.name.clone());
+        if let Some(name) = name {
+            if emptied {
+                self.groups.remove(name.as_ref());
+                self.groups_cache = None;
+            }
+            if publish {
+                self.queue_op(&name, id, -i64::from(removed));
+            }
+        }
+        Removed {
+            count: removed,
+            id_gone,
+            node_gone: gone,
+        }
+    }
+
+    fn remove_node_from_group(&mut self, node: u32, name: &str) {
+        let ids: Vec<(u64, u32)> = self
+            .groups
+            .get(name)
+            .and_then(|g| g.node(node))
+            .map(|n| {
+                let mut v: Vec<(u64, u32)> = n.ids.iter().collect();
+                v.sort_unstable();
+                v
+            })
+            .unwrap_or_default();
+        for (id, count) in ids {
+            self.remove(node, name, id, count);
+        }
+    }
+
+    /// Every slot this node holds, by group: the oracle of tests and the simulator.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn view(&self) -> BTreeMap<String, BTreeMap<Pid, u32>> {
+        let mut out = BTreeMap::new();
+        for g in self.groups.values() {
+            let mut members = BTreeMap::new();
+            for n in &g.nodes {
+                for (id, c) in n.ids.iter() {
+                    members.insert(Pid::new(self.nodes[n.node as usize], id), c);
+                }
+            }
+            assert_eq!(
+                members.values().map(|c| *c as usize).sum::<usize>(),
+                g.slots,
+                "slot count of {}",
+                g.name
+            );
+            out.insert(g.name.to_string(), members);
+        }
+        let local: usize = self
+            .groups
+            .values()
+            .filter_map(|g| g.node(LOCAL))
+            .map(|n| n.slots)
+            .sum();
+        let total: usize = self.groups.values().map(|g| g.slots).sum();
+        assert_eq!(self.sizes().slots, total, "the slot counter");
+        assert_eq!(self.sizes().local_slots, local, "the local slot counter");
+        out
+    }
+}
+
+/// What [`ScopeCore::add`] did.
+struct Added {
+    /// The group's shared name, when the node or the process is new to it.
+    name: Option<GroupName>,
+    /// The node had no slot in the group before.
+    node_fresh: bool,
+    /// The process had no slot in the group before.
+    id_fresh: bool,
+}
+
+/// What [`ScopeCore::remove`] did.
+struct Removed {
+    /// Slots removed.
+    count: u32,
+    /// The process has no slot left in the group.
+    id_gone: bool,
+    /// The node has no slot left in the group.
+    node_gone: bool,
+}
+
+impl ScopeCore {
+    /// Takes one input at time `now` (the host's clock, from any fixed start); the outputs
+    /// it causes wait in [`poll_output`](Self::poll_output).
+    pub(crate) fn handle(&mut self, input: Input<'_>, now: Duration) -> Result<Outcome, Refusal> {
+        match input {
+            Input::Join { process, groups } => {
+                self.join(process, groups).map_err(Refusal::Limit)?;
+            }
+            Input::Leave { process, groups } => {
+                return Ok(Outcome::Left {
+                    slots: self.leave(process, groups),
+                });
+            }
+            Input::Exit { process } => self.exit(process),
+            Input::Flush => {
+                for delta in self.take_deltas() {
+                    self.push_output(Output::Publish(delta));
+                }
+            }
+            Input::PeerShares => {
+                if !self.is_publishing() {
+                    self.set_publishing(true);
+                }
+            }
+            Input::Delta { sender, delta } => {
+                return Ok(Outcome::Delta(self.handle_delta(sender, delta, now)?));
+            }
+            Input::Sync { sender, state } => {
+                return Ok(Outcome::Sync(self.handle_sync(sender, state, now)?));
+            }
+            Input::SyncFailed { origin } => self.sync_failed(origin, now),
+            Input::PeerVersion { peer, version } => self.handle_peer_version(peer, version, now),
+            Input::PeerDown { peer } => self.peer_down(peer),
+            Input::Goodbye { peer, incarnation } => {
+                let purged = self
+                    .applied_version(&peer)
+                    .is_none_or(|v| v.incarnation == incarnation);
+                if purged {
+                    self.peer_down(peer);
+                }
+                return Ok(Outcome::Goodbye { purged });
+            }
+            Input::Tick => self.tick(now),
+        }
+        Ok(Outcome::Done)
+    }
+}

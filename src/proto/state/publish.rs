@@ -1,0 +1,116 @@
+//! This node's own state for its peers: queued local changes cut into deltas under the size
+//! cap, and the whole local state for a Sync.
+
+use super::{DELTA_OVERHEAD, LOCAL, OP_BYTES, ScopeCore};
+use crate::proto::groups::GroupName;
+use crate::proto::messages::{Delta, Op, SyncGroup, SyncState};
+
+impl ScopeCore {
+    /// The deltas to publish, oldest first, each below `max_delta_bytes`.
+    pub(crate) fn take_deltas(&mut self) -> Vec<Delta> {
+        self.flush_pending();
+        self.ready.drain(..).collect()
+    }
+
+    /// The depth of the outgoing queue, in deltas: those built and not yet taken by the
+    /// network task, plus the queued ops counted as the deltas they will fill.
+    pub(crate) fn queued_deltas(&self) -> usize {
+        self.ready.len() + (self.pending.len() * OP_BYTES).div_ceil(self.cfg.max_delta_bytes)
+    }
+
+    /// This node's whole local state with its version, for a Sync request. Queued changes are
+    /// cut into deltas first, so the version covers them and a peer that applies this state
+    /// ignores those deltas as duplicates.
+    pub(crate) fn sync_state(&mut self) -> SyncState {
+        self.flush_pending();
+        let mut groups: Vec<SyncGroup> = self
+            .groups
+            .values()
+            .filter_map(|g| {
+                g.node(LOCAL).map(|n| {
+                    let mut members: Vec<(u64, u32)> = n.ids.iter().collect();
+                    members.sort_unstable();
+                    SyncGroup {
+                        name: g.name.to_string(),
+                        members,
+                    }
+                })
+            })
+            .collect();
+        groups.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        SyncState {
+            origin: self.local_peer(),
+            version: self.version,
+            groups,
+        }
+    }
+
+    pub(super) fn flush_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let ops = std::mem::take(&mut self.pending);
+        let names = std::mem::take(&mut self.pending_names);
+        self.pending_index.clear();
+        // Per global name index: (chunk number + 1, index in that chunk's table).
+        let mut remap: Vec<(u32, u32)> = vec![(0, 0); names.len()];
+        let mut chunk = Delta {
+            origin: self.local_peer(),
+            incarnation: self.version.incarnation,
+            seq: 0,
+            groups: Vec::new(),
+            ops: Vec::new(),
+        };
+        let mut chunk_no = 1u32;
+        let mut bytes = DELTA_OVERHEAD;
+        for op in ops {
+            let g = op.group as usize;
+            let fresh = remap[g].0 != chunk_no;
+            let cost = OP_BYTES + if fresh { names[g].len() + 4 } else { 0 };
+            if bytes + cost > self.cfg.max_delta_bytes && !chunk.ops.is_empty() {
+                self.seal(&mut chunk);
+                chunk_no += 1;
+                bytes = DELTA_OVERHEAD;
+            }
+            if remap[g].0 != chunk_no {
+                remap[g] = (chunk_no, chunk.groups.len() as u32);
+                chunk.groups.push(names[g].to_string());
+                bytes += names[g].len() + 4;
+            }
+            chunk.ops.push(Op {
+                group: remap[g].1,
+                ..op
+            });
+            bytes += OP_BYTES;
+        }
+        self.seal(&mut chunk);
+    }
+
+    pub(super) fn seal(&mut self, chunk: &mut Delta) {
+        self.version.seq += 1;
+        let mut delta = Delta {
+            origin: chunk.origin,
+            incarnation: chunk.incarnation,
+            seq: self.version.seq,
+            groups: Vec::new(),
+            ops: Vec::new(),
+        };
+        std::mem::swap(&mut delta.groups, &mut chunk.groups);
+        std::mem::swap(&mut delta.ops, &mut chunk.ops);
+        self.stats.deltas_built += 1;
+        self.ready.push_back(delta);
+    }
+
+    pub(super) fn queue_op(&mut self, name: &GroupName, id: u64, change: i64) {
+        let group = match self.pending_index.get(&**name) {
+            Some(group) => *group,
+            None => {
+                let group = self.pending_names.len() as u32;
+                self.pending_names.push(name.clone());
+                self.pending_index.insert(name.clone(), group);
+                group
+            }
+        };
+        self.pending.push(Op { group, id, change });
+    }
+}

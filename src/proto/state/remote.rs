@@ -1,0 +1,464 @@
+//! Peers' input: deltas validated and applied in order (early ones held for the reorder
+//! window), syncs that replace an origin's state, peers' versions, purges, and the timers that
+//! pull syncs again.
+
+use std::time::Duration;
+
+use libp2p::PeerId;
+
+use super::{LOCAL, OriginState, ScopeCore};
+use crate::proto::groups::{GroupName, Map, Set, group_name_problem};
+use crate::proto::input::{DeltaOutcome, Output, Rejection, SyncOutcome};
+use crate::proto::messages::{Delta, SyncState, Version};
+
+impl ScopeCore {
+    /// Applies a delta received from `sender` (the authenticated source of the message).
+    pub(crate) fn handle_delta(
+        &mut self,
+        sender: PeerId,
+        delta: Delta,
+        now: Duration,
+    ) -> Result<DeltaOutcome, Rejection> {
+        if let Err(e) = self.validate_delta(sender, &delta) {
+            self.stats.deltas_rejected += 1;
+            return Err(e);
+        }
+        let node = self.intern(sender);
+        let mut origin = self.take_origin(node);
+        let outcome = match origin.version {
+            Some(v) if origin.alive && v.incarnation == delta.incarnation => {
+                if delta.seq <= v.seq {
+                    self.stats.deltas_duplicate += 1;
+                    DeltaOutcome::Duplicate
+                } else if delta.seq == v.seq + 1 {
+                    self.apply_delta(node, &mut origin, &delta);
+                    self.release_held(node, &mut origin, false);
+                    DeltaOutcome::Applied
+                } else {
+                    self.hold(&mut origin, delta, now, false);
+                    DeltaOutcome::Held
+                }
+            }
+            None if origin.alive && delta.seq == 1 => {
+                // The first change of an incarnation applies to its empty state.
+                self.apply_delta(node, &mut origin, &delta);
+                self.release_held(node, &mut origin, false);
+                DeltaOutcome::Applied
+            }
+            // A gap in a new origin's sequence, another incarnation (a restart, or a late delta
+            // of a dead one), or an origin purged as down: only a sync from the origin can tell
+            // what is true now.
+            None if origin.alive => {
+                self.hold(&mut origin, delta, now, false);
+                DeltaOutcome::Held
+            }
+            _ => {
+                self.hold(&mut origin, delta, now, true);
+                DeltaOutcome::Held
+            }
+        };
+        self.origins.insert(node, origin);
+        Ok(outcome)
+    }
+
+    pub(super) fn validate_delta(&self, sender: PeerId, delta: &Delta) -> Result<(), Rejection> {
+        if delta.origin != sender {
+            return Err(Rejection::WrongOrigin {
+                origin: Box::new(delta.origin),
+            });
+        }
+        if sender == self.local_peer() {
+            return Err(Rejection::FromSelf);
+        }
+        if delta.seq == 0 {
+            return Err(Rejection::ZeroSeq);
+        }
+        for name in &delta.groups {
+            if let Some(problem) = group_name_problem(name) {
+                return Err(Rejection::InvalidGroupName(problem));
+            }
+        }
+        for op in &delta.ops {
+            if op.group as usize >= delta.groups.len() {
+                return Err(Rejection::BadGroupIndex {
+                    index: op.group,
+                    len: delta.groups.len(),
+                });
+            }
+            if op.change == 0 || op.change.unsigned_abs() > u64::from(u32::MAX) {
+                return Err(Rejection::BadChange);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn apply_delta(&mut self, node: u32, origin: &mut OriginState, delta: &Delta) {
+        for op in &delta.ops {
+            let name = delta.groups[op.group as usize].as_str();
+            let n = op.change.unsigned_abs() as u32;
+            if op.change > 0 {
+                self.add_remote(node, origin, name, op.id, n);
+            } else {
+                self.remove_remote(node, origin, name, op.id, n);
+            }
+        }
+        origin.version = Some(Version {
+            incarnation: delta.incarnation,
+            seq: delta.seq,
+        });
+        self.stats.deltas_applied += 1;
+    }
+
+    pub(super) fn add_remote(
+        &mut self,
+        node: u32,
+        origin: &mut OriginState,
+        name: &str,
+        id: u64,
+        n: u32,
+    ) {
+        // A process holds at most u32::MAX slots of a group: a peer announcing more (only a
+        // hostile one can) is refused the excess like a limit.
+        let held = self.groups.get(name).map_or(0, |g| g.count(node, id));
+        let room = self.room(name, n).min(u32::MAX - held);
+        if room < n {
+            self.stats.slots_refused += u64::from(n - room);
+            tracing::warn!(
+                group = name,
+                origin = %origin.peer,
+                refused = n - room,
+                "remote join refused by a limit"
+            );
+        }
+        if room > 0 {
+            let added = self.add(node, name, id, room);
+            if added.node_fresh
+                && let Some(name) = added.name
+            {
+                origin.groups.insert(name);
+            }
+        }
+    }
+
+    pub(super) fn remove_remote(
+        &mut self,
+        node: u32,
+        origin: &mut OriginState,
+        name: &str,
+        id: u64,
+        n: u32,
+    ) {
+        let removed = self.remove(node, name, id, n);
+        if removed.count < n {
+            self.stats.leaves_unmatched += u64::from(n - removed.count);
+        }
+        if removed.node_gone {
+            origin.groups.remove(name);
+        }
+    }
+
+    /// How many of `n` new slots of `name` the limits let this node hold.
+    pub(super) fn room(&self, name: &str, n: u32) -> u32 {
+        let max_members = self.cfg.max_members_per_group;
+        if max_members == 0 && self.cfg.max_groups == 0 {
+            return n;
+        }
+        let current = match self.groups.get(name) {
+            Some(g) => g.slots,
+            None if self.cfg.max_groups != 0 && self.groups.len() >= self.cfg.max_groups => {
+                return 0;
+            }
+            None => 0,
+        };
+        if max_members == 0 {
+            n
+        } else {
+            n.min(
+                max_members
+                    .saturating_sub(current)
+                    .try_into()
+                    .unwrap_or(u32::MAX),
+            )
+        }
+    }
+
+    pub(super) fn hold(
+        &mut self,
+        origin: &mut OriginState,
+        delta: Delta,
+        now: Duration,
+        sync_now: bool,
+    ) {
+        self.stats.deltas_held += 1;
+        origin.held.insert((delta.incarnation, delta.seq), delta);
+        while origin.held.len() > self.cfg.reorder_capacity {
+            origin.held.pop_first();
+        }
+        if sync_now || origin.held.len() >= self.cfg.reorder_capacity {
+            self.want_sync(origin, now);
+        } else if origin.gap_since.is_none() {
+            origin.gap_since = Some(now);
+            self.outputs.push_back(Output::Timer {
+                at: now + self.cfg.reorder_window,
+            });
+        }
+    }
+
+    /// Applies the held deltas that now follow the applied version. Drops the ones it covers
+    /// and, once a sync has said which incarnation is current, those of other incarnations.
+    pub(super) fn release_held(&mut self, node: u32, origin: &mut OriginState, after_sync: bool) {
+        let Some(mut v) = origin.version else { return };
+        // A hostile origin may announce seq u64::MAX: nothing follows it.
+        while let Some(next) = v.seq.checked_add(1)
+            && let Some(delta) = origin.held.remove(&(v.incarnation, next))
+        {
+            self.apply_delta(node, origin, &delta);
+            v.seq = next;
+        }
+        origin.held.retain(|(inc, seq), _| {
+            if *inc == v.incarnation {
+                *seq > v.seq
+            } else {
+                !after_sync
+            }
+        });
+        if !origin.held.keys().any(|(inc, _)| *inc == v.incarnation) {
+            origin.gap_since = None;
+        }
+    }
+
+    pub(super) fn want_sync(&mut self, origin: &mut OriginState, now: Duration) {
+        origin.needs_sync = true;
+        if origin.sync_requested.is_none() {
+            origin.sync_requested = Some(now);
+            self.stats.sync_requests += 1;
+            self.outputs
+                .push_back(Output::RequestSync { peer: origin.peer });
+            self.outputs.push_back(Output::Timer {
+                at: now + self.cfg.sync_timeout,
+            });
+        }
+    }
+
+    /// Replaces what this node holds of `sender`'s members with its full state, if that state
+    /// is newer; emits only the difference.
+    pub(crate) fn handle_sync(
+        &mut self,
+        sender: PeerId,
+        state: SyncState,
+        now: Duration,
+    ) -> Result<SyncOutcome, Rejection> {
+        if let Err(e) = self.validate_sync(sender, &state) {
+            self.stats.syncs_rejected += 1;
+            return Err(e);
+        }
+        let node = self.intern(sender);
+        let mut origin = self.take_origin(node);
+        origin.sync_requested = None;
+        origin.needs_sync = false;
+        let stale = origin.alive
+            && origin.version.is_some_and(|v| {
+                v.incarnation == state.version.incarnation && state.version.seq <= v.seq
+            });
+        let outcome = if stale {
+            self.stats.syncs_stale += 1;
+            SyncOutcome::Stale
+        } else {
+            self.replace_origin_state(node, &mut origin, &state);
+            origin.version = Some(state.version);
+            origin.alive = true;
+            origin.gap_since = None;
+            self.stats.syncs_applied += 1;
+            SyncOutcome::Applied
+        };
+        self.release_held(node, &mut origin, true);
+        if origin.gap_since.is_none() && !origin.held.is_empty() {
+            origin.gap_since = Some(now);
+            self.outputs.push_back(Output::Timer {
+                at: now + self.cfg.reorder_window,
+            });
+        }
+        self.origins.insert(node, origin);
+        Ok(outcome)
+    }
+
+    pub(super) fn validate_sync(&self, sender: PeerId, state: &SyncState) -> Result<(), Rejection> {
+        if state.origin != sender {
+            return Err(Rejection::WrongOrigin {
+                origin: Box::new(state.origin),
+            });
+        }
+        if sender == self.local_peer() {
+            return Err(Rejection::FromSelf);
+        }
+        let mut names: Set<&str> = Set::with_hasher(self.hasher());
+        let mut ids: Set<u64> = Set::with_hasher(self.hasher());
+        for group in &state.groups {
+            if let Some(problem) = group_name_problem(&group.name) {
+                return Err(Rejection::InvalidGroupName(problem));
+            }
+            if !names.insert(&group.name) {
+                return Err(Rejection::DuplicateGroup(group.name.clone()));
+            }
+            ids.clear();
+            for (id, slots) in &group.members {
+                if *slots == 0 {
+                    return Err(Rejection::ZeroSlots);
+                }
+                if !ids.insert(*id) {
+                    return Err(Rejection::DuplicateMember(*id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn replace_origin_state(
+        &mut self,
+        node: u32,
+        origin: &mut OriginState,
+        state: &SyncState,
+    ) {
+        let incoming: Set<&str> = state.groups.iter().map(|g| g.name.as_str()).collect();
+        let dropped: Vec<GroupName> = origin
+            .groups
+            .iter()
+            .filter(|name| !incoming.contains(&***name))
+            .cloned()
+            .collect();
+        for name in dropped {
+            self.remove_node_from_group(node, &name);
+            origin.groups.remove(&name);
+        }
+        for group in &state.groups {
+            let current: Vec<(u64, u32)> = self
+                .groups
+                .get(group.name.as_str())
+                .and_then(|g| g.node(node))
+                .map(|n| n.ids.iter().collect())
+                .unwrap_or_default();
+            let wanted: Map<u64, u32> = {
+                let mut m = Map::with_hasher(self.hasher());
+                m.extend(group.members.iter().copied());
+                m
+            };
+            for (id, have) in &current {
+                let want = wanted.get(id).copied().unwrap_or(0);
+                if want < *have {
+                    self.remove_remote(node, origin, &group.name, *id, have - want);
+                }
+            }
+            for (id, want) in &group.members {
+                let have = current.iter().find(|(i, _)| i == id).map_or(0, |(_, c)| *c);
+                if *want > have {
+                    self.add_remote(node, origin, &group.name, *id, want - have);
+                }
+            }
+        }
+    }
+
+    /// The request for `sender`'s state failed (no connection, timeout): another may be sent.
+    pub(crate) fn sync_failed(&mut self, sender: PeerId, now: Duration) {
+        if let Some(node) = self.node_index.get(&sender).copied()
+            && let Some(origin) = self.origins.get_mut(&node)
+        {
+            origin.sync_requested = None;
+            origin.needs_sync = false;
+            if origin.gap_since.is_some() {
+                origin.gap_since = Some(now);
+                self.outputs.push_back(Output::Timer {
+                    at: now + self.cfg.reorder_window,
+                });
+            }
+        }
+    }
+
+    /// A peer told its own version (Discover, anti-entropy): pull its state if this node's
+    /// copy differs.
+    pub(crate) fn handle_peer_version(&mut self, peer: PeerId, version: Version, now: Duration) {
+        if peer == self.local_peer() {
+            return;
+        }
+        let node = self.intern(peer);
+        let mut origin = self.take_origin(node);
+        let current = origin.alive && origin.version == Some(version);
+        if !current {
+            if origin.version.is_none() && version.seq == 0 {
+                // It never changed anything: its state is empty, which is what we hold.
+                origin.version = Some(version);
+                origin.alive = true;
+            } else {
+                self.want_sync(&mut origin, now);
+            }
+        }
+        self.origins.insert(node, origin);
+    }
+
+    /// What this node applied of `peer`, if anything and if it is not purged.
+    pub(crate) fn applied_version(&self, peer: &PeerId) -> Option<Version> {
+        let node = self.node_index.get(peer)?;
+        let origin = self.origins.get(node)?;
+        origin.version.filter(|_| origin.alive)
+    }
+
+    /// `peer` is down: remove all its members (emitting the leaves) and apply none of its
+    /// deltas until a sync shows it alive again.
+    pub(crate) fn peer_down(&mut self, peer: PeerId) {
+        let Some(node) = self.node_index.get(&peer).copied() else {
+            return;
+        };
+        if node == LOCAL {
+            return;
+        }
+        let Some(mut origin) = self.origins.remove(&node) else {
+            return;
+        };
+        for name in origin.groups.drain() {
+            self.remove_node_from_group(node, &name);
+        }
+        origin.alive = false;
+        origin.held.clear();
+        origin.gap_since = None;
+        origin.needs_sync = false;
+        origin.sync_requested = None;
+        self.stats.purges += 1;
+        self.origins.insert(node, origin);
+    }
+
+    /// Time passes: pull syncs for gaps that stayed open, retry requests that timed out.
+    pub(crate) fn tick(&mut self, now: Duration) {
+        let mut due = Vec::new();
+        for (node, origin) in &mut self.origins {
+            if let Some(sent) = origin.sync_requested
+                && now.saturating_sub(sent) >= self.cfg.sync_timeout
+            {
+                origin.sync_requested = None;
+            }
+            let gap_due = origin
+                .gap_since
+                .is_some_and(|t| now.saturating_sub(t) >= self.cfg.reorder_window);
+            if (gap_due || origin.needs_sync) && origin.sync_requested.is_none() {
+                due.push(*node);
+            }
+        }
+        due.sort_unstable();
+        for node in due {
+            let mut origin = self.take_origin(node);
+            self.want_sync(&mut origin, now);
+            self.origins.insert(node, origin);
+        }
+        // The host ticks again when the earliest deadline left is due.
+        let next = self
+            .origins
+            .values()
+            .flat_map(|o| {
+                let sync = o.sync_requested.map(|t| t + self.cfg.sync_timeout);
+                let gap = o.gap_since.map(|t| t + self.cfg.reorder_window);
+                sync.into_iter().chain(gap)
+            })
+            .min();
+        if let Some(at) = next {
+            self.outputs.push_back(Output::Timer { at });
+        }
+    }
+}
