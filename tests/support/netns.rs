@@ -10,13 +10,13 @@
 //! - as root, the body runs in the test process, and the namespaces are the machine's (`ip
 //!   netns add`, under `/var/run/netns`);
 //! - as anyone else, the test binary re-executes itself for that one test under `unshare
-//!   --user --map-root-user --net --mount` ([`USERNS_FLAGS`]): there it is root of a user
-//!   namespace of its own, with a network namespace (only `lo`) and a private mount namespace
-//!   in which a tmpfs is mounted on `/var/run/netns` (on `/var/run` when the machine has no
-//!   `/var/run/netns`, hiding the rest of it from that test only), and the same body makes the
-//!   same namespaces with the same `ip netns` commands, nested in the user namespace. The
-//!   parent test forwards the output and fails if the re-executed test fails, or runs over
-//!   the limit it is given (then it kills it).
+//!   --user --map-root-user --net --mount --pid --fork` ([`USERNS_FLAGS`]): there it is root of
+//!   a user namespace of its own, with a network namespace (only `lo`), a pid namespace, and a
+//!   private mount namespace in which a tmpfs is mounted on `/var/run/netns` (on `/var/run`
+//!   when the machine has no `/var/run/netns`, hiding the rest of it from that test only), and
+//!   the same body makes the same namespaces with the same `ip netns` commands, nested in the
+//!   user namespace. The parent test forwards the output and fails if the re-executed test
+//!   fails, or runs over the limit it is given (then it kills it).
 //!
 //! Where the kernel refuses unprivileged user namespaces (`kernel.unprivileged_userns_clone =
 //! 0`, `user.max_user_namespaces = 0`, `kernel.apparmor_restrict_unprivileged_userns = 1`), a
@@ -30,9 +30,9 @@
 //! the same drop runs, and besides, nothing can be left behind: the namespaces, their veth
 //! pairs, the bridge and the tmpfs that names them exist only as long as a process of the user
 //! namespace does. The re-executed test exits when its parent test process goes (its stdin
-//! closes; `unshare --kill-child` kills it if `unshare` itself is killed), and the children it
-//! runs exit when it goes (their stdin closes), so the kernel deletes everything once they are
-//! gone.
+//! closes; `unshare --kill-child` kills it if `unshare` itself is killed); it is the first
+//! process of its pid namespace, so when it exits the kernel kills every process it left
+//! there, then deletes the namespaces.
 //!
 //! Needs iproute2's `ip netns`, and for users other than root util-linux's `unshare` and
 //! `mount`; without them the test fails (it does not skip).
@@ -225,8 +225,17 @@ impl Drop for Lan {
 // Root, or root of a user namespace.
 
 /// What the unprivileged re-execution unshares: a user namespace in which the caller is root,
-/// a network namespace (only `lo`), and a mount namespace (for `/var/run/netns`).
-pub const USERNS_FLAGS: [&str; 4] = ["--user", "--map-root-user", "--net", "--mount"];
+/// a network namespace (only `lo`), a mount namespace (for `/var/run/netns`), and a pid
+/// namespace whose first process (`--fork`) is the re-executed test: when it exits, the kernel
+/// kills every process left in the namespace.
+pub const USERNS_FLAGS: [&str; 6] = [
+    "--user",
+    "--map-root-user",
+    "--net",
+    "--mount",
+    "--pid",
+    "--fork",
+];
 
 /// Set in the re-executed test process: the name of the test it runs in its user namespace.
 const ENV_USERNS_TEST: &str = "PROCGROUPS_USERNS_TEST";
@@ -339,12 +348,12 @@ fn check_user_namespaces(test: &str) {
     };
     let settings = userns_settings();
     panic!(
-        "{test} makes network namespaces: as root it makes them directly, as uid {} inside a \
-         user namespace, and {refused}. Settings: {}. Fix: run the tests as root, or allow \
-         unprivileged user namespaces (as root: `sysctl -w kernel.unprivileged_userns_clone=1` \
-         where that setting exists, `sysctl -w user.max_user_namespaces=10000` if it is 0, \
-         `sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` where AppArmor restricts \
-         them).",
+        "{test} makes network namespaces: run as root it makes them itself; run as uid {} (not \
+         root) it runs inside a user namespace, but {refused}. Settings: {}. Fix: run the tests \
+         as root, or allow unprivileged user namespaces (as root: `sysctl -w \
+         kernel.unprivileged_userns_clone=1` where that setting exists, `sysctl -w \
+         user.max_user_namespaces=10000` if it is 0, `sysctl -w \
+         kernel.apparmor_restrict_unprivileged_userns=0` where AppArmor restricts them).",
         effective_uid(),
         if settings.is_empty() {
             "none of kernel.unprivileged_userns_clone, user.max_user_namespaces, \
@@ -365,8 +374,8 @@ fn run_in_user_namespace(test: &str, limit: Duration) {
     let mut command = Command::new("unshare");
     command
         .args(USERNS_FLAGS)
-        // --kill-child: if `unshare` is killed, so is the test it runs.
-        .args(["--fork", "--kill-child", "--"])
+        // If `unshare` is killed, so is the test it runs (and with it its pid namespace).
+        .args(["--kill-child", "--"])
         .arg(&exe)
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(ENV_USERNS_TEST, test)
