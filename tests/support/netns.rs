@@ -37,7 +37,7 @@
 //! Needs iproute2's `ip netns`, and for users other than root util-linux's `unshare` and
 //! `mount`; without them the test fails (it does not skip).
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -309,7 +309,12 @@ fn exit_when_parent_goes(test: &str) {
     std::thread::spawn(move || {
         let mut sink = Vec::new();
         std::io::stdin().lock().read_to_end(&mut sink).ok();
-        eprintln!("{test}: the parent test process is gone (stdin closed): exiting");
+        // Not `eprintln!`: it panics when stderr, read by the parent, is closed too.
+        writeln!(
+            std::io::stderr(),
+            "{test}: the parent test process is gone (stdin closed): exiting"
+        )
+        .ok();
         std::process::exit(101);
     });
 }
