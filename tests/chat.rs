@@ -7,7 +7,9 @@
 //!   scopes is refused, and quitting (end of input, Ctrl-C, `/quit`) shows as a leave at the
 //!   others at once (the goodbye), well before `node_down_grace`.
 //! - On a LAN of three network namespaces (see `support::netns`), with mDNS on and nothing to
-//!   dial: the users find each other by mDNS alone, and the same checks pass.
+//!   dial: the users find each other by mDNS alone, and the same checks pass. Run as root,
+//!   these tests make the namespaces themselves; run by anyone else, they run inside a user
+//!   namespace (`support::netns::as_root`).
 //!
 //! mDNS multicasts on every interface, so a chat without `--no-mdns` only ever runs inside a
 //! namespace made by the test ([`Place::Host`]); elsewhere ([`Place::Loopback`]) `--no-mdns`
@@ -26,7 +28,7 @@ use std::process::{ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use support::netns::Lan;
+use support::netns::{Lan, as_root};
 
 /// The longest wait for any one condition.
 const WAIT: Duration = Duration::from_secs(20);
@@ -34,6 +36,9 @@ const WAIT: Duration = Duration::from_secs(20);
 const NODE_DOWN_GRACE: Duration = Duration::from_secs(3);
 /// A user who quits must be seen leaving within this: the goodbye, not the grace.
 const PROMPT: Duration = Duration::from_millis(1500);
+/// The longest a LAN test may take inside a user namespace (`support::netns::as_root`): its
+/// conversation is a few dozen waits, each far shorter than [`WAIT`] when all is well.
+const LIMIT: Duration = Duration::from_secs(180);
 
 /// The chat example's binary, beside this test's binary (`target/<profile>/examples/chat`).
 ///
@@ -589,8 +594,17 @@ fn three_users_over_loopback() {
 
 #[test]
 fn three_users_on_a_lan_find_each_other_by_mdns_alone() {
+    chat_binary(); // built by this process, not inside the user namespace (see as_root)
+    as_root(
+        "three_users_on_a_lan_find_each_other_by_mdns_alone",
+        LIMIT,
+        three_users_on_a_lan,
+    );
+}
+
+fn three_users_on_a_lan() {
     let started = Instant::now();
-    let lan = Lan::create(3); // root only; deletes the namespaces of dead earlier runs
+    let lan = Lan::create(3); // deletes the namespaces of dead earlier runs
     eprintln!("namespaces ready in {:?}", started.elapsed());
     {
         // Declared after the LAN: the users are killed before their namespaces go.
@@ -628,6 +642,15 @@ fn three_users_on_a_lan_find_each_other_by_mdns_alone() {
 /// mDNS with no flags.
 #[test]
 fn three_users_on_one_host_find_each_other_by_mdns_alone() {
+    chat_binary();
+    as_root(
+        "three_users_on_one_host_find_each_other_by_mdns_alone",
+        LIMIT,
+        three_users_on_one_host,
+    );
+}
+
+fn three_users_on_one_host() {
     let lan = Lan::create(1);
     {
         let host = &lan.hosts[0];

@@ -7,7 +7,8 @@
 //!   test process over loopback TCP (mDNS off), partitions made with `Node::disconnect`.
 //! - [`a_host_whose_link_goes_down_is_purged_then_heals`]: three nodes as child OS processes in
 //!   network namespaces on a bridge (mDNS only inside them); the partition is a bridge port set
-//!   down for longer than `node_down_grace`, then up.
+//!   down for longer than `node_down_grace`, then up. Run as root, it makes the namespaces
+//!   itself; run by anyone else, it runs inside a user namespace (`support::netns::as_root`).
 //!
 //! Both print their seed; `PROCGROUPS_SOAK_SEED=<seed>` replays the same schedule of
 //! operations and faults (the network's timing is not replayed). `PROCGROUPS_SOAK_SECS` sets
@@ -1403,6 +1404,28 @@ fn children_see(
 /// bound of 25 s on the purge.
 #[test]
 fn a_host_whose_link_goes_down_is_purged_then_heals() {
+    // Bounds of its waits: each child's start (10 s), the first convergence (20 s), and per
+    // round the purge (25 s), the hold (1 s) and the heal (30 s); with room to spare.
+    let limit = Duration::from_secs(90 + 60 * netns_rounds() as u64);
+    support::netns::as_root(
+        "a_host_whose_link_goes_down_is_purged_then_heals",
+        limit,
+        link_down_in_namespaces,
+    );
+}
+
+/// Link-down rounds: [`NETNS_ROUNDS`], or `PROCGROUPS_SOAK_NETNS_ROUNDS`.
+fn netns_rounds() -> usize {
+    std::env::var("PROCGROUPS_SOAK_NETNS_ROUNDS")
+        .ok()
+        .map_or(NETNS_ROUNDS, |s| {
+            s.trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("PROCGROUPS_SOAK_NETNS_ROUNDS={s:?}: {e}"))
+        })
+}
+
+fn link_down_in_namespaces() {
     use support::netns::{Lan, ip};
     use support::{Child, ChildSpec, eventually, union};
 
@@ -1410,7 +1433,7 @@ fn a_host_whose_link_goes_down_is_purged_then_heals() {
     eprintln!("netns soak seed {seed} (replay: PROCGROUPS_SOAK_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
     let started = Instant::now();
-    let lan = Lan::create(3); // root only; deletes the namespaces of dead earlier runs
+    let lan = Lan::create(3); // deletes the namespaces of dead earlier runs
     let mut children: Vec<Child> = lan
         .hosts
         .iter()
@@ -1438,14 +1461,7 @@ fn a_host_whose_link_goes_down_is_purged_then_heals() {
     });
     eprintln!("netns soak: first convergence by mDNS in {took:.1?}");
 
-    let rounds: usize =
-        std::env::var("PROCGROUPS_SOAK_NETNS_ROUNDS")
-            .ok()
-            .map_or(NETNS_ROUNDS, |s| {
-                s.trim()
-                    .parse()
-                    .unwrap_or_else(|e| panic!("PROCGROUPS_SOAK_NETNS_ROUNDS={s:?}: {e}"))
-            });
+    let rounds = netns_rounds();
     let mut figures = Vec::new();
     for round in 1..=rounds {
         let h = rng.gen_range(0..children.len());
