@@ -235,6 +235,32 @@ async fn remote_join_is_visible() {
     b.shutdown().await;
 }
 
+/// A subscription made through a temporary instance lasts (releasing an instance leaves its
+/// subscriptions open): it sees another node's joins and leaves.
+#[tokio::test]
+async fn a_subscription_of_a_temporary_instance_sees_remote_changes() {
+    let a = node().await;
+    let b = node().await;
+    connect(&b, &a).await;
+    let watcher = a.spawn_process();
+    let (mut sub, members) = watcher.open(SCOPE).unwrap().monitor("g").unwrap();
+    assert!(members.is_empty());
+    let (pb, gb) = spawn(&b);
+    gb.join("g").unwrap();
+    let ev = next_event(&mut sub).await;
+    assert_eq!(
+        (ev.kind, &*ev.group, &*ev.pids),
+        (EventKind::MemberJoined, "g", &[pb.pid()][..])
+    );
+    let pid = pb.pid();
+    drop(pb); // exit: its slot leaves everywhere
+    let ev = next_event(&mut sub).await;
+    assert_eq!(
+        (ev.kind, &*ev.group, &*ev.pids),
+        (EventKind::MemberLeft, "g", &[pid][..])
+    );
+}
+
 /// 1. A remote join shows on the peer (not as local there), a remote leave empties the group
 /// everywhere, and a process's exit removes its slots everywhere.
 #[tokio::test]

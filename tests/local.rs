@@ -584,22 +584,21 @@ async fn release_frees_the_instance_only() -> Result<()> {
     pg.release();
     assert_every_method_fails(&pg, ErrorKind::Invalid);
 
-    // Its subscriptions end, with nothing queued.
-    assert!(until_end(&mut sub).await.is_empty());
-    assert!(until_end(&mut all).await.is_empty());
-
     // The memberships belong to the process.
     assert_eq!(qpg.get_members("g")?.to_vec(), vec![p.pid()]);
     assert_eq!(names(&qpg.which_groups()?), ["g", "h"]);
 
-    // Another instance of the same process still works.
+    // So do the subscriptions: those made through the released instance stay open, like the
+    // one made through another instance of the same process.
     qpg.join("g")?;
-    assert_event(
-        &next_event(&mut kept).await,
-        EventKind::MemberJoined,
-        "g",
-        &[q.pid()],
-    );
+    for sub in [&mut sub, &mut all, &mut kept] {
+        assert_event(
+            &next_event(sub).await,
+            EventKind::MemberJoined,
+            "g",
+            &[q.pid()],
+        );
+    }
     second.leave("g")?;
     assert_event(
         &next_event(&mut kept).await,
@@ -611,10 +610,10 @@ async fn release_frees_the_instance_only() -> Result<()> {
 }
 
 /// A `monitor` or `events` call that passed its checks when the instance is released
-/// concurrently must either fail or give a subscription that the release ends. The policy holds
-/// the call between its checks and the subscription, while another thread releases.
+/// concurrently either fails or gives a subscription that lasts, like any other. The policy
+/// holds the call between its checks and the subscription, while another thread releases.
 #[tokio::test]
-async fn subscribing_during_a_release_does_not_outlive_it() -> Result<()> {
+async fn subscribing_during_a_release_fails_or_lasts() -> Result<()> {
     for gated in [Permission::Monitor, Permission::Events] {
         let gate = Arc::new((Barrier::new(2), Barrier::new(2))); // (checked, released)
         let policy = {
@@ -629,6 +628,7 @@ async fn subscribing_during_a_release_does_not_outlive_it() -> Result<()> {
         };
         let node = node_with(ScopeConfig::default(), policy).await;
         let (_p, pg) = spawn(&node);
+        let (q, qpg) = spawn(&node);
         let subscribed = std::thread::scope(|s| {
             let call = s.spawn(|| match gated {
                 Permission::Monitor => pg.monitor("g").map(|(sub, _)| sub),
@@ -642,13 +642,48 @@ async fn subscribing_during_a_release_does_not_outlive_it() -> Result<()> {
         match subscribed {
             Err(e) => assert_eq!(e.kind(), ErrorKind::Invalid, "{gated}"),
             Ok(mut sub) => {
-                let end = timeout(WAIT, sub.recv()).await;
-                let end = end
-                    .unwrap_or_else(|_| panic!("{gated}: the subscription outlives the release"));
-                assert!(end.is_none(), "{gated}: {end:?}");
+                qpg.join("g")?;
+                let ev = next_event(&mut sub).await;
+                assert_event(&ev, EventKind::MemberJoined, "g", &[q.pid()]);
             }
         }
     }
+    Ok(())
+}
+
+/// A subscription made through a temporary instance lasts: it sees the changes that follow,
+/// and ends when its process exits.
+#[tokio::test]
+async fn a_subscription_outlives_the_instance_that_made_it() -> Result<()> {
+    let node = node().await;
+    let p = node.spawn_process();
+    let (mut sub, members) = p.open(SCOPE)?.monitor("g")?;
+    let (mut all, snapshot) = p.open(SCOPE)?.events()?;
+    assert!(members.is_empty() && snapshot.is_empty());
+
+    let (q, qpg) = spawn(&node);
+    qpg.join("g")?;
+    for sub in [&mut sub, &mut all] {
+        assert_event(
+            &next_event(sub).await,
+            EventKind::MemberJoined,
+            "g",
+            &[q.pid()],
+        );
+    }
+    // Dropping a subscription unsubscribes; the other one still hears.
+    drop(sub);
+    qpg.leave("g")?;
+    assert_event(
+        &next_event(&mut all).await,
+        EventKind::MemberLeft,
+        "g",
+        &[q.pid()],
+    );
+    // The process's exit ends it.
+    drop(p);
+    qpg.join("g")?;
+    assert!(until_end(&mut all).await.is_empty());
     Ok(())
 }
 

@@ -62,9 +62,9 @@ impl<T: GroupNames + ?Sized> GroupNames for &T {
 /// A process's handle on a scope: every group operation goes through it.
 ///
 /// Obtained from [`Process::open`](crate::Process::open). Memberships belong to the process,
-/// not to the instance: [`release`](Self::release) (or dropping the instance) frees the
-/// instance and closes the subscriptions made through it, and the process stays in its
-/// groups. After a release, or after the process exits, every method returns
+/// not to the instance, and so do subscriptions: [`release`](Self::release) (or dropping the
+/// instance) frees the instance only; the process stays in its groups and its subscriptions
+/// stay open. After a release, or after the process exits, every method returns
 /// [`Invalid`](crate::ErrorKind::Invalid); after the node shuts down,
 /// [`Unavailable`](crate::ErrorKind::Unavailable).
 ///
@@ -96,7 +96,6 @@ impl<T: GroupNames + ?Sized> GroupNames for &T {
 /// # Ok(()) }
 /// ```
 pub struct Instance {
-    id: u64,
     scope: Arc<Scope>,
     process: Arc<ProcessShared>,
     node: Arc<NodeShared>,
@@ -110,7 +109,6 @@ impl Instance {
         node: Arc<NodeShared>,
     ) -> Self {
         Self {
-            id: node.next_instance_id(),
             scope,
             process,
             node,
@@ -289,8 +287,7 @@ impl Instance {
     /// step: no change is missed or counted twice between the snapshot and the first event.
     pub fn monitor(&self, group: &str) -> Result<(Subscription, Members)> {
         self.group(group, Permission::Monitor)?;
-        self.scope
-            .monitor(&self.process, (self.id, &self.released), group)
+        self.scope.monitor(&self.process, &self.released, group)
     }
 
     /// Subscribes to the joins and leaves of every group of the scope and returns every
@@ -298,15 +295,14 @@ impl Instance {
     pub fn events(&self) -> Result<(Subscription, BTreeMap<Arc<str>, Members>)> {
         self.usable()?;
         self.check(Permission::Events, &self.scope.id)?;
-        self.scope.events(&self.process, (self.id, &self.released))
+        self.scope.events(&self.process, &self.released)
     }
 
-    /// Frees the instance and closes the subscriptions made through it. Idempotent; the
-    /// process keeps its memberships.
+    /// Frees the instance. Idempotent; the process keeps its memberships, and the
+    /// subscriptions made through the instance stay open (they end when closed or dropped, or
+    /// when the process exits).
     pub fn release(&self) {
-        if !self.released.swap(true, Ordering::AcqRel) {
-            self.scope.release(self.id);
-        }
+        self.released.store(true, Ordering::Release);
     }
 }
 

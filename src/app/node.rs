@@ -308,7 +308,6 @@ impl NodeBuilder {
                 processes,
                 net,
                 next_pid: AtomicU64::new(first_id),
-                next_instance: AtomicU64::new(1),
                 policy: self.policy,
                 mailbox_capacity: self.mailbox_capacity,
                 running: AtomicBool::new(true),

@@ -49,13 +49,41 @@ struct ScopeState {
     queue_warned: bool,
 }
 
+/// Subscribers of every group and of one group. A subscription lives until it is closed or
+/// dropped, or its process exits: the end of a dropped one is found when an event is offered
+/// to it, or by the sweep that [`add`](Self::add) runs once as many subscribers were added as
+/// were there at the previous sweep, so dropped subscriptions of quiet groups cannot pile up.
 #[derive(Default)]
 struct Subscribers {
     all: Vec<Subscriber>,
     by_group: HashMap<GroupName, Vec<Subscriber>>,
+    /// Added since the last sweep, and how many were there after it.
+    added: usize,
+    after_sweep: usize,
 }
 
+/// Subscribers added before the first sweep.
+const FIRST_SWEEP: usize = 64;
+
 impl Subscribers {
+    /// Adds a subscriber of `group`, or of every group.
+    fn add(&mut self, group: Option<&str>, subscriber: Subscriber) {
+        self.added += 1;
+        if self.added >= self.after_sweep.max(FIRST_SWEEP) {
+            self.remove_where(Subscriber::is_closed);
+            self.added = 0;
+            self.after_sweep = self.all.len() + self.by_group.values().map(Vec::len).sum::<usize>();
+        }
+        match group {
+            Some(group) => self
+                .by_group
+                .entry(group.into())
+                .or_default()
+                .push(subscriber),
+            None => self.all.push(subscriber),
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.all.is_empty() && self.by_group.is_empty()
     }
@@ -280,14 +308,6 @@ impl Scope {
         state.core.set_record_changes(record);
     }
 
-    /// Closes the subscriptions made through one instance.
-    pub(crate) fn release(&self, instance: u64) {
-        let mut state = self.lock();
-        state.subscribers.remove_where(|s| s.instance == instance);
-        let record = !state.subscribers.is_empty();
-        state.core.set_record_changes(record);
-    }
-
     /// Local changes waiting for the network.
     pub(crate) fn queued_deltas(&self) -> usize {
         self.lock().core.queued_deltas()
@@ -349,20 +369,15 @@ impl Scope {
     pub(crate) fn monitor(
         &self,
         process: &ProcessShared,
-        (instance, released): (u64, &AtomicBool),
+        released: &AtomicBool,
         group: &str,
     ) -> Result<(Subscription, Members)> {
         let mut state = self.lock();
         self.usable(process, Some(released))?;
         let (subscription, subscriber) =
-            Subscription::new(self.config.monitor_buffer(), process.pid.id(), instance);
+            Subscription::new(self.config.monitor_buffer(), process.pid.id());
         let members = state.core.members(group);
-        state
-            .subscribers
-            .by_group
-            .entry(group.into())
-            .or_default()
-            .push(subscriber);
+        state.subscribers.add(Some(group), subscriber);
         state.core.set_record_changes(true);
         Ok((subscription, members))
     }
@@ -370,14 +385,14 @@ impl Scope {
     pub(crate) fn events(
         &self,
         process: &ProcessShared,
-        (instance, released): (u64, &AtomicBool),
+        released: &AtomicBool,
     ) -> Result<(Subscription, BTreeMap<Arc<str>, Members>)> {
         let mut state = self.lock();
         self.usable(process, Some(released))?;
         let (subscription, subscriber) =
-            Subscription::new(self.config.monitor_buffer(), process.pid.id(), instance);
+            Subscription::new(self.config.monitor_buffer(), process.pid.id());
         let snapshot = state.core.snapshot().into_iter().collect();
-        state.subscribers.all.push(subscriber);
+        state.subscribers.add(None, subscriber);
         state.core.set_record_changes(true);
         Ok((subscription, snapshot))
     }
@@ -426,5 +441,54 @@ impl ScopeHost for Scope {
 
     fn set_view(&self, view: ScopeNetView) {
         *self.net_view.lock().unwrap_or_else(|e| e.into_inner()) = view;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::handle::NetShared;
+
+    fn scope() -> Scope {
+        Scope::new(
+            "test:scope".into(),
+            ScopeConfig::default(),
+            PeerId::random(),
+            1,
+            Instant::now(),
+            Arc::new(NetShared::default()),
+        )
+    }
+
+    fn held(scope: &Scope) -> usize {
+        let state = scope.lock();
+        state.subscribers.all.len()
+            + state
+                .subscribers
+                .by_group
+                .values()
+                .map(Vec::len)
+                .sum::<usize>()
+    }
+
+    #[test]
+    fn dropped_subscriptions_of_quiet_groups_do_not_pile_up() {
+        let scope = scope();
+        let process = ProcessShared::new(Pid::new(PeerId::random(), 1));
+        let released = AtomicBool::new(false);
+        let (_kept, _) = scope.monitor(&process, &released, "kept").unwrap();
+        for i in 0..10_000 {
+            let (sub, _) = scope
+                .monitor(&process, &released, &format!("g{i}"))
+                .unwrap();
+            drop(sub);
+            let (sub, _) = scope.events(&process, &released).unwrap();
+            drop(sub);
+        }
+        let held = held(&scope);
+        assert!(
+            held <= 2 * FIRST_SWEEP + 1,
+            "{held} subscribers held for 1 live one"
+        );
     }
 }

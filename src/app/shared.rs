@@ -27,7 +27,6 @@ pub(crate) struct NodeShared {
     pub(crate) net: NetHandle,
     /// The next process id (see `Pid`: ids of an incarnation start at its start time).
     pub(crate) next_pid: AtomicU64,
-    pub(crate) next_instance: AtomicU64,
     pub(crate) policy: Arc<dyn Policy>,
     pub(crate) mailbox_capacity: usize,
     /// Cleared by `Node::shutdown`.
@@ -134,10 +133,6 @@ impl NodeShared {
 
     pub(crate) fn scope(&self, id: &str) -> Option<Arc<Scope>> {
         self.scopes.get(id).cloned()
-    }
-
-    pub(crate) fn next_instance_id(&self) -> u64 {
-        self.next_instance.fetch_add(1, Ordering::Relaxed)
     }
 
     pub(crate) fn check(

@@ -14,8 +14,11 @@ use crate::vocab::event::Event;
 ///
 /// It holds up to `monitor_buffer` events. When it is full, newer events for this subscriber
 /// are dropped and counted ([`dropped`](Self::dropped)); the scope never waits for a slow
-/// subscriber. It ends (`recv` gives `None`) after [`close`](Self::close), or when its instance
-/// is released or its process exits, once the queued events are read.
+/// subscriber. It ends (`recv` gives `None`) after [`close`](Self::close), or when its process
+/// exits, once the queued events are read. It does not depend on the instance that made it:
+/// releasing or dropping the instance leaves it open, so
+/// `let (sub, members) = process.open("app:pg")?.monitor("g")?;` is a subscription that lasts.
+/// Dropping it unsubscribes.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -26,8 +29,7 @@ use crate::vocab::event::Event;
 /// use procgroups::EventKind;
 ///
 /// let watcher = node.spawn_process();
-/// let pg = watcher.open("app:pg")?; // a subscription lives as long as its instance
-/// let (mut sub, snapshot) = pg.events()?; // every group, then every change
+/// let (mut sub, snapshot) = watcher.open("app:pg")?.events()?; // every group, then every change
 /// assert!(snapshot.is_empty());
 /// let worker = node.spawn_process();
 /// worker.open("app:pg")?.join("g")?;
@@ -45,7 +47,7 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub(crate) fn new(capacity: usize, process: u64, instance: u64) -> (Self, Subscriber) {
+    pub(crate) fn new(capacity: usize, process: u64) -> (Self, Subscriber) {
         let (tx, rx) = mpsc::channel(capacity);
         let dropped = Arc::new(AtomicU64::new(0));
         (
@@ -57,7 +59,6 @@ impl Subscription {
                 tx,
                 dropped,
                 process,
-                instance,
             },
         )
     }
@@ -111,14 +112,18 @@ impl futures::Stream for Subscription {
 pub(crate) struct Subscriber {
     tx: mpsc::Sender<Event>,
     dropped: Arc<AtomicU64>,
-    /// Owner process id and instance id: exit and release close it.
+    /// The owner process: its exit closes the subscription.
     pub(crate) process: u64,
-    pub(crate) instance: u64,
 }
 
 impl Subscriber {
     /// Queues `event`, or counts it dropped here and in the scope's `dropped`; `false` when
     /// the subscription is gone and this end should be removed.
+    /// The subscription was dropped.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     pub(crate) fn offer(&self, event: &Event, scope_dropped: &AtomicU64) -> bool {
         match self.tx.try_send(event.clone()) {
             Ok(()) => true,
