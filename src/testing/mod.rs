@@ -4,6 +4,8 @@
 
 pub(crate) mod codec_hostile;
 pub(crate) mod harness;
+#[cfg(test)]
+pub(crate) mod hosts;
 pub(crate) mod seeds;
 
 #[cfg(feature = "fuzzing")]

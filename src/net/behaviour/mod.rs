@@ -42,6 +42,8 @@ mod deltas;
 mod discovery;
 mod peers;
 mod sync;
+#[cfg(test)]
+mod tests;
 mod timers;
 
 /// How often timers are checked: retries, reorder windows, grace periods, anti-entropy.

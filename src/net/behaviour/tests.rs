@@ -1,0 +1,458 @@
+//! The behaviour driven without sockets: connection, request and gossip events are injected
+//! as the swarm would hand them over, against test doubles of the scope and the inboxes
+//! (`testing::hosts`), and the tests check what the behaviour asks for and what it changes.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::task::noop_waker_ref;
+use libp2p::core::transport::PortUse;
+use libp2p::core::{ConnectedPoint, Endpoint};
+use libp2p::gossipsub::{self, MessageAcceptance};
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::behaviour::{ConnectionClosed, ConnectionEstablished};
+use libp2p::swarm::{ConnectionId, FromSwarm, NetworkBehaviour, ToSwarm};
+use libp2p::{Multiaddr, PeerId};
+
+use super::{Behaviour, NetConfig, SyncOut, build};
+use crate::net::handle::{Command, NetHandle, NetShared};
+use crate::net::host::{InboxSink, ScopeHost};
+use crate::net::outbox::DeliveryPolicy;
+use crate::net::peer::Standing;
+use crate::net::protocols::{BehaviourConfig, scope_topic};
+use crate::net::wire::{DeliverBatch, Frame, SyncResponse};
+use crate::proto::messages::{Delta, Op, Version};
+use crate::testing::hosts::{RecordingInbox, TestScope};
+use crate::vocab::config::ScopeConfig;
+use crate::vocab::pid::Pid;
+
+const SCOPE: &str = "test:unit";
+const GRACE: Duration = Duration::from_millis(300);
+
+struct Rig {
+    behaviour: Behaviour,
+    /// Kept so that the behaviour's command channel stays open.
+    _handle: NetHandle,
+    shared: Arc<NetShared>,
+    scope: Arc<TestScope>,
+    inbox: Arc<RecordingInbox>,
+    connections: usize,
+}
+
+fn rig(allowed: Option<Vec<PeerId>>) -> Rig {
+    let keypair = Keypair::generate_ed25519();
+    let me = keypair.public().to_peer_id();
+    let config = ScopeConfig::builder()
+        .node_down_grace(GRACE)
+        .build()
+        .expect("a valid config");
+    let scope = TestScope::new(SCOPE, config.clone(), me);
+    let inbox = Arc::new(RecordingInbox::default());
+    let shared = Arc::new(NetShared::default());
+    let network = BehaviourConfig {
+        mdns: false,
+        ..BehaviourConfig::default()
+    };
+    let policy = DeliveryPolicy::from_scopes([&config], network.max_request_bytes / 2);
+    let (behaviour, handle) = build(
+        NetConfig {
+            keypair,
+            bootstrap: Vec::new(),
+            behaviour: network,
+            policy,
+            incarnation: 1,
+            allowed: allowed.map(|peers| peers.into_iter().collect()),
+        },
+        vec![scope.clone() as Arc<dyn ScopeHost>],
+        inbox.clone() as Arc<dyn InboxSink>,
+        shared.clone(),
+    )
+    .expect("a behaviour");
+    Rig {
+        behaviour,
+        _handle: handle,
+        shared,
+        scope,
+        inbox,
+        connections: 0,
+    }
+}
+
+fn addr(port: u16) -> Multiaddr {
+    format!("/ip4/127.0.0.1/tcp/{port}")
+        .parse()
+        .expect("multiaddr")
+}
+
+impl Rig {
+    /// The swarm reports a new inbound connection from `peer`.
+    fn connect(&mut self, peer: PeerId) -> ConnectionId {
+        self.connections += 1;
+        let id = ConnectionId::new_unchecked(self.connections);
+        let endpoint = ConnectedPoint::Listener {
+            local_addr: addr(1),
+            send_back_addr: addr(2),
+        };
+        // As the swarm does: the handler first (the protocols count the connection), then
+        // the event.
+        let handler =
+            self.behaviour
+                .handle_established_inbound_connection(id, peer, &addr(1), &addr(2));
+        assert!(handler.is_ok(), "the connection is admitted");
+        self.behaviour
+            .on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
+                peer_id: peer,
+                connection_id: id,
+                endpoint: &endpoint,
+                failed_addresses: &[],
+                other_established: 0,
+            }));
+        id
+    }
+
+    fn disconnect(&mut self, peer: PeerId, id: ConnectionId) {
+        let endpoint = ConnectedPoint::Listener {
+            local_addr: addr(1),
+            send_back_addr: addr(2),
+        };
+        self.behaviour
+            .on_swarm_event(FromSwarm::ConnectionClosed(ConnectionClosed {
+                peer_id: peer,
+                connection_id: id,
+                endpoint: &endpoint,
+                cause: None,
+                remaining_established: 0,
+            }));
+    }
+
+    /// Polls the behaviour until it has nothing more to do; returns the dials it asked for.
+    fn poll_dials(&mut self) -> Vec<Option<PeerId>> {
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let mut dials = Vec::new();
+        for _ in 0..1000 {
+            match self.behaviour.poll(&mut cx) {
+                Poll::Ready(ToSwarm::Dial { opts }) => dials.push(opts.get_peer_id()),
+                Poll::Ready(_) => {}
+                Poll::Pending => return dials,
+            }
+        }
+        panic!("the behaviour never stopped asking for something");
+    }
+
+    fn discovers_sent(&self) -> usize {
+        self.behaviour
+            .sync_out
+            .values()
+            .filter(|o| matches!(o, SyncOut::Discover))
+            .count()
+    }
+
+    fn syncs_sent_to(&self, peer: PeerId) -> usize {
+        self.behaviour
+            .sync_out
+            .values()
+            .filter(|o| matches!(o, SyncOut::Sync { peer: p, .. } if *p == peer))
+            .count()
+    }
+
+    fn gossip(&mut self, source: Option<PeerId>, delta: &Delta) -> MessageAcceptance {
+        let mut data = Vec::new();
+        ciborium::into_writer(delta, &mut data).expect("a delta encodes");
+        let message = gossipsub::Message {
+            source,
+            data,
+            sequence_number: Some(1),
+            topic: scope_topic(SCOPE).hash(),
+        };
+        self.behaviour.accept_delta(&message)
+    }
+}
+
+/// A delta of `origin` (incarnation 1) joining its process `id` to `group`.
+fn join_delta(origin: PeerId, seq: u64, group: &str, id: u64) -> Delta {
+    Delta {
+        origin,
+        incarnation: 1,
+        seq,
+        groups: vec![group.to_string()],
+        ops: vec![Op {
+            group: 0,
+            id,
+            change: 1,
+        }],
+    }
+}
+
+fn member(group: &str, peer: PeerId, id: u64) -> crate::testing::harness::View {
+    [(group.to_string(), [(Pid::new(peer, id), 1)].into())].into()
+}
+
+#[tokio::test]
+async fn every_new_connection_gets_a_discover_at_most_eight_at_once() {
+    let mut rig = rig(None);
+    let peers: Vec<PeerId> = (0..10).map(|_| PeerId::random()).collect();
+    for peer in &peers {
+        rig.connect(*peer);
+    }
+    assert_eq!(rig.discovers_sent(), super::MAX_DISCOVERS_IN_FLIGHT);
+    assert_eq!(
+        rig.behaviour.discover_queue.len(),
+        2,
+        "the rest wait their turn"
+    );
+    let connected = rig.shared.connected.read().unwrap().clone();
+    assert_eq!(connected, peers.iter().copied().collect());
+}
+
+#[tokio::test]
+async fn a_peer_not_on_the_allow_list_is_refused_and_counted() {
+    let friend = PeerId::random();
+    let mut rig = rig(Some(vec![friend]));
+    let outsider = PeerId::random();
+    let inbound = |rig: &mut Rig, peer| {
+        rig.behaviour
+            .handle_established_inbound_connection(
+                ConnectionId::new_unchecked(99),
+                peer,
+                &addr(1),
+                &addr(2),
+            )
+            .is_ok()
+    };
+    assert!(!inbound(&mut rig, outsider));
+    assert!(inbound(&mut rig, friend));
+    assert!(
+        rig.behaviour
+            .handle_established_outbound_connection(
+                ConnectionId::new_unchecked(100),
+                outsider,
+                &addr(3),
+                Endpoint::Dialer,
+                PortUse::Reuse,
+            )
+            .is_err()
+    );
+    assert_eq!(rig.shared.stats.peers_refused.load(Ordering::Relaxed), 2);
+    // Its deltas are refused too, even relayed by an admitted peer.
+    let delta = join_delta(outsider, 1, "g", 7);
+    assert_eq!(
+        rig.gossip(Some(outsider), &delta),
+        MessageAcceptance::Reject
+    );
+    assert!(rig.scope.members().is_empty());
+}
+
+#[tokio::test]
+async fn a_disconnected_peer_is_not_dialed_until_the_application_dials_it() {
+    let mut rig = rig(None);
+    let peer = PeerId::random();
+    let id = rig.connect(peer);
+    rig.behaviour.on_command(Command::Disconnect(peer));
+    rig.disconnect(peer, id);
+    let dial = |rig: &mut Rig| {
+        rig.behaviour
+            .handle_pending_outbound_connection(
+                ConnectionId::new_unchecked(50),
+                Some(peer),
+                &[],
+                Endpoint::Dialer,
+            )
+            .is_ok()
+    };
+    assert!(
+        !dial(&mut rig),
+        "any dial of a disconnected peer is refused"
+    );
+    assert_eq!(rig.behaviour.peers[&peer].redial, None);
+    rig.behaviour
+        .on_command(Command::Dial(addr(4).with(Protocol::P2p(peer))));
+    assert!(dial(&mut rig));
+    assert_eq!(rig.behaviour.peers[&peer].standing, Standing::Known);
+}
+
+#[tokio::test]
+async fn a_delta_is_taken_only_from_its_origin() {
+    let mut rig = rig(None);
+    let origin = PeerId::random();
+    let relay = PeerId::random();
+    let delta = join_delta(origin, 1, "g", 7);
+
+    assert_eq!(rig.gossip(None, &delta), MessageAcceptance::Reject);
+    assert_eq!(rig.gossip(Some(relay), &delta), MessageAcceptance::Reject);
+    assert!(
+        rig.scope.members().is_empty(),
+        "a forged delta changes nothing"
+    );
+    let rejected = rig.scope.counters().deltas_rejected.load(Ordering::Relaxed);
+    assert_eq!(rejected, 1, "the unsigned one, refused before the core");
+
+    assert!(!rig.scope.is_publishing());
+    assert_eq!(rig.gossip(Some(origin), &delta), MessageAcceptance::Accept);
+    assert_eq!(rig.scope.members(), member("g", origin, 7));
+    assert!(rig.behaviour.peers[&origin].scopes.contains(&0));
+    assert!(
+        rig.scope.is_publishing(),
+        "a peer shares the scope: publish from now on"
+    );
+
+    let mut garbage = rig_message(b"not cbor");
+    garbage.source = Some(origin);
+    assert_eq!(
+        rig.behaviour.accept_delta(&garbage),
+        MessageAcceptance::Reject
+    );
+    assert_eq!(rig.shared.stats.malformed.load(Ordering::Relaxed), 1);
+}
+
+fn rig_message(data: &[u8]) -> gossipsub::Message {
+    gossipsub::Message {
+        source: None,
+        data: data.to_vec(),
+        sequence_number: None,
+        topic: scope_topic(SCOPE).hash(),
+    }
+}
+
+#[tokio::test]
+async fn a_discover_answer_pulls_what_differs_and_meets_the_peers_it_names() {
+    let mut rig = rig(None);
+    let peer = PeerId::random();
+    let other = PeerId::random();
+    rig.connect(peer);
+    let (&id, _) = rig
+        .behaviour
+        .sync_out
+        .iter()
+        .find(|(_, o)| matches!(o, SyncOut::Discover))
+        .expect("a Discover in flight");
+    let answer = SyncResponse::Discover {
+        scopes: vec![(
+            SCOPE.to_string(),
+            Version {
+                incarnation: 1,
+                seq: 3,
+            },
+        )],
+        peers: vec![(other, vec![addr(5)])],
+    };
+    rig.behaviour.on_sync_response(peer, id, answer);
+    assert_eq!(
+        rig.syncs_sent_to(peer),
+        1,
+        "the peer's state differs: pull it"
+    );
+    assert_eq!(rig.behaviour.discovers_in_flight, 0);
+    assert_eq!(rig.behaviour.peers[&other].standing, Standing::Told);
+    assert!(
+        rig.poll_dials().contains(&Some(other)),
+        "a named peer is dialed"
+    );
+
+    // An answer that does not fit its request is malformed input.
+    rig.connect(other);
+    let (&id, _) = rig
+        .behaviour
+        .sync_out
+        .iter()
+        .find(|(_, o)| matches!(o, SyncOut::Discover))
+        .expect("a Discover to the new peer");
+    rig.behaviour.on_sync_response(other, id, SyncResponse::Ack);
+    assert_eq!(rig.shared.stats.malformed.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_delivery_batch_is_delivered_once() {
+    let mut rig = rig(None);
+    let peer = PeerId::random();
+    let batch = DeliverBatch {
+        incarnation: 9,
+        seq: 1,
+        frames: vec![Frame {
+            from: 3,
+            topic: "t".into(),
+            payload: bytes::Bytes::from_static(b"\x01"),
+            targets: vec![5, 5, 6].into(),
+        }],
+    };
+    rig.behaviour.on_batch(peer, batch.clone());
+    rig.behaviour.on_batch(peer, batch.clone());
+    let frames = rig.inbox.frames.lock().unwrap().clone();
+    assert_eq!(frames, vec![(peer, batch.frames[0].clone())]);
+    let stats = &rig.shared.stats;
+    assert_eq!(stats.batches_duplicate.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.frames_received.load(Ordering::Relaxed), 3);
+    // A new incarnation of the sender starts its sequence again.
+    rig.behaviour.on_batch(
+        peer,
+        DeliverBatch {
+            incarnation: 10,
+            ..batch
+        },
+    );
+    assert_eq!(rig.inbox.frames.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_lost_peer_is_purged_after_the_grace_and_redialed() {
+    let mut rig = rig(None);
+    let peer = PeerId::random();
+    let id = rig.connect(peer);
+    let delta = join_delta(peer, 1, "g", 7);
+    assert_eq!(rig.gossip(Some(peer), &delta), MessageAcceptance::Accept);
+    rig.disconnect(peer, id);
+    let lost = Instant::now();
+    assert!(
+        rig.behaviour.peers[&peer].redial.is_some(),
+        "a lost peer is redialed"
+    );
+
+    rig.behaviour.node_down(lost + GRACE / 2);
+    assert_eq!(
+        rig.scope.members(),
+        member("g", peer, 7),
+        "inside the grace"
+    );
+    rig.behaviour.publish_views(lost + GRACE / 2);
+    let unreachable = rig.scope.view.lock().unwrap().unreachable.clone();
+    assert_eq!(
+        unreachable.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        [peer]
+    );
+
+    rig.behaviour.node_down(lost + GRACE * 2);
+    assert!(rig.scope.members().is_empty(), "purged after the grace");
+}
+
+#[tokio::test]
+async fn sync_pages_come_from_one_state() {
+    let mut rig = rig(None);
+    for id in 0..50 {
+        rig.scope.join(id, &format!("group-{id:03}"));
+    }
+    rig.behaviour.page_bytes = 256;
+    let peer = PeerId::random();
+    let SyncResponse::Page { version, pages, .. } = rig.behaviour.serve_sync(peer, SCOPE, 0, None)
+    else {
+        panic!("page 0 served");
+    };
+    assert!(pages > 2, "{pages} pages");
+    assert!(matches!(
+        rig.behaviour.serve_sync(peer, SCOPE, 1, Some(version)),
+        SyncResponse::Page { page: 1, .. }
+    ));
+    let other = Version {
+        seq: version.seq + 1,
+        ..version
+    };
+    assert!(matches!(
+        rig.behaviour.serve_sync(peer, SCOPE, 2, Some(other)),
+        SyncResponse::Refused { .. }
+    ));
+    assert!(matches!(
+        rig.behaviour.serve_sync(peer, "test:elsewhere", 0, None),
+        SyncResponse::Refused { .. }
+    ));
+}
