@@ -7,6 +7,7 @@ use libp2p::PeerId;
 use super::input::{DeltaOutcome, Rejection, SyncOutcome};
 use super::messages::{Delta, Op, SyncGroup, SyncState, Version};
 use super::state::{CoreConfig, ScopeCore};
+use crate::testing::drive::Drive;
 use crate::{EventKind, Pid};
 
 fn config() -> CoreConfig {
@@ -23,7 +24,7 @@ fn config() -> CoreConfig {
 
 fn core_with(cfg: CoreConfig) -> ScopeCore {
     let mut core = ScopeCore::new(PeerId::random(), rand::random(), cfg);
-    core.set_publishing(true);
+    core.share();
     core
 }
 
@@ -267,11 +268,11 @@ fn a_restarted_origin_is_a_new_incarnation_that_replaces_the_old() {
     let keypair = libp2p::identity::Keypair::generate_ed25519();
     let peer = keypair.public().to_peer_id();
     let mut old = ScopeCore::new(peer, 1, config());
-    old.set_publishing(true);
+    old.share();
     old.join(1, &["g"]).unwrap();
     relay(&mut old, &mut b);
     let mut new = ScopeCore::new(peer, 2, config());
-    new.set_publishing(true);
+    new.share();
     new.join(100, &["g"]).unwrap();
     let first = new.take_deltas().remove(0);
     assert_eq!(first.seq, 1);

@@ -4,12 +4,12 @@
 //! A [`Session`] starts from a core that holds local members, the members of a peer `A` it
 //! follows by deltas (one of them held, waiting for the one before), of a peer `B` it synced
 //! with, and knows nothing of a peer `C`. Inputs are fed as the network layer feeds them
-//! (decoded with the same decoder, handed to `handle_delta` / `handle_sync` with the
-//! authenticated sender), and after each one every property is checked, panicking on a
+//! (decoded with the same decoder, handed to the core's `handle` as `Input::Delta` /
+//! `Input::Sync` with the authenticated sender), and after each one every property is checked, panicking on a
 //! broken one (which is what a fuzzer looks for):
 //!
 //! - the core's invariants (`view()` recounts every counter);
-//! - an input the spec calls invalid (see [`delta_problem`], [`sync_problem`]) is rejected,
+//! - an input the protocol calls invalid (see [`delta_problem`], [`sync_problem`]) is rejected,
 //!   a rejected one changes nothing (view, versions, outputs), and an input claiming an
 //!   origin other than its sender is rejected as such;
 //! - a held or duplicate delta and a stale sync change no member;
@@ -44,6 +44,7 @@ use crate::proto::groups::group_name_problem;
 use crate::proto::input::{DeltaOutcome, Rejection, SyncOutcome};
 use crate::proto::messages::{Delta, Op, SyncGroup, SyncState, Version};
 use crate::proto::state::{CoreConfig, ScopeCore};
+use crate::testing::drive::Drive;
 use crate::{EventKind, Pid};
 
 /// Every slot a core holds, by group (see `ScopeCore::view`).
@@ -160,7 +161,7 @@ fn core_config(limits: Limits) -> CoreConfig {
 /// A publishing core of `peer` (no limits: it is the origin, not the receiver under test).
 fn origin_core(peer: PeerId, incarnation: u64) -> ScopeCore {
     let mut core = ScopeCore::new(peer, incarnation, core_config(Limits::Off));
-    core.set_publishing(true);
+    core.share();
     core
 }
 
@@ -177,7 +178,7 @@ impl Session {
         let local = peer(1);
         let peers = [peer(0xa), peer(0xb), peer(0xc)];
         let mut core = ScopeCore::new(local, 0x10ca1, cfg.clone());
-        core.set_publishing(true);
+        core.share();
         core.join(1, &["a", "b"]).expect("within the limits");
         core.join(2, &["a", "a"]).expect("within the limits");
         core.take_deltas();

@@ -3,6 +3,7 @@
 //! the hostile-input properties, the simulator, and the fuzz targets' entry points.
 
 pub(crate) mod codec_hostile;
+pub(crate) mod drive;
 pub(crate) mod harness;
 #[cfg(test)]
 pub(crate) mod hosts;

@@ -21,6 +21,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::proto::messages::{Delta, SyncState, Version};
 use crate::proto::state::{CoreConfig, ScopeCore};
+use crate::testing::drive::Drive;
 use crate::{EventKind, Pid};
 
 type View = BTreeMap<String, BTreeMap<Pid, u32>>;
@@ -119,7 +120,7 @@ impl Sim {
                         .public(),
                 );
                 let mut core = ScopeCore::new(peer, rng.r#gen(), core_config(seed));
-                core.set_publishing(true);
+                core.share();
                 SimNode {
                     peer,
                     core,
@@ -276,7 +277,7 @@ impl Sim {
                 node.alive = true;
                 node.life += 1;
                 node.core = ScopeCore::new(node.peer, incarnation, core_config(self.seed));
-                node.core.set_publishing(true);
+                node.core.share();
                 node.unreachable.clear();
             }
         }

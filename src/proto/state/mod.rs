@@ -199,7 +199,7 @@ impl ScopeCore {
 
     /// Whether local changes are queued as deltas (there are peers to tell). Turning it off
     /// drops nothing already queued.
-    pub(crate) fn set_publishing(&mut self, on: bool) {
+    fn set_publishing(&mut self, on: bool) {
         self.publishing = on;
     }
 
@@ -249,6 +249,20 @@ impl ScopeCore {
         changes.into_iter()
     }
 
+    /// The deltas among the outputs, oldest first; the other outputs stay queued.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn take_published(&mut self) -> Vec<Delta> {
+        let mut deltas = Vec::new();
+        self.outputs.retain(|o| match o {
+            Output::Publish(d) => {
+                deltas.push(d.clone());
+                false
+            }
+            _ => true,
+        });
+        deltas
+    }
+
     /// The first sync request among the outputs, for tests that look at requests alone: the
     /// timers before it are dropped (a test ticks when it likes), the rest stay queued.
     #[cfg(any(test, feature = "fuzzing"))]
@@ -266,7 +280,7 @@ impl ScopeCore {
 
     /// Joins `id` to every group of `names` (a name may repeat), all or nothing.
     /// Names must be valid. Refused when a limit would be exceeded.
-    pub(crate) fn join(&mut self, id: u64, names: &[&str]) -> Result<(), LimitError> {
+    fn on_join(&mut self, id: u64, names: &[&str]) -> Result<(), LimitError> {
         self.check_join(id, names)?;
         let seed = self.hash_seed;
         for name in names {
@@ -346,7 +360,7 @@ impl ScopeCore {
 
     /// Leaves one slot of each group of `names`, best effort. Returns how many slots were
     /// left (0: the process was a member of none of them, and nothing changed).
-    pub(crate) fn leave(&mut self, id: u64, names: &[&str]) -> usize {
+    fn on_leave(&mut self, id: u64, names: &[&str]) -> usize {
         let mut left = 0;
         for name in names {
             let removed = self.remove(LOCAL, name, id, 1);
@@ -368,7 +382,7 @@ impl ScopeCore {
     }
 
     /// Removes every slot of `id` in every group, in one change.
-    pub(crate) fn exit(&mut self, id: u64) {
+    fn on_exit(&mut self, id: u64) {
         let Some(groups) = self.local_procs.remove(&id) else {
             return;
         };
@@ -690,16 +704,16 @@ impl ScopeCore {
     pub(crate) fn handle(&mut self, input: Input<'_>, now: Duration) -> Result<Outcome, Refusal> {
         match input {
             Input::Join { process, groups } => {
-                self.join(process, groups).map_err(Refusal::Limit)?;
+                self.on_join(process, groups).map_err(Refusal::Limit)?;
             }
             Input::Leave { process, groups } => {
                 return Ok(Outcome::Left {
-                    slots: self.leave(process, groups),
+                    slots: self.on_leave(process, groups),
                 });
             }
-            Input::Exit { process } => self.exit(process),
+            Input::Exit { process } => self.on_exit(process),
             Input::Flush => {
-                for delta in self.take_deltas() {
+                for delta in self.on_flush() {
                     self.push_output(Output::Publish(delta));
                 }
             }
@@ -709,24 +723,24 @@ impl ScopeCore {
                 }
             }
             Input::Delta { sender, delta } => {
-                return Ok(Outcome::Delta(self.handle_delta(sender, delta, now)?));
+                return Ok(Outcome::Delta(self.on_delta(sender, delta, now)?));
             }
             Input::Sync { sender, state } => {
-                return Ok(Outcome::Sync(self.handle_sync(sender, state, now)?));
+                return Ok(Outcome::Sync(self.on_sync(sender, state, now)?));
             }
-            Input::SyncFailed { origin } => self.sync_failed(origin, now),
-            Input::PeerVersion { peer, version } => self.handle_peer_version(peer, version, now),
-            Input::PeerDown { peer } => self.peer_down(peer),
+            Input::SyncFailed { origin } => self.on_sync_failed(origin, now),
+            Input::PeerVersion { peer, version } => self.on_peer_version(peer, version, now),
+            Input::PeerDown { peer } => self.on_peer_down(peer),
             Input::Goodbye { peer, incarnation } => {
                 let purged = self
                     .applied_version(&peer)
                     .is_none_or(|v| v.incarnation == incarnation);
                 if purged {
-                    self.peer_down(peer);
+                    self.on_peer_down(peer);
                 }
                 return Ok(Outcome::Goodbye { purged });
             }
-            Input::Tick => self.tick(now),
+            Input::Tick => self.on_tick(now),
         }
         Ok(Outcome::Done)
     }

@@ -7,7 +7,7 @@ use crate::proto::messages::{Delta, Op, SyncGroup, SyncState};
 
 impl ScopeCore {
     /// The deltas to publish, oldest first, each below `max_delta_bytes`.
-    pub(crate) fn take_deltas(&mut self) -> Vec<Delta> {
+    pub(super) fn on_flush(&mut self) -> Vec<Delta> {
         self.flush_pending();
         self.ready.drain(..).collect()
     }

@@ -13,7 +13,7 @@ use crate::proto::messages::{Delta, SyncState, Version};
 
 impl ScopeCore {
     /// Applies a delta received from `sender` (the authenticated source of the message).
-    pub(crate) fn handle_delta(
+    pub(super) fn on_delta(
         &mut self,
         sender: PeerId,
         delta: Delta,
@@ -242,7 +242,7 @@ impl ScopeCore {
 
     /// Replaces what this node holds of `sender`'s members with its full state, if that state
     /// is newer; emits only the difference.
-    pub(crate) fn handle_sync(
+    pub(super) fn on_sync(
         &mut self,
         sender: PeerId,
         state: SyncState,
@@ -358,7 +358,7 @@ impl ScopeCore {
     }
 
     /// The request for `sender`'s state failed (no connection, timeout): another may be sent.
-    pub(crate) fn sync_failed(&mut self, sender: PeerId, now: Duration) {
+    pub(super) fn on_sync_failed(&mut self, sender: PeerId, now: Duration) {
         if let Some(node) = self.node_index.get(&sender).copied()
             && let Some(origin) = self.origins.get_mut(&node)
         {
@@ -375,7 +375,7 @@ impl ScopeCore {
 
     /// A peer told its own version (Discover, anti-entropy): pull its state if this node's
     /// copy differs.
-    pub(crate) fn handle_peer_version(&mut self, peer: PeerId, version: Version, now: Duration) {
+    pub(super) fn on_peer_version(&mut self, peer: PeerId, version: Version, now: Duration) {
         if peer == self.local_peer() {
             return;
         }
@@ -403,7 +403,7 @@ impl ScopeCore {
 
     /// `peer` is down: remove all its members (emitting the leaves) and apply none of its
     /// deltas until a sync shows it alive again.
-    pub(crate) fn peer_down(&mut self, peer: PeerId) {
+    pub(super) fn on_peer_down(&mut self, peer: PeerId) {
         let Some(node) = self.node_index.get(&peer).copied() else {
             return;
         };
@@ -426,7 +426,7 @@ impl ScopeCore {
     }
 
     /// Time passes: pull syncs for gaps that stayed open, retry requests that timed out.
-    pub(crate) fn tick(&mut self, now: Duration) {
+    pub(super) fn on_tick(&mut self, now: Duration) {
         let mut due = Vec::new();
         for (node, origin) in &mut self.origins {
             if let Some(sent) = origin.sync_requested
