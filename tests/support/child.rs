@@ -341,11 +341,12 @@ impl Child {
 
 /// `Ok` when each child sees exactly its expected members of [`GROUP`]; `Err` says which do
 /// not, what they see and whom they are connected to.
-pub fn each_sees<'a>(
-    children: impl IntoIterator<Item = (&'a mut Child, &'a [Pid])>,
+pub fn each_sees<'a, P: AsRef<[Pid]>>(
+    children: impl IntoIterator<Item = (&'a mut Child, P)>,
 ) -> Result<(), String> {
     let mut wrong = Vec::new();
     for (child, want) in children {
+        let want = want.as_ref();
         let members = child.members(GROUP);
         if members != want {
             let peers = child.peers();

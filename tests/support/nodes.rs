@@ -23,7 +23,10 @@ pub fn builder(scope: &str, config: ScopeConfig) -> NodeBuilder {
 
 /// [`builder`], built.
 pub async fn node(scope: &str, config: ScopeConfig) -> Node {
-    builder(scope, config).build().await.expect("the node starts")
+    builder(scope, config)
+        .build()
+        .await
+        .expect("the node starts")
 }
 
 /// A scope configuration with `node_down_grace` set to `grace`.
@@ -86,7 +89,10 @@ pub fn app_swarm<B: NetworkBehaviour>(keypair: Keypair, behaviour: B) -> Swarm<B
 pub fn drive_pausable<B>(
     mut swarm: Swarm<B>,
     last: impl Fn(&SwarmEvent<B::ToSwarm>) -> bool + Send + 'static,
-) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>)
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+)
 where
     B: NetworkBehaviour + Send + 'static,
     B::ToSwarm: Send,
