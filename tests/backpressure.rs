@@ -14,12 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use procgroups::behaviour::BehaviourConfig;
-use procgroups::{ErrorKind, EventKind, Instance, Keypair, Node, Process, ScopeConfig};
+use procgroups::{ErrorKind, EventKind, Instance, Node, Process, ScopeConfig};
 
 mod support;
-use support::{WAIT, app_swarm, connect, drive_pausable, eventually};
+use support::{WAIT, connect, embedded_pausable, eventually};
 
 const SCOPE: &str = "test:backpressure";
 /// Changes, or messages, of each flood.
@@ -342,11 +341,6 @@ async fn a_process_that_never_reads_holds_its_mailbox_capacity_and_others_still_
     }
 }
 
-#[derive(NetworkBehaviour)]
-struct App {
-    groups: procgroups::behaviour::Behaviour,
-}
-
 /// (c) A peer that never reads its socket: a node embedded in a swarm that the test stops
 /// polling (its connections stop reading once their few buffered events are not taken), a
 /// member of a group on it, and a node that floods that group with broadcasts. The first
@@ -391,19 +385,9 @@ async fn a_peer_that_never_reads_its_socket_leaves_the_outboxes_bounded() {
         .await
         .unwrap();
 
-    // The stalled peer: the behaviour in a swarm of the test's own.
-    let keypair = Keypair::generate_ed25519();
-    let (stalled, groups) = Node::builder()
-        .keypair(keypair.clone())
-        .mdns(false)
-        .scope(SCOPE, config)
-        .build_behaviour()
-        .unwrap();
-    let swarm = app_swarm(keypair, App { groups });
-    // `true` polls the swarm, `false` holds it without polling.
-    let (polling, driver) = drive_pausable(swarm, |event| {
-        matches!(event, SwarmEvent::Behaviour(AppEvent::Groups(_)))
-    });
+    // The stalled peer: the behaviour in a swarm of the test's own, whose polling
+    // `polling` holds (`false`) and resumes (`true`).
+    let (stalled, polling, driver) = embedded_pausable(SCOPE, config);
     eventually("the stalled node listens", Duration::from_secs(5), || {
         !stalled.listen_addrs().is_empty()
     })

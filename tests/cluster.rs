@@ -47,6 +47,14 @@ async fn node_with(config: ScopeConfig) -> Node {
     builder(config).build().await.expect("node")
 }
 
+/// Two nodes with the default config, `b` connected to `a`.
+async fn pair() -> (Node, Node) {
+    let a = node().await;
+    let b = node().await;
+    connect(&b, &a).await;
+    (a, b)
+}
+
 /// A node hosting `SCOPE` with `config` and `WITNESS` with `PARTITION_GRACE`.
 async fn node_with_witness(config: ScopeConfig) -> Node {
     builder(config)
@@ -118,9 +126,7 @@ async fn remote_join_is_visible() {
 /// everywhere, and a process's exit removes its slots everywhere.
 #[tokio::test]
 async fn remote_join_leave_and_exit_propagate() {
-    let a = node().await;
-    let b = node().await;
-    connect(&b, &a).await;
+    let (a, b) = pair().await;
     let (pa, ga) = spawn(&a);
     let (pb, gb) = spawn(&b);
 
@@ -197,9 +203,7 @@ async fn members_joined_before_a_peer_existed_reach_it_by_sync() {
 /// 4 leaves of one process are 12 slots everywhere.
 #[tokio::test]
 async fn counted_slots_are_the_same_on_every_node() {
-    let a = node().await;
-    let b = node().await;
-    connect(&b, &a).await;
+    let (a, b) = pair().await;
     let (pa, ga) = spawn(&a);
     let (_pb, gb) = spawn(&b);
 
@@ -233,9 +237,7 @@ async fn counted_slots_are_the_same_on_every_node() {
 /// local members are B's processes only.
 #[tokio::test]
 async fn members_belong_to_the_node_that_joined_them() {
-    let a = node().await;
-    let b = node().await;
-    connect(&b, &a).await;
+    let (a, b) = pair().await;
     let (pa1, ga1) = spawn(&a);
     let (pa2, ga2) = spawn(&a);
     let (pb, gb) = spawn(&b);
@@ -269,9 +271,7 @@ async fn members_belong_to_the_node_that_joined_them() {
 /// the order they happened, with the right pids.
 #[tokio::test]
 async fn monitors_and_events_see_local_and_remote_changes_in_order() {
-    let a = node().await;
-    let b = node().await;
-    connect(&b, &a).await;
+    let (a, b) = pair().await;
     let (pa, ga) = spawn(&a);
     let (pb, gb) = spawn(&b);
     let (_wa, wa) = spawn(&a);
@@ -510,9 +510,7 @@ async fn partition(config: ScopeConfig, purged: bool) {
 /// its members.
 #[tokio::test]
 async fn a_node_joining_after_a_healed_partition_sees_the_truth() {
-    let a = node().await;
-    let b = node().await;
-    connect(&b, &a).await;
+    let (a, b) = pair().await;
     let (pa, ga) = spawn(&a);
     let (pb, gb) = spawn(&b);
     ga.join(["g", "a"]).unwrap();
@@ -559,9 +557,7 @@ async fn a_node_joining_after_a_healed_partition_sees_the_truth() {
 /// default grace), with `MemberLeft` events.
 #[tokio::test]
 async fn a_graceful_shutdown_is_seen_at_once() {
-    let a = node().await;
-    let b = node().await;
-    connect(&b, &a).await;
+    let (a, b) = pair().await;
     let (pa, ga) = spawn(&a);
     let (pa2, ga2) = spawn(&a);
     let (pb, gb) = spawn(&b);
@@ -833,9 +829,7 @@ async fn broadcasts_reach_every_slot_once_in_order() {
 /// from B needs a direct connection, so A's Discover answer tells C of B) and B learns C's.
 #[tokio::test]
 async fn a_node_that_dials_one_member_meets_the_others() {
-    let a = node().await;
-    let b = node().await;
-    connect(&b, &a).await;
+    let (a, b) = pair().await;
     let (pa, ga) = spawn(&a);
     let (pb, gb) = spawn(&b);
     ga.join("g").unwrap();

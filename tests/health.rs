@@ -4,12 +4,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use procgroups::{HealthProblem, HealthStatus, Keypair, Node, ScopeConfig};
 use prometheus_client::registry::Registry;
 
 mod support;
-use support::{WAIT, app_swarm, connect, drive_pausable, eventually, holds_for};
+use support::{WAIT, connect, embedded_pausable, eventually, holds_for};
 
 const SCOPE: &str = "test:health";
 const GRACE: Duration = Duration::from_millis(400);
@@ -146,34 +145,19 @@ async fn a_lost_peer_is_a_partition_until_it_returns() {
     assert_eq!((stats.peers, stats.peers_unreachable), (1, 0));
 }
 
-#[derive(NetworkBehaviour)]
-struct App {
-    groups: procgroups::behaviour::Behaviour,
-}
-
 /// An application that embeds the behaviour and stops polling its swarm wedges the node:
 /// unhealthy (and metric 2) until it polls again. Local changes pile up meanwhile: a full
 /// action queue is reported too, and drains to the peer once the swarm runs again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swarm_that_is_not_polled_is_a_stalled_loop() {
-    let keypair = Keypair::generate_ed25519();
     let small_queue = config()
         .to_builder()
         .action_queue_size(2)
         .action_queue_max_size(4)
         .build()
         .unwrap();
-    let (node, groups) = Node::builder()
-        .keypair(keypair.clone())
-        .mdns(false)
-        .scope(SCOPE, small_queue)
-        .build_behaviour()
-        .unwrap();
-    let swarm = app_swarm(keypair, App { groups });
     // `true` polls the swarm, `false` holds it without polling.
-    let (polling, driver) = drive_pausable(swarm, |event| {
-        matches!(event, SwarmEvent::Behaviour(AppEvent::Groups(_)))
-    });
+    let (node, polling, driver) = embedded_pausable(SCOPE, small_queue);
     let mut registry = Registry::default();
     node.register_metrics(&mut registry);
     let health_metric = format!("procgroups_health{{scope=\"{SCOPE}\"}}");

@@ -337,16 +337,7 @@ async fn malformed_input_is_refused_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_over_the_caps_are_refused() {
     let (a, b) = pair(ScopeConfig::default()).await;
-    let (pa, ga) = spawn(&a);
-    let (pb, gb) = spawn(&b);
-    ga.join("g").unwrap();
-    gb.join("g").unwrap();
-    converge(
-        "both members everywhere",
-        &[&ga, &gb],
-        &truth(&[("g", &[pa.pid(), pb.pid()])]),
-    )
-    .await;
+    let ((pa, ga), (pb, gb), _) = one_member_each(&a, &b).await;
     let h = Hostile::new(SCOPE);
     attach(&h, &[&a, &b]).await;
     let (a0, b0, na0) = (stats(&a), stats(&b), a.node_stats());
@@ -455,16 +446,7 @@ async fn events(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_and_reordered_deltas_apply_once_in_order() {
     let (a, b) = pair(ScopeConfig::default()).await;
-    let (pa, ga) = spawn(&a);
-    let (pb, gb) = spawn(&b);
-    ga.join("g").unwrap();
-    gb.join("g").unwrap();
-    converge(
-        "both members everywhere",
-        &[&ga, &gb],
-        &truth(&[("g", &[pa.pid(), pb.pid()])]),
-    )
-    .await;
+    let ((pa, ga), (pb, gb), _) = one_member_each(&a, &b).await;
     let h = Hostile::new(SCOPE);
     attach(&h, &[&a, &b]).await;
     let (mut sub_a, _) = ga.monitor("h1").unwrap();

@@ -37,14 +37,7 @@ async fn three_hosts_on_a_bridge_find_each_other_by_mdns_alone() {
         .hosts
         .iter()
         .enumerate()
-        .map(|(i, ns)| {
-            Child::spawn(ChildSpec {
-                listen: "/ip4/0.0.0.0/tcp/0".parse().expect("multiaddr"),
-                mdns: true,
-                netns: Some(ns.clone()),
-                ..ChildSpec::new(format!("host{} ({ns})", i + 1))
-            })
-        })
+        .map(|(i, ns)| Child::spawn(ChildSpec::on_host(format!("host{} ({ns})", i + 1), ns)))
         .collect();
     eprintln!("children started in {:?}", started.elapsed());
 

@@ -1323,12 +1323,9 @@ async fn a_host_whose_link_goes_down_is_purged_then_heals() {
         .enumerate()
         .map(|(i, ns)| {
             Child::spawn(ChildSpec {
-                listen: "/ip4/0.0.0.0/tcp/0".parse().expect("multiaddr"),
-                mdns: true,
-                netns: Some(ns.clone()),
                 processes: NETNS_PROCESSES,
                 node_down_grace: NETNS_GRACE,
-                ..ChildSpec::new(format!("host{} ({ns})", i + 1))
+                ..ChildSpec::on_host(format!("host{} ({ns})", i + 1), ns)
             })
         })
         .collect();

@@ -208,6 +208,17 @@ impl ChildSpec {
             netns: None,
         }
     }
+
+    /// A child on the host `ns` of a [`super::netns::Lan`]: inside that network namespace,
+    /// listening on every interface, mDNS on (the only place a test turns it on).
+    pub fn on_host(label: impl Into<String>, ns: &str) -> Self {
+        Self {
+            listen: "/ip4/0.0.0.0/tcp/0".parse().expect("multiaddr"),
+            mdns: true,
+            netns: Some(ns.to_owned()),
+            ..Self::new(label)
+        }
+    }
 }
 
 /// A running child node. Dropping it kills the OS process (SIGKILL) and reaps it, also when

@@ -19,6 +19,9 @@ pub mod nodes;
 pub mod view;
 pub mod wait;
 
-pub use nodes::{app_swarm, builder, connect, cut, drive_pausable, grace, loopback, node, spawn};
+pub use nodes::{
+    app_swarm, builder, connect, cut, drive_pausable, embedded_pausable, grace, loopback, node,
+    spawn,
+};
 pub use view::{View, converge, converge_each, diff, replay, truth, view};
 pub use wait::{WAIT, eventually, holds_for, next_event, next_message};

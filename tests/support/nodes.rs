@@ -64,6 +64,38 @@ pub async fn cut(x: &Node, y: &Node) {
     .await;
 }
 
+/// The behaviour alone in an application's swarm.
+#[derive(NetworkBehaviour)]
+pub struct Embedded {
+    groups: procgroups::behaviour::Behaviour,
+}
+
+/// A node hosting `scope` with `config`, embedded in a swarm of the test's own
+/// ([`app_swarm`], [`drive_pausable`]) with a fresh identity: the sender holds (`false`) and
+/// resumes (`true`) the polling of that swarm; the task ends when the behaviour reports that
+/// it stopped.
+pub fn embedded_pausable(
+    scope: &str,
+    config: ScopeConfig,
+) -> (
+    Node,
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let keypair = Keypair::generate_ed25519();
+    let (node, groups) = Node::builder()
+        .keypair(keypair.clone())
+        .mdns(false)
+        .scope(scope, config)
+        .build_behaviour()
+        .expect("the behaviour");
+    let swarm = app_swarm(keypair, Embedded { groups });
+    let (polling, driver) = drive_pausable(swarm, |event| {
+        matches!(event, SwarmEvent::Behaviour(EmbeddedEvent::Groups(_)))
+    });
+    (node, polling, driver)
+}
+
 /// An application's own swarm around `behaviour` (TCP, noise, yamux), listening on
 /// [`loopback`].
 pub fn app_swarm<B: NetworkBehaviour>(keypair: Keypair, behaviour: B) -> Swarm<B> {
