@@ -1,4 +1,4 @@
-//! Local (single-node) benchmarks: the local rows of `/work/shared/PERFORMANCE.md`.
+//! Local (single-node) benchmarks: the local rows of the README's Performance section.
 //!
 //! Run with `cargo bench --bench local`. Every operation measured here is synchronous; the
 //! tokio runtime only builds the node.

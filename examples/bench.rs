@@ -1,5 +1,5 @@
-//! The cross-node rows of PERFORMANCE.md: two nodes in two OS processes over loopback TCP, the
-//! same shape as the Erlang `pg` runs those rows are anchored on.
+//! The cross-node rows of the README's Performance section: two nodes in two OS processes over
+//! loopback TCP, the same shape as the Erlang `pg` runs those rows are compared with.
 //!
 //! `cargo run --release --example bench [-- --json]`
 //!
@@ -40,8 +40,6 @@
 //! joins and broadcasts, B's subscribers), `floor-swarm` the bare gossipsub swarm.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
-use std::process::{ChildStdin, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -57,6 +55,9 @@ use procgroups::{
 };
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
+
+mod common;
+use common::child::{self, AsyncLines, ChildProcess, NoLine};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -493,20 +494,9 @@ fn read_u64(data: &[u8], at: usize) -> u64 {
 
 /// Node B's half: builds its node and floor swarm, dials A's, then obeys A's commands.
 async fn run_b(args: Args) -> Res<()> {
-    let (line_tx, mut commands) = mpsc::unbounded_channel::<String>();
-    std::thread::Builder::new()
-        .name("commands".into())
-        .spawn(move || {
-            for line in std::io::stdin().lock().lines() {
-                let Ok(line) = line else { break };
-                if line_tx.send(line).is_err() {
-                    break;
-                }
-            }
-            // EOF: A ended, however it ended (A closes B's stdin only after B's "bye"), so B
-            // ends now, whatever it was waiting for.
-            std::process::exit(0);
-        })?;
+    // At the end of input A ended, however it ended (A closes B's stdin only after B's
+    // "bye"), so B ends then, whatever it was waiting for.
+    let mut commands = child::stdin_lines()?;
     let result = serve_b(&args, &mut commands).await;
     if let Err(e) = &result {
         say(&format!("error {e}"));
@@ -520,9 +510,7 @@ fn say_cpu(line: &str) {
 }
 
 fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").ok();
-    out.flush().ok();
+    child::say(line);
 }
 
 async fn serve_b(args: &Args, commands: &mut mpsc::UnboundedReceiver<String>) -> Res<()> {
@@ -813,65 +801,41 @@ fn receivers(node: &Node, count: usize, group: &str, counter: &Arc<Counter>) -> 
 
 // ------------------------------------------------------------------------ A, the parent
 
-/// Node B as a child process, killed when this is dropped (however A ends).
+/// Node B as a child process, killed when this is dropped (however A ends): B exits by
+/// itself after `quit`, or when its stdin closes; it is given a moment, then killed.
 struct ChildB {
-    child: std::process::Child,
-    /// Closed first when A ends: B reads EOF and exits.
-    stdin: Option<ChildStdin>,
-    lines: mpsc::UnboundedReceiver<String>,
+    child: ChildProcess,
+    lines: AsyncLines,
     /// B's CPU snapshot from its last report that had one.
     cpu: Cpu,
 }
 
 impl ChildB {
     fn spawn(args: &Args, floor_addr: &Multiaddr, node_addr: &Multiaddr) -> Res<Self> {
-        let mut child = std::process::Command::new(std::env::current_exe()?)
-            .args(["--role", "b"])
+        let mut command = child::own_command(["--role", "b"])?;
+        command
             .args(["--floor-addr", &floor_addr.to_string()])
             .args(["--node-addr", &node_addr.to_string()])
             .args(["--messages", &args.messages.to_string()])
-            .args(["--joins", &args.joins.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdin = child.stdin.take().ok_or_else(|| err("child stdin"))?;
-        let stdout = child.stdout.take().ok_or_else(|| err("child stdout"))?;
-        let (tx, lines) = mpsc::unbounded_channel();
-        std::thread::Builder::new()
-            .name("b-reports".into())
-            .spawn(move || {
-                for line in std::io::BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            })?;
+            .args(["--joins", &args.joins.to_string()]);
+        let (child, lines) = ChildProcess::with_async_lines("b-reports", command)?;
         Ok(Self {
             child,
-            stdin: Some(stdin),
             lines,
             cpu: Cpu::new(),
         })
     }
 
     fn send(&mut self, line: &str) -> Res<()> {
-        let stdin = self
-            .stdin
-            .as_mut()
-            .ok_or_else(|| err("B's stdin is closed"))?;
-        writeln!(stdin, "{line}")?;
-        stdin.flush()?;
-        Ok(())
+        Ok(self.child.send(line)?)
     }
 
     /// The next report, which must start with `tag`; its other words parsed as numbers.
     async fn expect(&mut self, tag: &str) -> Res<Vec<u64>> {
-        let line = match tokio::time::timeout(REPORT_WAIT, self.lines.recv()).await {
-            Ok(Some(line)) => line,
-            Ok(None) => return Err(err(format!("B exited while A waited for {tag:?}"))),
-            Err(_) => return Err(err(format!("B did not report {tag:?} in time"))),
+        let line = match self.lines.next(REPORT_WAIT).await {
+            Ok(line) => line,
+            Err(NoLine::Closed) => return Err(err(format!("B exited while A waited for {tag:?}"))),
+            Err(NoLine::TimedOut) => return Err(err(format!("B did not report {tag:?} in time"))),
         };
         let mut words = line.split_whitespace();
         match words.next() {
@@ -893,23 +857,6 @@ impl ChildB {
             Some("error") => Err(err(format!("B: {line}"))),
             _ => Err(err(format!("B said {line:?}, expected {tag:?}"))),
         }
-    }
-}
-
-impl Drop for ChildB {
-    fn drop(&mut self) {
-        // B exits by itself after `quit`, or when its stdin closes; give it a moment, then
-        // make sure.
-        self.stdin = None;
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.child.kill().ok();
-        self.child.wait().ok();
     }
 }
 

@@ -52,10 +52,10 @@
 //! the nodes up that long after the run, to scrape them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -63,6 +63,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 
 mod common;
+use common::child::{self, ChildProcess};
 use procgroups::{
     DEFAULT_MAILBOX_CAPACITY, ErrorKind, Inbox, Instance, Members, Multiaddr, Node, Pid, Process,
     ScopeConfig,
@@ -319,12 +320,9 @@ fn child_main(args: Args, index: u32) -> ExitCode {
 
 /// One line to the coordinator.
 fn say(report: &Report) {
-    let Ok(line) = serde_json::to_string(report) else {
-        return;
-    };
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").ok();
-    out.flush().ok();
+    if let Ok(line) = serde_json::to_string(report) {
+        child::say(&line);
+    }
 }
 
 /// Builds a node of the demo: the scope `cluster:work` (from `--config` or the default
@@ -359,18 +357,7 @@ struct Worker {
 
 async fn child(args: &Args, index: u32) -> Res<()> {
     // Commands from the coordinator; when it goes away (stdin closes), so does this node.
-    let (tx, mut commands) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::Builder::new()
-        .name("commands".into())
-        .spawn(move || {
-            for line in std::io::stdin().lock().lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-            std::process::exit(0);
-        })?;
+    let mut commands = child::stdin_lines()?;
 
     let node = build_node(args).await?;
     let metrics = match args.metrics {
@@ -611,17 +598,15 @@ enum Line {
 
 /// The children, killed when this is dropped, however the coordinator ends.
 struct Children {
-    procs: Vec<(Child, Option<ChildStdin>)>,
+    procs: Vec<ChildProcess>,
     /// Each child's reader thread sends its lines here.
     lines: mpsc::Sender<(u32, Line)>,
 }
 
 impl Children {
     fn spawn(&mut self, args: &Args, index: u32, seed: u64, dial: Option<&str>) -> Res<()> {
-        let exe = std::env::current_exe()?;
-        let mut cmd = std::process::Command::new(exe);
-        cmd.args(["--child", &index.to_string()])
-            .args(["--nodes", &args.nodes.to_string()])
+        let mut cmd = child::own_command(["--child", &index.to_string()])?;
+        cmd.args(["--nodes", &args.nodes.to_string()])
             .args(["--processes", &args.processes.to_string()])
             .args(["--groups", &args.groups.to_string()])
             .args(["--broadcasts", &args.broadcasts.to_string()])
@@ -638,66 +623,38 @@ impl Children {
         if let Some(addr) = dial {
             cmd.args(["--dial", addr]);
         }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| err(format!("starting node {index}: {e}")))?;
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take();
-        self.procs.push((child, stdin));
-        let stdout = stdout.ok_or_else(|| err("a child without stdout"))?;
         let lines = self.lines.clone();
-        std::thread::Builder::new()
-            .name(format!("node-{index}"))
-            .spawn(move || {
-                for line in std::io::BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    let parsed = match serde_json::from_str::<Report>(&line) {
-                        Ok(report) => Line::Report(report),
-                        Err(_) => Line::Other(line),
-                    };
-                    if lines.send((index, parsed)).is_err() {
-                        return;
-                    }
-                }
-                lines.send((index, Line::Closed)).ok();
-            })?;
+        let child = ChildProcess::spawn(format!("node-{index}"), cmd, move |line| {
+            let parsed = match line {
+                Some(line) => match serde_json::from_str::<Report>(&line) {
+                    Ok(report) => Line::Report(report),
+                    Err(_) => Line::Other(line),
+                },
+                None => Line::Closed,
+            };
+            lines.send((index, parsed)).is_ok()
+        })
+        .map_err(|e| err(format!("starting node {index}: {e}")))?;
+        self.procs.push(child);
         Ok(())
     }
 
     fn send(&mut self, index: usize, command: &Command) -> Res<()> {
         let line = serde_json::to_string(command)?;
-        let stdin = self.procs[index]
-            .1
-            .as_mut()
-            .ok_or_else(|| err(format!("node {index}: stdin closed")))?;
-        writeln!(stdin, "{line}")
-            .and_then(|()| stdin.flush())
+        self.procs[index]
+            .send(&line)
             .map_err(|e| err(format!("node {index}: {e}")))
     }
 }
 
 impl Drop for Children {
     fn drop(&mut self) {
-        // Closing stdin makes a child exit; give them a moment together, then make sure.
-        for (_, stdin) in &mut self.procs {
-            *stdin = None;
+        // Closing stdin makes a child exit: all at once, then each is waited for (up to
+        // `child::EXIT_GRACE`) and killed if still there.
+        for child in &mut self.procs {
+            child.close_stdin();
         }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        for (child, _) in &mut self.procs {
-            while Instant::now() < deadline {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-            if let Ok(None) = child.try_wait() {
-                child.kill().ok();
-            }
-            child.wait().ok();
-        }
+        self.procs.clear();
     }
 }
 

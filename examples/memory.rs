@@ -1,4 +1,4 @@
-//! Memory per membership slot, the last local row of `PERFORMANCE.md`.
+//! Memory per membership slot: the memory table of the README's Performance section.
 //!
 //! `cargo run --release --example memory`
 //!

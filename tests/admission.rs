@@ -1,13 +1,13 @@
-//! Admission (issue 5, item 3): an allow-list of peer ids and a pre-shared network key. An
+//! Admission: an allow-list of peer ids and a pre-shared network key. An
 //! outsider is refused: it cannot connect, join the admitted nodes' groups, read their
 //! membership or reach their processes with a broadcast. Real nodes over loopback TCP.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use procgroups::{ErrorKind, Keypair, Node, NodeBuilder, PreSharedKey, ScopeConfig};
 
 mod support;
-use support::poll_until as eventually;
+use support::{WAIT, eventually, holds_for};
 
 const SCOPE: &str = "test:admission";
 
@@ -15,7 +15,7 @@ fn builder(key: &Keypair) -> NodeBuilder {
     Node::builder()
         .keypair(key.clone())
         .mdns(false)
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .listen_on(support::loopback())
         .scope(SCOPE, ScopeConfig::default())
 }
 
@@ -23,21 +23,12 @@ fn psk(byte: u8) -> PreSharedKey {
     PreSharedKey::new([byte; 32])
 }
 
-/// Checks `cond` every 10 ms for `how_long` (it must hold every time).
-async fn holds_for(what: &str, how_long: Duration, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + how_long;
-    while Instant::now() < end {
-        assert!(cond(), "no longer true: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// `a` and `b` are admitted and talk; `outsider` tries everything it can and gets nothing:
 /// no connection either way, its members never reach them, theirs never reach it, and its
 /// broadcasts reach only itself.
 async fn outsider_gets_nothing(a: &Node, b: &Node, outsider: &Node, refused: impl Fn() -> bool) {
     b.dial(a.listen_addrs()[0].clone()).unwrap();
-    eventually("a and b connect", 10, || {
+    eventually("a and b connect", WAIT, || {
         a.connected_peers().contains(&b.peer_id())
     })
     .await;
@@ -57,15 +48,15 @@ async fn outsider_gets_nothing(a: &Node, b: &Node, outsider: &Node, refused: imp
     outsider.dial(a.listen_addrs()[0].clone()).unwrap();
     outsider.dial(b.listen_addrs()[0].clone()).unwrap();
     a.dial(outsider.listen_addrs()[0].clone()).unwrap();
-    eventually("the outsider refused", 10, &refused).await;
-    eventually("a and b see each other's member", 10, || {
+    eventually("the outsider refused", WAIT, &refused).await;
+    eventually("a and b see each other's member", WAIT, || {
         ga.get_members("g").unwrap().len() == 2 && gb.get_members("g").unwrap().len() == 2
     })
     .await;
     // The outsider (no allow-list of its own) sees its handshakes complete before the admitted
     // side closes them: a refused connection may show on its side for that moment, and again
     // if it redials. The admitted side never keeps one, and nothing crosses.
-    eventually("the outsider's refused connections closed", 10, || {
+    eventually("the outsider's refused connections closed", WAIT, || {
         outsider.connected_peers().is_empty()
     })
     .await;

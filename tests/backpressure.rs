@@ -14,13 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use procgroups::behaviour::BehaviourConfig;
-use procgroups::{ErrorKind, EventKind, Instance, Keypair, Node, Process, ScopeConfig};
+use procgroups::{ErrorKind, EventKind, Instance, Node, Process, ScopeConfig};
 
 mod support;
-use support::poll_until as eventually;
+use support::{WAIT, connect, embedded_pausable, eventually};
 
 const SCOPE: &str = "test:backpressure";
 /// Changes, or messages, of each flood.
@@ -50,29 +48,15 @@ fn mib(bytes: u64) -> f64 {
 }
 
 fn builder(config: ScopeConfig) -> procgroups::NodeBuilder {
-    Node::builder()
-        .mdns(false)
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .scope(SCOPE, config)
+    support::builder(SCOPE, config)
 }
 
 async fn node(config: ScopeConfig) -> Node {
     builder(config).build().await.expect("node")
 }
 
-async fn connect(from: &Node, to: &Node) {
-    from.dial(to.listen_addrs()[0].clone()).unwrap();
-    eventually("a connection", 10, || {
-        from.connected_peers().contains(&to.peer_id())
-            && to.connected_peers().contains(&from.peer_id())
-    })
-    .await;
-}
-
 fn spawn(node: &Node) -> (Process, Instance) {
-    let p = node.spawn_process();
-    let pg = p.open(SCOPE).expect("open");
-    (p, pg)
+    support::spawn(node, SCOPE)
 }
 
 /// A task that, every 100 ms until stopped, times a join, a read of the members and a leave
@@ -274,7 +258,7 @@ async fn a_process_that_never_reads_holds_its_mailbox_capacity_and_others_still_
         }));
     }
     let (_sender, sender) = spawn(&a);
-    eventually("the four members on both nodes", 10, || {
+    eventually("the four members on both nodes", WAIT, || {
         sender.get_members("g").unwrap().len() == 4 && {
             let (_, pg, _) = &idle[1];
             pg.get_members("g").unwrap().len() == 4
@@ -357,11 +341,6 @@ async fn a_process_that_never_reads_holds_its_mailbox_capacity_and_others_still_
     }
 }
 
-#[derive(NetworkBehaviour)]
-struct App {
-    groups: procgroups::behaviour::Behaviour,
-}
-
 /// (c) A peer that never reads its socket: a node embedded in a swarm that the test stops
 /// polling (its connections stop reading once their few buffered events are not taken), a
 /// member of a group on it, and a node that floods that group with broadcasts. The first
@@ -406,46 +385,10 @@ async fn a_peer_that_never_reads_its_socket_leaves_the_outboxes_bounded() {
         .await
         .unwrap();
 
-    // The stalled peer: the behaviour in a swarm of the test's own.
-    let keypair = Keypair::generate_ed25519();
-    let (stalled, groups) = Node::builder()
-        .keypair(keypair.clone())
-        .mdns(false)
-        .scope(SCOPE, config)
-        .build_behaviour()
-        .unwrap();
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            Default::default(),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| App { groups })
-        .unwrap()
-        .build();
-    swarm
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .unwrap();
-    let (polling, mut poll_rx) = tokio::sync::watch::channel(true);
-    let driver = tokio::spawn(async move {
-        loop {
-            if *poll_rx.borrow_and_update() {
-                tokio::select! {
-                    event = swarm.select_next_some() => {
-                        if let SwarmEvent::Behaviour(AppEvent::Groups(_)) = event {
-                            return;
-                        }
-                    }
-                    _ = poll_rx.changed() => {}
-                }
-            } else if poll_rx.changed().await.is_err() {
-                return;
-            }
-        }
-    });
-    eventually("the stalled node listens", 5, || {
+    // The stalled peer: the behaviour in a swarm of the test's own, whose polling
+    // `polling` holds (`false`) and resumes (`true`).
+    let (stalled, polling, driver) = embedded_pausable(SCOPE, config);
+    eventually("the stalled node listens", Duration::from_secs(5), || {
         !stalled.listen_addrs().is_empty()
     })
     .await;
@@ -458,7 +401,7 @@ async fn a_peer_that_never_reads_its_socket_leaves_the_outboxes_bounded() {
     let mut near_inbox = near.listen("t");
     near_pg.join("h").unwrap();
     let (_sender, sender) = spawn(&a);
-    eventually("the members on a", 10, || {
+    eventually("the members on a", WAIT, || {
         sender.get_members("g").unwrap().len() == 1 && sender.get_members("h").unwrap().len() == 1
     })
     .await;
@@ -472,7 +415,7 @@ async fn a_peer_that_never_reads_its_socket_leaves_the_outboxes_bounded() {
             .unwrap();
         assert_eq!(m.decode::<u64>().unwrap(), 0);
     }
-    eventually("both frames acknowledged", 10, || {
+    eventually("both frames acknowledged", WAIT, || {
         a.node_stats().frames_sent == 2 && a.node_stats().frames_waiting == 0
     })
     .await;
@@ -515,9 +458,11 @@ async fn a_peer_that_never_reads_its_socket_leaves_the_outboxes_bounded() {
     // behind it: the breaker opens.
     let (frames_lost_before, sent_before) = (at_full.frames_lost, at_full.frames_sent);
     let lost_at = Instant::now();
-    eventually("the frames for the stalled peer given up", 30, || {
-        a.node_stats().frames_waiting < 1000
-    })
+    eventually(
+        "the frames for the stalled peer given up",
+        Duration::from_secs(30),
+        || a.node_stats().frames_waiting < 1000,
+    )
     .await;
     let freed_in = lost_at.elapsed();
     // Two attempts of 500 ms and a 50 ms wait between them; libp2p's own substream timeout
@@ -538,7 +483,7 @@ async fn a_peer_that_never_reads_its_socket_leaves_the_outboxes_bounded() {
     // The scope's figures follow the behaviour's state at its next turn (20 ms).
     eventually(
         "the stalled peer's breaker open, the third node's closed",
-        5,
+        Duration::from_secs(5),
         || {
             let b = a.stats(SCOPE).unwrap().breakers;
             (b.open, b.closed) == (1, 1)
@@ -556,9 +501,11 @@ async fn a_peer_that_never_reads_its_socket_leaves_the_outboxes_bounded() {
     // A broadcast to the stalled peer is now refused by its open breaker at once, and counted.
     let lost = a.node_stats().frames_lost;
     assert_eq!(sender.broadcast("g", "t", &0u64).unwrap(), 1);
-    eventually("the refused frame counted lost", 5, || {
-        a.node_stats().frames_lost == lost + 1
-    })
+    eventually(
+        "the refused frame counted lost",
+        Duration::from_secs(5),
+        || a.node_stats().frames_lost == lost + 1,
+    )
     .await;
     let (probe_slowest, probes) = probe.finish().await;
     let rss_after = rss();

@@ -1,4 +1,4 @@
-//! The chat example (`examples/chat.rs`) as its users run it: each user is an OS process of
+//! The chat example (`examples/chat/`) as its users run it: each user is an OS process of
 //! the example's binary; the tests write commands to their stdin and read their stdout.
 //!
 //! - Over loopback, with mDNS off and explicit dials: a room line crosses, `/who` and

@@ -5,17 +5,17 @@
 //! synchronise.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use procgroups::{
-    Event, EventKind, Inbox, Instance, Keypair, Members, Message, Node, Pid, Process, ScopeConfig,
-    Subscription,
+    Event, EventKind, Instance, Keypair, Node, Pid, Process, ScopeConfig, Subscription,
 };
-use tokio::time::timeout;
 
 mod support;
-use support::poll_until as eventually;
+use support::{
+    WAIT, connect, converge_each as converge, cut, eventually, grace, next_event, next_message,
+    replay, truth, view,
+};
 
 const SCOPE: &str = "test:cluster";
 /// A second scope hosted by the partition tests, with `PARTITION_GRACE`: a clock that shows a
@@ -26,11 +26,8 @@ const SHORT_GRACE: Duration = Duration::from_millis(300);
 /// The `node_down_grace` of the partitions that outlast it: long enough that a cut that does
 /// not hold (the peers reconnect on their own) shows before the purge.
 const PARTITION_GRACE: Duration = Duration::from_secs(1);
-/// The default `node_down_grace` (DESIGN section 3.10).
+/// The default `node_down_grace` (that of `ScopeConfig::default()`).
 const DEFAULT_GRACE: Duration = Duration::from_secs(2);
-/// Deadline of every wait, in seconds.
-const WAIT_SECS: u64 = 10;
-const WAIT: Duration = Duration::from_secs(WAIT_SECS);
 
 // ------------------------------------------------------------------------------------ helpers
 
@@ -38,18 +35,8 @@ fn short_grace() -> ScopeConfig {
     grace(SHORT_GRACE)
 }
 
-fn grace(grace: Duration) -> ScopeConfig {
-    ScopeConfig::builder()
-        .node_down_grace(grace)
-        .build()
-        .expect("a valid config")
-}
-
 fn builder(config: ScopeConfig) -> procgroups::NodeBuilder {
-    Node::builder()
-        .mdns(false)
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .scope(SCOPE, config)
+    support::builder(SCOPE, config)
 }
 
 async fn node() -> Node {
@@ -58,6 +45,14 @@ async fn node() -> Node {
 
 async fn node_with(config: ScopeConfig) -> Node {
     builder(config).build().await.expect("node")
+}
+
+/// Two nodes with the default config, `b` connected to `a`.
+async fn pair() -> (Node, Node) {
+    let a = node().await;
+    let b = node().await;
+    connect(&b, &a).await;
+    (a, b)
 }
 
 /// A node hosting `SCOPE` with `config` and `WITNESS` with `PARTITION_GRACE`.
@@ -71,70 +66,7 @@ async fn node_with_witness(config: ScopeConfig) -> Node {
 
 /// A new process and its instance of `SCOPE`.
 fn spawn(node: &Node) -> (Process, Instance) {
-    let p = node.spawn_process();
-    let pg = p.open(SCOPE).expect("open the scope");
-    (p, pg)
-}
-
-/// `from` dials `to`; returns once both see the connection.
-async fn connect(from: &Node, to: &Node) {
-    from.dial(to.listen_addrs()[0].clone()).unwrap();
-    eventually("a connection", WAIT_SECS, || {
-        from.connected_peers().contains(&to.peer_id())
-            && to.connected_peers().contains(&from.peer_id())
-    })
-    .await;
-}
-
-/// Both sides forget each other; returns once neither has a connection to the other.
-async fn cut(x: &Node, y: &Node) {
-    x.disconnect(y.peer_id()).unwrap();
-    y.disconnect(x.peer_id()).unwrap();
-    eventually("the cut", WAIT_SECS, || {
-        !x.connected_peers().contains(&y.peer_id()) && !y.connected_peers().contains(&x.peer_id())
-    })
-    .await;
-}
-
-type View = BTreeMap<String, Vec<Pid>>;
-
-/// Every non-empty group of the scope with its slots, as this node sees it.
-fn view(pg: &Instance) -> View {
-    pg.which_groups()
-        .unwrap()
-        .iter()
-        .map(|g| (g.to_string(), pg.get_members(g).unwrap().to_vec()))
-        .filter(|(_, m)| !m.is_empty())
-        .collect()
-}
-
-/// The expected view: each group with its slots (in any order; sorted here like `Members`).
-fn truth(groups: &[(&str, &[Pid])]) -> View {
-    let mut v = View::new();
-    for (g, pids) in groups {
-        v.entry(g.to_string()).or_default().extend(pids.iter());
-    }
-    for pids in v.values_mut() {
-        pids.sort();
-    }
-    v.retain(|_, p| !p.is_empty());
-    v
-}
-
-/// Waits until each instance's view is its expected view; fails after `WAIT` showing them all.
-async fn converge(what: &str, expected: &[(&Instance, &View)]) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let views: Vec<View> = expected.iter().map(|(pg, _)| view(pg)).collect();
-        if views.iter().zip(expected).all(|(v, (_, e))| v == *e) {
-            return;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let want: Vec<&View> = expected.iter().map(|(_, e)| *e).collect();
-            panic!("timed out waiting for: {what}\nviews    {views:#?}\nexpected {want:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    support::spawn(node, SCOPE)
 }
 
 /// Moves the queued events of `sub` into `into`.
@@ -144,37 +76,6 @@ fn drain(sub: &mut Subscription, into: &mut Vec<Event>) {
     }
 }
 
-/// A snapshot (from `events()`) with `events` applied in order; a leave of a slot that is not
-/// there fails the test.
-fn replay(snapshot: &BTreeMap<Arc<str>, Members>, events: &[Event]) -> View {
-    let mut v: View = snapshot
-        .iter()
-        .map(|(g, m)| (g.to_string(), m.to_vec()))
-        .collect();
-    for ev in events {
-        let slots = v.entry(ev.group.to_string()).or_default();
-        match ev.kind {
-            EventKind::MemberJoined => slots.extend(ev.pids.iter()),
-            EventKind::MemberLeft => {
-                for pid in ev.pids.iter() {
-                    let i = slots.iter().position(|p| p == pid).unwrap_or_else(|| {
-                        panic!(
-                            "event {ev:?} removes {pid} from {:?}: not a member",
-                            ev.group
-                        )
-                    });
-                    slots.remove(i);
-                }
-            }
-        }
-    }
-    for pids in v.values_mut() {
-        pids.sort();
-    }
-    v.retain(|_, p| !p.is_empty());
-    v
-}
-
 /// Slots of `pid` that events of `kind` carry.
 fn carried(events: &[Event], kind: EventKind, pid: Pid) -> usize {
     events
@@ -182,20 +83,6 @@ fn carried(events: &[Event], kind: EventKind, pid: Pid) -> usize {
         .filter(|e| e.kind == kind)
         .map(|e| e.pids.iter().filter(|p| **p == pid).count())
         .sum()
-}
-
-async fn next_event(sub: &mut Subscription) -> Event {
-    timeout(WAIT, sub.recv())
-        .await
-        .expect("an event within the timeout")
-        .expect("the subscription is open")
-}
-
-async fn next_message(inbox: &mut Inbox) -> Message {
-    timeout(WAIT, inbox.recv())
-        .await
-        .expect("a message within the timeout")
-        .expect("the inbox is open")
 }
 
 // -------------------------------------------------------------------------------------- tests
@@ -210,12 +97,12 @@ async fn remote_join_is_visible() {
     ga.join("g").unwrap();
     let pb = b.spawn_process();
     let gb = pb.open(SCOPE).unwrap();
-    eventually("a's join on b", 10, || {
+    eventually("a's join on b", WAIT, || {
         gb.get_members("g").unwrap().contains(&pa.pid())
     })
     .await;
     gb.join("g").unwrap();
-    eventually("b's join on a", 10, || {
+    eventually("b's join on a", WAIT, || {
         ga.get_members("g").unwrap().len() == 2
     })
     .await;
@@ -228,7 +115,7 @@ async fn remote_join_is_visible() {
     assert_eq!(m.decode::<String>().unwrap(), "hi");
     assert_eq!(m.from(), pa.pid());
     a.shutdown().await;
-    eventually("a's leave on b", 5, || {
+    eventually("a's leave on b", Duration::from_secs(5), || {
         gb.get_members("g").unwrap().len() == 1
     })
     .await;
@@ -265,14 +152,12 @@ async fn a_subscription_of_a_temporary_instance_sees_remote_changes() {
 /// everywhere, and a process's exit removes its slots everywhere.
 #[tokio::test]
 async fn remote_join_leave_and_exit_propagate() {
-    let a = node().await;
-    let b = node().await;
-    connect(&b, &a).await;
+    let (a, b) = pair().await;
     let (pa, ga) = spawn(&a);
     let (pb, gb) = spawn(&b);
 
     ga.join("g").unwrap();
-    eventually("a's join on b", WAIT_SECS, || {
+    eventually("a's join on b", WAIT, || {
         view(&gb) == truth(&[("g", &[pa.pid()])])
     })
     .await;
@@ -282,7 +167,7 @@ async fn remote_join_leave_and_exit_propagate() {
 
     ga.leave("g").unwrap();
     assert!(ga.get_members("g").unwrap().is_empty(), "read your writes");
-    eventually("a's leave on b", WAIT_SECS, || {
+    eventually("a's leave on b", WAIT, || {
         gb.get_members("g").unwrap().is_empty() && gb.which_groups().unwrap().is_empty()
     })
     .await;
@@ -296,7 +181,7 @@ async fn remote_join_leave_and_exit_propagate() {
         ("g", &[pa2.pid(), pa2.pid(), pb.pid()]),
         ("h", &[pa2.pid()]),
     ]);
-    eventually("the joins on both nodes", WAIT_SECS, || {
+    eventually("the joins on both nodes", WAIT, || {
         view(&ga) == both && view(&gb) == both
     })
     .await;
@@ -304,7 +189,7 @@ async fn remote_join_leave_and_exit_propagate() {
     drop(pa2);
     let after = truth(&[("g", &[pb.pid()])]);
     assert_eq!(view(&ga), after, "the exit is local at once");
-    eventually("the exit on b", WAIT_SECS, || view(&gb) == after).await;
+    eventually("the exit on b", WAIT, || view(&gb) == after).await;
     assert_eq!(gb.get_local_members("g").unwrap().to_vec(), vec![pb.pid()]);
 }
 
@@ -325,14 +210,18 @@ async fn members_joined_before_a_peer_existed_reach_it_by_sync() {
     let (mut sub, snapshot) = gb.events().unwrap();
     assert!(snapshot.is_empty());
     connect(&b, &a).await;
-    eventually("a's state on b", WAIT_SECS, || view(&gb) == expected).await;
+    eventually("a's state on b", WAIT, || view(&gb) == expected).await;
     let mut events = Vec::new();
     drain(&mut sub, &mut events);
     assert!(
         events.iter().all(|e| e.kind == EventKind::MemberJoined),
         "{events:?}"
     );
-    assert_eq!(replay(&snapshot, &events), expected, "the sync's events");
+    assert_eq!(
+        replay(&snapshot, &events).unwrap(),
+        expected,
+        "the sync's events"
+    );
     assert_eq!(sub.dropped(), 0);
 }
 
@@ -340,15 +229,13 @@ async fn members_joined_before_a_peer_existed_reach_it_by_sync() {
 /// 4 leaves of one process are 12 slots everywhere.
 #[tokio::test]
 async fn counted_slots_are_the_same_on_every_node() {
-    let a = node().await;
-    let b = node().await;
-    connect(&b, &a).await;
+    let (a, b) = pair().await;
     let (pa, ga) = spawn(&a);
     let (_pb, gb) = spawn(&b);
 
     ga.join("twice").unwrap();
     ga.join("twice").unwrap();
-    eventually("the double join on b", WAIT_SECS, || {
+    eventually("the double join on b", WAIT, || {
         gb.get_members("twice").unwrap().count(&pa.pid()) == 2
     })
     .await;
@@ -364,7 +251,7 @@ async fn counted_slots_are_the_same_on_every_node() {
     ga.leave(["many", "many"]).unwrap();
     assert_eq!(ga.get_members("many").unwrap().count(&pa.pid()), 12);
     let expected = truth(&[("many", &[pa.pid(); 12]), ("twice", &[pa.pid(); 2])]);
-    eventually("12 slots on b", WAIT_SECS, || view(&gb) == expected).await;
+    eventually("12 slots on b", WAIT, || view(&gb) == expected).await;
     assert_eq!(view(&ga), expected);
 
     // A broadcast counts slots on the peer too.
@@ -376,9 +263,7 @@ async fn counted_slots_are_the_same_on_every_node() {
 /// local members are B's processes only.
 #[tokio::test]
 async fn members_belong_to_the_node_that_joined_them() {
-    let a = node().await;
-    let b = node().await;
-    connect(&b, &a).await;
+    let (a, b) = pair().await;
     let (pa1, ga1) = spawn(&a);
     let (pa2, ga2) = spawn(&a);
     let (pb, gb) = spawn(&b);
@@ -389,7 +274,7 @@ async fn members_belong_to_the_node_that_joined_them() {
         ("only_a", &[pa1.pid(), pa2.pid()]),
         ("g", &[pa1.pid(), pb.pid()]),
     ]);
-    eventually("both views", WAIT_SECS, || {
+    eventually("both views", WAIT, || {
         view(&ga1) == expected && view(&gb) == expected
     })
     .await;
@@ -412,9 +297,7 @@ async fn members_belong_to_the_node_that_joined_them() {
 /// the order they happened, with the right pids.
 #[tokio::test]
 async fn monitors_and_events_see_local_and_remote_changes_in_order() {
-    let a = node().await;
-    let b = node().await;
-    connect(&b, &a).await;
+    let (a, b) = pair().await;
     let (pa, ga) = spawn(&a);
     let (pb, gb) = spawn(&b);
     let (_wa, wa) = spawn(&a);
@@ -428,23 +311,17 @@ async fn monitors_and_events_see_local_and_remote_changes_in_order() {
 
     // Each step is seen on both nodes before the next one.
     ga.join("g").unwrap();
-    eventually("a's join", WAIT_SECS, || {
-        gb.get_members("g").unwrap().len() == 1
-    })
-    .await;
+    eventually("a's join", WAIT, || gb.get_members("g").unwrap().len() == 1).await;
     gb.join("g").unwrap();
-    eventually("b's join", WAIT_SECS, || {
-        ga.get_members("g").unwrap().len() == 2
-    })
-    .await;
+    eventually("b's join", WAIT, || ga.get_members("g").unwrap().len() == 2).await;
     ga.leave("g").unwrap();
-    eventually("a's leave", WAIT_SECS, || {
+    eventually("a's leave", WAIT, || {
         gb.get_members("g").unwrap().to_vec() == vec![pb.pid()]
     })
     .await;
     // A change of another group reaches `events` only.
     gb.join("other").unwrap();
-    eventually("b's join of other", WAIT_SECS, || {
+    eventually("b's join of other", WAIT, || {
         ga.get_members("other").unwrap().len() == 1
     })
     .await;
@@ -515,7 +392,7 @@ async fn partition(config: ScopeConfig, purged: bool) {
         ("g", &[pa.pid(), pb.pid(), pc_stay.pid(), pc_gone.pid()]),
         ("c", &[pc_stay.pid()]),
     ]);
-    eventually("the first state everywhere", WAIT_SECS, || {
+    eventually("the first state everywhere", WAIT, || {
         view(&ga) == before
             && view(&gb) == before
             && view(&gc) == before
@@ -577,7 +454,7 @@ async fn partition(config: ScopeConfig, purged: bool) {
         );
     };
     if purged {
-        eventually("each side purges the other", WAIT_SECS, || {
+        eventually("each side purges the other", WAIT, || {
             cut_holds();
             view(&ga) == seen_ab && view(&gb) == seen_ab && view(&gc) == seen_c
         })
@@ -589,7 +466,7 @@ async fn partition(config: ScopeConfig, purged: bool) {
     } else {
         // The witness scope's grace passing proves the cut lasted longer than PARTITION_GRACE;
         // the scope under test keeps the default grace and purges nobody.
-        eventually("the witness scope purges c", WAIT_SECS, || {
+        eventually("the witness scope purges c", WAIT, || {
             cut_holds();
             witness_a.get_members("w").unwrap().is_empty()
         })
@@ -630,14 +507,22 @@ async fn partition(config: ScopeConfig, purged: bool) {
         &[(&ga, &union), (&gb, &union), (&gc, &union)],
     )
     .await;
-    eventually("the witness member back", WAIT_SECS, || {
+    eventually("the witness member back", WAIT, || {
         witness_a.get_members("w").unwrap().len() == 1
     })
     .await;
     drain(&mut sub_a, &mut ev_a);
     drain(&mut sub_c, &mut ev_c);
-    assert_eq!(replay(&snap_a, &ev_a), union, "a's events: {ev_a:?}");
-    assert_eq!(replay(&snap_c, &ev_c), union, "c's events: {ev_c:?}");
+    assert_eq!(
+        replay(&snap_a, &ev_a).unwrap(),
+        union,
+        "a's events: {ev_a:?}"
+    );
+    assert_eq!(
+        replay(&snap_c, &ev_c).unwrap(),
+        union,
+        "c's events: {ev_c:?}"
+    );
     assert_eq!(
         carried(&ev_a, EventKind::MemberJoined, pc_stay.pid()),
         2 * purge_events,
@@ -651,14 +536,12 @@ async fn partition(config: ScopeConfig, purged: bool) {
 /// its members.
 #[tokio::test]
 async fn a_node_joining_after_a_healed_partition_sees_the_truth() {
-    let a = node().await;
-    let b = node().await;
-    connect(&b, &a).await;
+    let (a, b) = pair().await;
     let (pa, ga) = spawn(&a);
     let (pb, gb) = spawn(&b);
     ga.join(["g", "a"]).unwrap();
     gb.join(["g", "b"]).unwrap();
-    eventually("the first state", WAIT_SECS, || {
+    eventually("the first state", WAIT, || {
         view(&ga) == view(&gb) && view(&ga).len() == 3
     })
     .await;
@@ -675,7 +558,7 @@ async fn a_node_joining_after_a_healed_partition_sees_the_truth() {
         ("b", &[pb.pid()]),
         ("b2", &[pb2.pid()]),
     ]);
-    eventually("healed", WAIT_SECS, || {
+    eventually("healed", WAIT, || {
         view(&ga) == healed && view(&gb) == healed
     })
     .await;
@@ -690,7 +573,7 @@ async fn a_node_joining_after_a_healed_partition_sees_the_truth() {
         ("b", &[pb.pid()]),
         ("b2", &[pb2.pid()]),
     ]);
-    eventually("the third node's view", WAIT_SECS, || {
+    eventually("the third node's view", WAIT, || {
         view(&gc) == all && view(&ga) == all && view(&gb) == all
     })
     .await;
@@ -700,9 +583,7 @@ async fn a_node_joining_after_a_healed_partition_sees_the_truth() {
 /// default grace), with `MemberLeft` events.
 #[tokio::test]
 async fn a_graceful_shutdown_is_seen_at_once() {
-    let a = node().await;
-    let b = node().await;
-    connect(&b, &a).await;
+    let (a, b) = pair().await;
     let (pa, ga) = spawn(&a);
     let (pa2, ga2) = spawn(&a);
     let (pb, gb) = spawn(&b);
@@ -713,14 +594,14 @@ async fn a_graceful_shutdown_is_seen_at_once() {
         ("g", &[pa.pid(), pa.pid(), pa2.pid(), pb.pid()]),
         ("h", &[pa.pid()]),
     ]);
-    eventually("a's members on b", WAIT_SECS, || view(&gb) == before).await;
+    eventually("a's members on b", WAIT, || view(&gb) == before).await;
     let (_w, wb) = spawn(&b);
     let (mut sub, snap) = wb.events().unwrap();
 
     let started = Instant::now();
     a.shutdown().await;
     let after = truth(&[("g", &[pb.pid()])]);
-    eventually("a's members gone from b", WAIT_SECS, || view(&gb) == after).await;
+    eventually("a's members gone from b", WAIT, || view(&gb) == after).await;
     assert!(
         started.elapsed() < DEFAULT_GRACE,
         "took {:?}: the grace, not the goodbye",
@@ -734,8 +615,8 @@ async fn a_graceful_shutdown_is_seen_at_once() {
     );
     assert_eq!(carried(&events, EventKind::MemberLeft, pa.pid()), 3);
     assert_eq!(carried(&events, EventKind::MemberLeft, pa2.pid()), 1);
-    assert_eq!(replay(&snap, &events), after);
-    eventually("the connection closed", WAIT_SECS, || {
+    assert_eq!(replay(&snap, &events).unwrap(), after);
+    eventually("the connection closed", WAIT, || {
         b.connected_peers().is_empty()
     })
     .await;
@@ -754,7 +635,7 @@ async fn a_dropped_node_is_purged() {
     let (pb, gb) = spawn(&b);
     ga.join(["g", "g", "h"]).unwrap();
     gb.join("g").unwrap();
-    eventually("a's members on b", WAIT_SECS, || view(&gb).len() == 2).await;
+    eventually("a's members on b", WAIT, || view(&gb).len() == 2).await;
     let (_w, wb) = spawn(&b);
     let (mut sub, snap) = wb.events().unwrap();
 
@@ -763,7 +644,7 @@ async fn a_dropped_node_is_purged() {
     drop(pa);
     drop(a);
     let after = truth(&[("g", &[pb.pid()])]);
-    eventually("a's members gone from b", WAIT_SECS, || view(&gb) == after).await;
+    eventually("a's members gone from b", WAIT, || view(&gb) == after).await;
     let mut events = Vec::new();
     drain(&mut sub, &mut events);
     assert_eq!(
@@ -771,8 +652,8 @@ async fn a_dropped_node_is_purged() {
         3,
         "{events:?}"
     );
-    assert_eq!(replay(&snap, &events), after);
-    eventually("the connection closed", WAIT_SECS, || {
+    assert_eq!(replay(&snap, &events).unwrap(), after);
+    eventually("the connection closed", WAIT, || {
         b.connected_peers().is_empty()
     })
     .await;
@@ -790,7 +671,7 @@ async fn an_unreachable_dead_node_is_purged_after_the_grace() {
     ga.join(["g", "h"]).unwrap();
     gb.join("g").unwrap();
     let before = truth(&[("g", &[pa.pid(), pb.pid()]), ("h", &[pa.pid()])]);
-    eventually("a's members on b", WAIT_SECS, || view(&gb) == before).await;
+    eventually("a's members on b", WAIT, || view(&gb) == before).await;
     let (_w, wb) = spawn(&b);
     let (mut sub, snap) = wb.events().unwrap();
 
@@ -801,7 +682,7 @@ async fn an_unreachable_dead_node_is_purged_after_the_grace() {
     drop(pa);
     drop(a);
     let after = truth(&[("g", &[pb.pid()])]);
-    eventually("a purged from b", WAIT_SECS, || view(&gb) == after).await;
+    eventually("a purged from b", WAIT, || view(&gb) == after).await;
     assert!(down_at.elapsed() >= SHORT_GRACE, "purged before the grace");
     let mut events = Vec::new();
     drain(&mut sub, &mut events);
@@ -814,7 +695,7 @@ async fn an_unreachable_dead_node_is_purged_after_the_grace() {
         .collect();
     left.sort();
     assert_eq!(left, vec![("g", &[gone][..]), ("h", &[gone][..])]);
-    assert_eq!(replay(&snap, &events), after);
+    assert_eq!(replay(&snap, &events).unwrap(), after);
 }
 
 /// 9a. A node that crashes and restarts with the same identity before the grace ends: the
@@ -848,10 +729,7 @@ async fn restart(graceful: bool) {
         ("g", &[p_old.pid(), p_old.pid(), pb.pid()]),
         ("old", &[p_old.pid()]),
     ]);
-    eventually("the old incarnation on b", WAIT_SECS, || {
-        view(&gb) == before
-    })
-    .await;
+    eventually("the old incarnation on b", WAIT, || view(&gb) == before).await;
     let (_w, wb) = spawn(&b);
     let (mut sub, snap) = wb.events().unwrap();
     let old = p_old.pid();
@@ -878,7 +756,7 @@ async fn restart(graceful: bool) {
     g_new.join(["g", "new"]).unwrap();
     connect(&a2, &b).await;
     let after = truth(&[("g", &[p_new.pid(), pb.pid()]), ("new", &[p_new.pid()])]);
-    eventually("the new incarnation on b", WAIT_SECS, || {
+    eventually("the new incarnation on b", WAIT, || {
         view(&gb) == after && view(&g_new) == after
     })
     .await;
@@ -889,7 +767,7 @@ async fn restart(graceful: bool) {
         3,
         "{events:?}"
     );
-    assert_eq!(replay(&snap, &events), after);
+    assert_eq!(replay(&snap, &events).unwrap(), after);
 
     // Messages both ways, with the new incarnation only.
     let mut inbox_b = pb.listen("t");
@@ -928,7 +806,7 @@ async fn broadcasts_reach_every_slot_once_in_order() {
     let total: usize = receivers.iter().map(|r| r.2).sum();
     let (sender_a, ga) = spawn(&a);
     let (sender_c, gc) = spawn(&c);
-    eventually("every slot everywhere", WAIT_SECS, || {
+    eventually("every slot everywhere", WAIT, || {
         [&ga, &gc, &instances[2]]
             .iter()
             .all(|pg| pg.get_members("g").unwrap().len() == total)
@@ -977,9 +855,7 @@ async fn broadcasts_reach_every_slot_once_in_order() {
 /// from B needs a direct connection, so A's Discover answer tells C of B) and B learns C's.
 #[tokio::test]
 async fn a_node_that_dials_one_member_meets_the_others() {
-    let a = node().await;
-    let b = node().await;
-    connect(&b, &a).await;
+    let (a, b) = pair().await;
     let (pa, ga) = spawn(&a);
     let (pb, gb) = spawn(&b);
     ga.join("g").unwrap();
@@ -997,7 +873,7 @@ async fn a_node_that_dials_one_member_meets_the_others() {
         &[(&ga, &all), (&gb, &all), (&gc, &all)],
     )
     .await;
-    eventually("c connected to b", WAIT_SECS, || {
+    eventually("c connected to b", WAIT, || {
         c.connected_peers().contains(&b.peer_id())
     })
     .await;

@@ -8,7 +8,7 @@ use procgroups::behaviour::Event;
 use procgroups::{Keypair, Node, ScopeConfig};
 
 mod support;
-use support::poll_until as eventually;
+use support::{WAIT, app_swarm, eventually};
 
 const SCOPE: &str = "test:embed";
 
@@ -27,23 +27,13 @@ async fn an_embedded_node_talks_to_a_standalone_one() {
         .scope(SCOPE, ScopeConfig::default())
         .build_behaviour()
         .unwrap();
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            Default::default(),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| App {
+    let mut swarm = app_swarm(
+        keypair,
+        App {
             groups,
             ping: Default::default(),
-        })
-        .unwrap()
-        .build();
-    swarm
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .unwrap();
+        },
+    );
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         loop {
@@ -55,18 +45,14 @@ async fn an_embedded_node_talks_to_a_standalone_one() {
             }
         }
     });
-    eventually("the application's swarm listens", 5, || {
-        !a.listen_addrs().is_empty()
-    })
+    eventually(
+        "the application's swarm listens",
+        Duration::from_secs(5),
+        || !a.listen_addrs().is_empty(),
+    )
     .await;
 
-    let b = Node::builder()
-        .mdns(false)
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .scope(SCOPE, ScopeConfig::default())
-        .build()
-        .await
-        .unwrap();
+    let b = support::node(SCOPE, ScopeConfig::default()).await;
     b.dial(a.listen_addrs()[0].clone()).unwrap();
 
     let pa = a.spawn_process();
@@ -76,7 +62,7 @@ async fn an_embedded_node_talks_to_a_standalone_one() {
     let pb = b.spawn_process();
     let gb = pb.open(SCOPE).unwrap();
     gb.join("g").unwrap();
-    eventually("both members on both nodes", 10, || {
+    eventually("both members on both nodes", WAIT, || {
         ga.get_members("g").unwrap().len() == 2 && gb.get_members("g").unwrap().len() == 2
     })
     .await;
@@ -95,7 +81,7 @@ async fn an_embedded_node_talks_to_a_standalone_one() {
         .await
         .unwrap()
         .unwrap();
-    eventually("a's member gone from b", 5, || {
+    eventually("a's member gone from b", Duration::from_secs(5), || {
         gb.get_members("g").unwrap().len() == 1
     })
     .await;

@@ -4,13 +4,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use procgroups::{HealthProblem, HealthStatus, Keypair, Node, ScopeConfig};
 use prometheus_client::registry::Registry;
 
 mod support;
-use support::poll_until as eventually;
+use support::{WAIT, connect, embedded_pausable, eventually, holds_for};
 
 const SCOPE: &str = "test:health";
 const GRACE: Duration = Duration::from_millis(400);
@@ -25,32 +23,11 @@ fn config() -> ScopeConfig {
 }
 
 fn builder() -> procgroups::NodeBuilder {
-    Node::builder()
-        .mdns(false)
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .scope(SCOPE, config())
+    support::builder(SCOPE, config())
 }
 
 async fn node() -> Node {
     builder().build().await.expect("node")
-}
-
-async fn connect(from: &Node, to: &Node) {
-    from.dial(to.listen_addrs()[0].clone()).unwrap();
-    eventually("a connection", 10, || {
-        from.connected_peers().contains(&to.peer_id())
-            && to.connected_peers().contains(&from.peer_id())
-    })
-    .await;
-}
-
-/// Checks `cond` every 10 ms for `how_long` (it must hold every time), then returns.
-async fn holds_for(what: &str, how_long: Duration, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + how_long;
-    while Instant::now() < end {
-        assert!(cond(), "no longer true: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 fn healthy(node: &Node) -> bool {
@@ -86,7 +63,7 @@ async fn an_idle_node_and_an_idle_pair_stay_healthy() {
 
     let b = node().await;
     connect(&b, &a).await;
-    eventually("each sees the other host the scope", 10, || {
+    eventually("each sees the other host the scope", WAIT, || {
         a.stats(SCOPE).unwrap().peers == 1 && b.stats(SCOPE).unwrap().peers == 1
     })
     .await;
@@ -106,12 +83,12 @@ async fn a_peer_that_said_goodbye_is_not_a_partition() {
     connect(&b, &a).await;
     let pb = b.spawn_process();
     pb.open(SCOPE).unwrap().join("g").unwrap();
-    eventually("b's member on a", 10, || {
+    eventually("b's member on a", WAIT, || {
         a.stats(SCOPE).unwrap().members == 1
     })
     .await;
     b.shutdown().await;
-    eventually("b's member gone at once", 5, || {
+    eventually("b's member gone at once", Duration::from_secs(5), || {
         a.stats(SCOPE).unwrap().members == 0
     })
     .await;
@@ -130,7 +107,7 @@ async fn a_lost_peer_is_a_partition_until_it_returns() {
     connect(&b, &a).await;
     let pb = b.spawn_process();
     pb.open(SCOPE).unwrap().join("g").unwrap();
-    eventually("b's member on a", 10, || {
+    eventually("b's member on a", WAIT, || {
         a.stats(SCOPE).unwrap().members == 1
     })
     .await;
@@ -138,7 +115,7 @@ async fn a_lost_peer_is_a_partition_until_it_returns() {
     let lost_at = Instant::now();
     drop(pb);
     drop(b); // no goodbye: the connection just closes
-    eventually("a reports the partition", 10, || !healthy(&a)).await;
+    eventually("a reports the partition", WAIT, || !healthy(&a)).await;
     let health = a.scope_health(SCOPE).unwrap();
     assert!(lost_at.elapsed() >= GRACE, "reported before the grace");
     assert_eq!(health.status, HealthStatus::Degraded, "{health}");
@@ -156,21 +133,16 @@ async fn a_lost_peer_is_a_partition_until_it_returns() {
     }
     let stats = a.stats(SCOPE).unwrap();
     assert_eq!((stats.peers, stats.peers_unreachable), (0, 1));
-    eventually("b's member purged", 10, || {
+    eventually("b's member purged", WAIT, || {
         a.stats(SCOPE).unwrap().members == 0
     })
     .await;
 
     let b = builder().keypair(key).build().await.unwrap();
     connect(&b, &a).await;
-    eventually("healthy again once b is back", 10, || healthy(&a)).await;
+    eventually("healthy again once b is back", WAIT, || healthy(&a)).await;
     let stats = a.stats(SCOPE).unwrap();
     assert_eq!((stats.peers, stats.peers_unreachable), (1, 0));
-}
-
-#[derive(NetworkBehaviour)]
-struct App {
-    groups: procgroups::behaviour::Behaviour,
 }
 
 /// An application that embeds the behaviour and stops polling its swarm wedges the node:
@@ -178,58 +150,24 @@ struct App {
 /// action queue is reported too, and drains to the peer once the swarm runs again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swarm_that_is_not_polled_is_a_stalled_loop() {
-    let keypair = Keypair::generate_ed25519();
     let small_queue = config()
         .to_builder()
         .action_queue_size(2)
         .action_queue_max_size(4)
         .build()
         .unwrap();
-    let (node, groups) = Node::builder()
-        .keypair(keypair.clone())
-        .mdns(false)
-        .scope(SCOPE, small_queue)
-        .build_behaviour()
-        .unwrap();
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            Default::default(),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| App { groups })
-        .unwrap()
-        .build();
-    swarm
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .unwrap();
     // `true` polls the swarm, `false` holds it without polling.
-    let (polling, mut poll_rx) = tokio::sync::watch::channel(true);
-    let driver = tokio::spawn(async move {
-        loop {
-            if *poll_rx.borrow_and_update() {
-                tokio::select! {
-                    event = swarm.select_next_some() => {
-                        if let SwarmEvent::Behaviour(AppEvent::Groups(_)) = event {
-                            return;
-                        }
-                    }
-                    _ = poll_rx.changed() => {}
-                }
-            } else if poll_rx.changed().await.is_err() {
-                return;
-            }
-        }
-    });
+    let (node, polling, driver) = embedded_pausable(SCOPE, small_queue);
     let mut registry = Registry::default();
     node.register_metrics(&mut registry);
     let health_metric = format!("procgroups_health{{scope=\"{SCOPE}\"}}");
-    eventually("the swarm listens", 5, || !node.listen_addrs().is_empty()).await;
+    eventually("the swarm listens", Duration::from_secs(5), || {
+        !node.listen_addrs().is_empty()
+    })
+    .await;
     let peer = self::node().await;
     connect(&peer, &node).await;
-    eventually("the peer shares the scope", 10, || {
+    eventually("the peer shares the scope", WAIT, || {
         node.stats(SCOPE).unwrap().peers == 1
     })
     .await;
@@ -237,7 +175,10 @@ async fn a_swarm_that_is_not_polled_is_a_stalled_loop() {
     assert_eq!(sample(&scrape(&registry), &health_metric), 0.0);
 
     polling.send(false).unwrap();
-    eventually("unhealthy once not polled", 5, || !healthy(&node)).await;
+    eventually("unhealthy once not polled", Duration::from_secs(5), || {
+        !healthy(&node)
+    })
+    .await;
     let health = node.scope_health(SCOPE).unwrap();
     assert_eq!(health.status, HealthStatus::Unhealthy, "{health}");
     assert!(
@@ -272,15 +213,18 @@ async fn a_swarm_that_is_not_polled_is_a_stalled_loop() {
     assert_eq!(node.stats(SCOPE).unwrap().deltas_queued, 4);
 
     polling.send(true).unwrap();
-    eventually("healthy once polled again", 5, || healthy(&node)).await;
-    eventually("the queued joins reach the peer", 10, || {
+    eventually("healthy once polled again", Duration::from_secs(5), || {
+        healthy(&node)
+    })
+    .await;
+    eventually("the queued joins reach the peer", WAIT, || {
         peer.stats(SCOPE).unwrap().members == joined
     })
     .await;
     pg.join("after").unwrap();
     drop((pg, p));
     node.shutdown().await;
-    eventually("stopped after shutdown", 5, || {
+    eventually("stopped after shutdown", Duration::from_secs(5), || {
         node.scope_health(SCOPE).unwrap().problems == [HealthProblem::Stopped]
     })
     .await;
@@ -308,13 +252,13 @@ async fn metrics_count_members_deltas_and_deliveries() {
     let mut inbox = pb.listen("news");
     let gb = pb.open(SCOPE).unwrap();
     gb.join("g").unwrap();
-    eventually("both views complete", 10, || {
+    eventually("both views complete", WAIT, || {
         a.stats(SCOPE).unwrap().members == 4 && b.stats(SCOPE).unwrap().members == 4
     })
     .await;
     // The first joins may reach b by a sync; one made now is a delta.
     ga.join("late").unwrap();
-    eventually("the late join on b", 10, || {
+    eventually("the late join on b", WAIT, || {
         b.stats(SCOPE).unwrap().members == 5
     })
     .await;
@@ -327,7 +271,7 @@ async fn metrics_count_members_deltas_and_deliveries() {
     for _ in 0..2 {
         a_inbox.recv().await.unwrap();
     }
-    eventually("the frame acknowledged", 10, || {
+    eventually("the frame acknowledged", WAIT, || {
         a.node_stats().frames_sent == 1
     })
     .await;

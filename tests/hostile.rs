@@ -1,4 +1,4 @@
-//! Hostile peers (issue 5, item 2): a raw libp2p peer (`support/hostile.rs`) speaks the
+//! Hostile peers: a raw libp2p peer (`support/hostile.rs`) speaks the
 //! procgroups protocols to two honest nodes and misbehaves. Each test checks that the bad
 //! input is rejected or bounded, that a counter of `Node::stats` / `Node::node_stats` shows
 //! it, that the honest nodes' views are exactly what their processes did, and that the nodes
@@ -16,33 +16,24 @@
 //! libp2p's 100 per connection. A peer-exchange answer is capped (64 peers, 8 addresses each),
 //! and so is what all answers together can make the node keep (`max_known_peers`, test 10).
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use procgroups::wire::{Delta, Op, SyncGroup, SyncRequest, SyncResponse, Version};
 use procgroups::{EventKind, Instance, Node, Pid, Process, ScopeConfig, ScopeStats};
 
 mod support;
-use support::poll_until as eventually;
+use support::{View, WAIT, converge, eventually, truth};
 
 #[path = "support/hostile.rs"]
 mod hostile;
 use hostile::{Authorship, Hostile, Proto, cbor, frame, unframe};
 
 const SCOPE: &str = "test:hostile";
-/// Deadline of every wait, in seconds.
-const WAIT: u64 = 10;
 
 // ------------------------------------------------------------------------------------ helpers
 
 async fn honest(config: ScopeConfig) -> Node {
-    Node::builder()
-        .mdns(false)
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .scope(SCOPE, config)
-        .build()
-        .await
-        .expect("an honest node")
+    support::node(SCOPE, config).await
 }
 
 /// Two honest nodes with `config`, connected.
@@ -62,9 +53,7 @@ fn stats(node: &Node) -> ScopeStats {
 }
 
 fn spawn(node: &Node) -> (Process, Instance) {
-    let p = node.spawn_process();
-    let pg = p.open(SCOPE).expect("open the scope");
-    (p, pg)
+    support::spawn(node, SCOPE)
 }
 
 /// A process on each of `a` and `b` joins `g`; returns both and the view once both nodes
@@ -115,47 +104,6 @@ async fn version_of(h: &Hostile, node: &Node) -> Version {
                 .1
         }
         other => panic!("not a Discover answer: {other:?}"),
-    }
-}
-
-type View = BTreeMap<String, Vec<Pid>>;
-
-/// Every non-empty group of the scope with its slots, as this instance's node sees it.
-fn view(pg: &Instance) -> View {
-    pg.which_groups()
-        .unwrap()
-        .iter()
-        .map(|g| (g.to_string(), pg.get_members(g).unwrap().to_vec()))
-        .filter(|(_, m)| !m.is_empty())
-        .collect()
-}
-
-/// The expected view: each group with its slots.
-fn truth(groups: &[(&str, &[Pid])]) -> View {
-    let mut v = View::new();
-    for (g, pids) in groups {
-        v.entry(g.to_string()).or_default().extend(pids.iter());
-    }
-    for pids in v.values_mut() {
-        pids.sort();
-    }
-    v.retain(|_, p| !p.is_empty());
-    v
-}
-
-/// Waits until every instance sees `expected`; fails after `WAIT` showing what they see.
-async fn converge(what: &str, pgs: &[&Instance], expected: &View) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(WAIT);
-    loop {
-        let views: Vec<View> = pgs.iter().map(|pg| view(pg)).collect();
-        if views.iter().all(|v| v == expected) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}\nviews    {views:#?}\nexpected {expected:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -389,16 +337,7 @@ async fn malformed_input_is_refused_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_over_the_caps_are_refused() {
     let (a, b) = pair(ScopeConfig::default()).await;
-    let (pa, ga) = spawn(&a);
-    let (pb, gb) = spawn(&b);
-    ga.join("g").unwrap();
-    gb.join("g").unwrap();
-    converge(
-        "both members everywhere",
-        &[&ga, &gb],
-        &truth(&[("g", &[pa.pid(), pb.pid()])]),
-    )
-    .await;
+    let ((pa, ga), (pb, gb), _) = one_member_each(&a, &b).await;
     let h = Hostile::new(SCOPE);
     attach(&h, &[&a, &b]).await;
     let (a0, b0, na0) = (stats(&a), stats(&b), a.node_stats());
@@ -487,7 +426,7 @@ async fn events(
 ) -> Vec<(EventKind, String, Vec<Pid>)> {
     let mut out = Vec::new();
     while out.len() < n {
-        let ev = tokio::time::timeout(Duration::from_secs(WAIT), sub.recv())
+        let ev = tokio::time::timeout(WAIT, sub.recv())
             .await
             .unwrap_or_else(|_| {
                 panic!(
@@ -507,16 +446,7 @@ async fn events(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_and_reordered_deltas_apply_once_in_order() {
     let (a, b) = pair(ScopeConfig::default()).await;
-    let (pa, ga) = spawn(&a);
-    let (pb, gb) = spawn(&b);
-    ga.join("g").unwrap();
-    gb.join("g").unwrap();
-    converge(
-        "both members everywhere",
-        &[&ga, &gb],
-        &truth(&[("g", &[pa.pid(), pb.pid()])]),
-    )
-    .await;
+    let ((pa, ga), (pb, gb), _) = one_member_each(&a, &b).await;
     let h = Hostile::new(SCOPE);
     attach(&h, &[&a, &b]).await;
     let (mut sub_a, _) = ga.monitor("h1").unwrap();
@@ -581,7 +511,7 @@ async fn replayed_and_reordered_deltas_apply_once_in_order() {
 
 /// Has `h` announce its version to `node` until `node` asks it for its state `n` times.
 async fn pull_sync(h: &Hostile, node: &Node, n: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(WAIT);
+    let deadline = tokio::time::Instant::now() + WAIT;
     while h.seen().syncs_from(&node.peer_id()) < n {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -808,7 +738,7 @@ async fn a_request_flood_is_bounded() {
     let (pa2, took_ba) = honest_join_propagates(&a, &gb, "during", Duration::from_secs(5)).await;
     let (mut pages, mut discovered, mut refused) = (0, 0, 0);
     for rx in answers {
-        let answer = tokio::time::timeout(Duration::from_secs(WAIT), rx)
+        let answer = tokio::time::timeout(WAIT, rx)
             .await
             .expect("every request of the flood ends")
             .expect("the hostile task answers");
@@ -857,15 +787,15 @@ async fn a_request_flood_is_bounded() {
         stuck.push(h.request_later(Proto::Sync, a.peer_id(), r));
     }
     let mut dropped = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(WAIT);
-    while dropped < STUCK - 100 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {dropped} dropped"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    eventually("all but 100 of the stuck requests dropped", WAIT, || {
         dropped = stuck.iter_mut().filter(|rx| !rx.is_empty()).count();
-    }
+        if dropped >= STUCK - 100 {
+            Ok(())
+        } else {
+            Err(format!("only {dropped} dropped"))
+        }
+    })
+    .await;
     let (pb3, took) = honest_join_propagates(&b, &ga, "stuck", Duration::from_secs(5)).await;
     let still = stuck.iter_mut().filter(|rx| rx.is_empty()).count();
     eprintln!(
@@ -1001,7 +931,7 @@ async fn a_peer_that_never_reads_is_bounded_by_the_outbox() {
         assert_eq!(ga.broadcast("b", "t", &i).unwrap(), 1);
     }
     for i in 0..10u32 {
-        let m = tokio::time::timeout(Duration::from_secs(WAIT), inbox_b.recv())
+        let m = tokio::time::timeout(WAIT, inbox_b.recv())
             .await
             .expect("B gets A's broadcast")
             .expect("the inbox is open");

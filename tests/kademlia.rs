@@ -3,19 +3,17 @@
 //! directly and converge.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use procgroups::{Node, PeerId, ScopeConfig};
 
 mod support;
-use support::poll_until as eventually;
+use support::{WAIT, eventually};
 
 const SCOPE: &str = "test:wan";
 
 fn builder() -> procgroups::NodeBuilder {
-    Node::builder()
-        .mdns(false)
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .scope(SCOPE, ScopeConfig::default())
+    support::builder(SCOPE, ScopeConfig::default())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,7 +29,7 @@ async fn five_nodes_find_each_other_through_the_dht_from_one_bootstrap_node() {
 async fn members_meet_through_the_providers_of_the_scope_key() {
     let dht_only = Node::builder()
         .mdns(false)
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .listen_on(support::loopback())
         .build()
         .await
         .unwrap();
@@ -75,19 +73,23 @@ async fn converge(mut nodes: Vec<Node>, bootstrap: procgroups::Multiaddr, more: 
             .copied()
             .filter(|p| *p != node.peer_id())
             .collect();
-        eventually("every member connected to every other", 30, || {
-            let connected: BTreeSet<PeerId> = node
-                .connected_peers()
-                .into_iter()
-                .filter(|p| *p != bootstrap_peer || ids.contains(p))
-                .collect();
-            connected == others
-        })
+        eventually(
+            "every member connected to every other",
+            Duration::from_secs(30),
+            || {
+                let connected: BTreeSet<PeerId> = node
+                    .connected_peers()
+                    .into_iter()
+                    .filter(|p| *p != bootstrap_peer || ids.contains(p))
+                    .collect();
+                connected == others
+            },
+        )
         .await;
     }
     let all: BTreeSet<_> = processes.iter().map(|p| p.pid()).collect();
     for pg in &instances {
-        eventually("every member everywhere", 10, || {
+        eventually("every member everywhere", WAIT, || {
             pg.get_members("g").unwrap().iter().collect::<BTreeSet<_>>() == all
         })
         .await;

@@ -3,18 +3,19 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
-use std::time::Duration;
 
 use procgroups::{
-    AllowAll, ErrorKind, Event, EventKind, Inbox, Instance, Members, Message, Node, Permission,
-    Pid, Policy, Process, Request, Result, ScopeConfig, Subscription,
+    AllowAll, ErrorKind, Event, EventKind, Instance, Members, Node, Permission, Pid, Policy,
+    Process, Request, Result, ScopeConfig, Subscription,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::timeout;
 
+mod support;
+use support::{WAIT, next_event, next_message};
+
 const SCOPE: &str = "app:pg";
 const OTHER: &str = "app:other";
-const WAIT: Duration = Duration::from_secs(5);
 
 // ------------------------------------------------------------------------------------ helpers
 
@@ -22,7 +23,7 @@ const WAIT: Duration = Duration::from_secs(5);
 async fn node_with(config: ScopeConfig, policy: impl Policy) -> Node {
     Node::builder()
         .mdns(false)
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+        .listen_on(support::loopback())
         .scope(SCOPE, config.clone())
         .scope(OTHER, config)
         .policy(policy)
@@ -37,9 +38,7 @@ async fn node() -> Node {
 
 /// A new process and its instance of `SCOPE`.
 fn spawn(node: &Node) -> (Process, Instance) {
-    let p = node.spawn_process();
-    let pg = p.open(SCOPE).expect("open the scope");
-    (p, pg)
+    support::spawn(node, SCOPE)
 }
 
 /// The kind of the error that `result` must be.
@@ -52,14 +51,6 @@ fn names(groups: &[Arc<str>]) -> Vec<&str> {
     groups.iter().map(|g| &**g).collect()
 }
 
-/// The next event of `sub`, which must come within `WAIT`.
-async fn next_event(sub: &mut Subscription) -> Event {
-    timeout(WAIT, sub.recv())
-        .await
-        .expect("an event within the timeout")
-        .expect("the subscription is open")
-}
-
 /// Reads `sub` to its end, which must come within `WAIT`; returns what was still queued.
 async fn until_end(sub: &mut Subscription) -> Vec<Event> {
     let mut events = Vec::new();
@@ -70,14 +61,6 @@ async fn until_end(sub: &mut Subscription) -> Vec<Event> {
         events.push(ev);
     }
     events
-}
-
-/// The next message of `inbox`, which must come within `WAIT`.
-async fn next_message(inbox: &mut Inbox) -> Message {
-    timeout(WAIT, inbox.recv())
-        .await
-        .expect("a message within the timeout")
-        .expect("the inbox is open")
 }
 
 #[track_caller]

@@ -9,13 +9,14 @@ mod support;
 use std::time::{Duration, Instant};
 
 use procgroups::{Keypair, Pid};
-use support::{Child, ChildSpec, GROUP, eventually, union};
+use support::child::{Child, ChildSpec, GROUP, all_see, union};
+use support::eventually;
 
 /// Runs a child node when the parent test re-executes this binary; in an ordinary `cargo
 /// test` run (no `PROCGROUPS_CHILD` in the environment) it returns at once and passes.
 #[test]
 fn child_node_entry_point() {
-    support::child_main();
+    support::child::child_main();
 }
 
 const PROCESSES: usize = 5;
@@ -31,29 +32,9 @@ fn spec(label: &str, dial: &[&Child], keypair: Option<&Keypair>) -> ChildSpec {
     }
 }
 
-/// `Ok` when every child sees exactly `expected` as the members of the group.
-fn all_see(children: &mut [&mut Child], expected: &[Pid]) -> Result<(), String> {
-    let mut seen = Vec::new();
-    for child in children.iter_mut() {
-        let members = child.members(GROUP);
-        if members != expected {
-            seen.push(format!(
-                "{} sees {} members (want {}): {members:?}",
-                child.label,
-                members.len(),
-                expected.len()
-            ));
-        }
-    }
-    if seen.is_empty() {
-        Ok(())
-    } else {
-        Err(seen.join("; "))
-    }
-}
-
-#[test]
-fn killed_node_is_dropped_after_grace_and_its_restart_is_a_new_incarnation() {
+/// On a current-thread runtime: the children answer through blocking calls.
+#[tokio::test]
+async fn killed_node_is_dropped_after_grace_and_its_restart_is_a_new_incarnation() {
     let started = Instant::now();
     let key3 = Keypair::generate_ed25519();
     let mut c1 = Child::spawn(spec("child1", &[], None));
@@ -72,8 +53,9 @@ fn killed_node_is_dropped_after_grace_and_its_restart_is_a_new_incarnation() {
     let took = eventually(
         "all three to see 15 members",
         Duration::from_secs(15),
-        || all_see(&mut [&mut c1, &mut c2, &mut c3], &everyone),
-    );
+        || all_see([&mut c1, &mut c2, &mut c3], &everyone),
+    )
+    .await;
     eprintln!(
         "converged on 15 members in {took:?} (started {:?} ago)",
         started.elapsed()
@@ -86,8 +68,9 @@ fn killed_node_is_dropped_after_grace_and_its_restart_is_a_new_incarnation() {
     let took = eventually(
         "the survivors to drop the killed node's members",
         GRACE + Duration::from_secs(4),
-        || all_see(&mut [&mut c1, &mut c2], &survivors),
-    );
+        || all_see([&mut c1, &mut c2], &survivors),
+    )
+    .await;
     eprintln!("killed node's members dropped {took:?} after the kill");
     assert!(
         killed.elapsed() >= GRACE,
@@ -108,8 +91,9 @@ fn killed_node_is_dropped_after_grace_and_its_restart_is_a_new_incarnation() {
     let took = eventually(
         "all three to see the restarted node's new members",
         Duration::from_secs(15),
-        || all_see(&mut [&mut c1, &mut c2, &mut c3], &everyone),
-    );
+        || all_see([&mut c1, &mut c2, &mut c3], &everyone),
+    )
+    .await;
     eprintln!("converged again on 15 members in {took:?} after the restart");
     for child in [&mut c1, &mut c2, &mut c3] {
         let members = child.members(GROUP);

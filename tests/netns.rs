@@ -15,14 +15,15 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use support::child::{Child, ChildSpec, GROUP, all_see, union};
+use support::eventually;
 use support::netns::{Lan, as_root};
-use support::{Child, ChildSpec, GROUP, eventually, union};
 
 /// Runs a child node when the parent test re-executes this binary; in an ordinary `cargo
 /// test` run (no `PROCGROUPS_CHILD` in the environment) it returns at once and passes.
 #[test]
 fn child_node_entry_point() {
-    support::child_main();
+    support::child::child_main();
 }
 
 const HOSTS: usize = 3;
@@ -35,11 +36,12 @@ fn three_hosts_on_a_bridge_find_each_other_by_mdns_alone() {
     as_root(
         "three_hosts_on_a_bridge_find_each_other_by_mdns_alone",
         LIMIT,
-        three_hosts,
+        || support::block_on(three_hosts()),
     );
 }
 
-fn three_hosts() {
+/// On a current-thread runtime: the children answer through blocking calls.
+async fn three_hosts() {
     let started = Instant::now();
     let lan = Lan::create(HOSTS); // deletes the namespaces of dead earlier runs
     eprintln!("namespaces ready in {:?}", started.elapsed());
@@ -48,14 +50,7 @@ fn three_hosts() {
         .hosts
         .iter()
         .enumerate()
-        .map(|(i, ns)| {
-            Child::spawn(ChildSpec {
-                listen: "/ip4/0.0.0.0/tcp/0".parse().expect("multiaddr"),
-                mdns: true,
-                netns: Some(ns.clone()),
-                ..ChildSpec::new(format!("host{} ({ns})", i + 1))
-            })
-        })
+        .map(|(i, ns)| Child::spawn(ChildSpec::on_host(format!("host{} ({ns})", i + 1), ns)))
         .collect();
     eprintln!("children started in {:?}", started.elapsed());
 
@@ -71,25 +66,9 @@ fn three_hosts() {
     let took = eventually(
         "the three hosts to see the three members",
         Duration::from_secs(15),
-        || {
-            let mut seen = Vec::new();
-            for child in children.iter_mut() {
-                let members = child.members(GROUP);
-                if members != everyone {
-                    let peers = child.peers();
-                    seen.push(format!(
-                        "{} sees {members:?} with peers {peers:?}",
-                        child.label
-                    ));
-                }
-            }
-            if seen.is_empty() {
-                Ok(())
-            } else {
-                Err(seen.join("; "))
-            }
-        },
-    );
+        || all_see(&mut children, &everyone),
+    )
+    .await;
     eprintln!(
         "converged by mDNS in {took:?}; whole test {:?}",
         started.elapsed()

@@ -21,14 +21,15 @@
 //! sent, delivered and lost, time to converge after the final heal).
 
 mod support;
+use support::{View, diff, eventually, holds_for, replay, view};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use procgroups::{
-    ErrorKind, Event, EventKind, HealthProblem, Inbox, Instance, Keypair, Members, Multiaddr, Node,
-    PeerId, Pid, Process, ScopeConfig, Subscription,
+    ErrorKind, Event, HealthProblem, Inbox, Instance, Keypair, Members, Multiaddr, Node, PeerId,
+    Pid, Process, ScopeConfig, Subscription,
 };
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -38,7 +39,7 @@ use rand::{Rng, SeedableRng};
 /// run (no `PROCGROUPS_CHILD` in the environment) it returns at once and passes.
 #[test]
 fn child_node_entry_point() {
-    support::child_main();
+    support::child::child_main();
 }
 
 /// With `PROCGROUPS_SOAK_TRACE=<target prefix>,...` (e.g. `procgroups`), prints the
@@ -832,78 +833,6 @@ impl Soak {
     }
 }
 
-type View = BTreeMap<String, Vec<Pid>>;
-
-fn view(pg: &Instance) -> View {
-    pg.which_groups()
-        .expect("which_groups")
-        .iter()
-        .map(|g| {
-            (
-                g.to_string(),
-                pg.get_members(g).expect("get_members").to_vec(),
-            )
-        })
-        .filter(|(_, m)| !m.is_empty())
-        .collect()
-}
-
-/// What `seen` has more and less than `want`, per group.
-fn diff(seen: &View, want: &View) -> String {
-    let mut out = Vec::new();
-    let groups: BTreeSet<&String> = seen.keys().chain(want.keys()).collect();
-    for g in groups {
-        let s = seen.get(g).cloned().unwrap_or_default();
-        let w = want.get(g).cloned().unwrap_or_default();
-        let mut extra = s.clone();
-        for p in &w {
-            if let Some(k) = extra.iter().position(|x| x == p) {
-                extra.remove(k);
-            }
-        }
-        let mut missing = w.clone();
-        for p in &s {
-            if let Some(k) = missing.iter().position(|x| x == p) {
-                missing.remove(k);
-            }
-        }
-        if !extra.is_empty() || !missing.is_empty() {
-            out.push(format!("{g}: extra {extra:?}, missing {missing:?}"));
-        }
-    }
-    out.join("; ")
-}
-
-/// A snapshot with `events` applied in order; `Err` on a leave of a slot that is not there.
-fn replay(snapshot: &BTreeMap<Arc<str>, Members>, events: &[Event]) -> Result<View, String> {
-    let mut v: View = snapshot
-        .iter()
-        .map(|(g, m)| (g.to_string(), m.to_vec()))
-        .collect();
-    for (n, ev) in events.iter().enumerate() {
-        let slots = v.entry(ev.group.to_string()).or_default();
-        match ev.kind {
-            EventKind::MemberJoined => slots.extend(ev.pids.iter()),
-            EventKind::MemberLeft => {
-                for pid in ev.pids.iter() {
-                    let i = slots.iter().position(|p| p == pid).ok_or_else(|| {
-                        format!(
-                            "event {n} {ev:?} removes {pid} from {}: not a member",
-                            ev.group
-                        )
-                    })?;
-                    slots.remove(i);
-                }
-            }
-        }
-    }
-    for pids in v.values_mut() {
-        pids.sort();
-    }
-    v.retain(|_, p| !p.is_empty());
-    Ok(v)
-}
-
 /// Fails the test, naming the seed that replays it.
 fn fail(seed: u64, what: &str, detail: &str) -> ! {
     panic!("soak seed {seed}: {what}\n{detail}\n(replay: PROCGROUPS_SOAK_SEED={seed})")
@@ -1358,36 +1287,11 @@ async fn five_nodes_under_random_faults_converge_and_deliver_once_in_order() {
 
 /// `node_down_grace` of the children of the netns test.
 const NETNS_GRACE: Duration = Duration::from_secs(1);
-/// Processes (one slot each in `support::GROUP`) per child.
+/// Processes (one slot each in `support::child::GROUP`) per child.
 const NETNS_PROCESSES: usize = 2;
 /// Link-down rounds of the netns test (about 20 s each); `PROCGROUPS_SOAK_NETNS_ROUNDS` for
 /// more.
 const NETNS_ROUNDS: usize = 1;
-
-/// `Ok` when each child sees exactly its expected members of the group.
-fn children_see(
-    children: &mut [support::Child],
-    expected: &[Vec<Pid>],
-) -> std::result::Result<(), String> {
-    let mut seen = Vec::new();
-    for (child, want) in children.iter_mut().zip(expected) {
-        let members = child.members(support::GROUP);
-        if &members != want {
-            let peers = child.peers();
-            seen.push(format!(
-                "{} sees {} members, wants {} (peers {peers:?})",
-                child.label,
-                members.len(),
-                want.len()
-            ));
-        }
-    }
-    if seen.is_empty() {
-        Ok(())
-    } else {
-        Err(seen.join("; "))
-    }
-}
 
 /// Three hosts in network namespaces on a bridge, a child node each (mDNS on, only inside the
 /// namespaces; nothing dialed), two members each. Each round (seeded choice of the host) sets
@@ -1410,7 +1314,7 @@ fn a_host_whose_link_goes_down_is_purged_then_heals() {
     support::netns::as_root(
         "a_host_whose_link_goes_down_is_purged_then_heals",
         limit,
-        link_down_in_namespaces,
+        || support::block_on(link_down_in_namespaces()),
     );
 }
 
@@ -1425,9 +1329,10 @@ fn netns_rounds() -> usize {
         })
 }
 
-fn link_down_in_namespaces() {
+/// On a current-thread runtime: the children answer through blocking calls.
+async fn link_down_in_namespaces() {
+    use support::child::{Child, ChildSpec, GROUP, each_sees, union};
     use support::netns::{Lan, ip};
-    use support::{Child, ChildSpec, eventually, union};
 
     let seed = seed();
     eprintln!("netns soak seed {seed} (replay: PROCGROUPS_SOAK_SEED={seed})");
@@ -1440,25 +1345,23 @@ fn link_down_in_namespaces() {
         .enumerate()
         .map(|(i, ns)| {
             Child::spawn(ChildSpec {
-                listen: "/ip4/0.0.0.0/tcp/0".parse().expect("multiaddr"),
-                mdns: true,
-                netns: Some(ns.clone()),
                 processes: NETNS_PROCESSES,
                 node_down_grace: NETNS_GRACE,
-                ..ChildSpec::new(format!("host{} ({ns})", i + 1))
+                ..ChildSpec::on_host(format!("host{} ({ns})", i + 1), ns)
             })
         })
         .collect();
     let locals: Vec<Vec<Pid>> = children
         .iter_mut()
-        .map(|c| c.local_members(support::GROUP))
+        .map(|c| c.local_members(GROUP))
         .collect();
     let lists: Vec<&[Pid]> = locals.iter().map(Vec::as_slice).collect();
     let everyone = union(&lists);
     let all = vec![everyone.clone(); children.len()];
     let took = eventually("the first convergence", Duration::from_secs(20), || {
-        children_see(&mut children, &all)
-    });
+        each_sees(children.iter_mut().zip(&all))
+    })
+    .await;
     eprintln!("netns soak: first convergence by mDNS in {took:.1?}");
 
     let rounds = netns_rounds();
@@ -1489,8 +1392,9 @@ fn link_down_in_namespaces() {
                 h + 1
             ),
             Duration::from_secs(25),
-            || children_see(&mut children, &split),
-        );
+            || each_sees(children.iter_mut().zip(&split)),
+        )
+        .await;
         assert!(
             down_at.elapsed() >= NETNS_GRACE,
             "round {round}: purged {:?} after the link went down, before the grace",
@@ -1498,12 +1402,12 @@ fn link_down_in_namespaces() {
         );
         // Sometimes a little longer, purged on both sides.
         let extra = Duration::from_millis(rng.gen_range(0..1000));
-        let hold_until = Instant::now() + extra;
-        while Instant::now() < hold_until {
-            children_see(&mut children, &split)
-                .unwrap_or_else(|e| panic!("round {round}: while the link is down: {e}"));
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        holds_for(
+            &format!("round {round}: purged on both sides while the link is down"),
+            extra,
+            || each_sees(children.iter_mut().zip(&split)),
+        )
+        .await;
         let up_at = Instant::now();
         ip(&["-n", &lan.bridge, "link", "set", &port, "up"]);
         let healed = eventually(
@@ -1512,8 +1416,9 @@ fn link_down_in_namespaces() {
                 h + 1
             ),
             Duration::from_secs(30),
-            || children_see(&mut children, &all),
-        );
+            || each_sees(children.iter_mut().zip(&all)),
+        )
+        .await;
         eprintln!(
             "netns soak round {round}: host{} link down {:.1?}; purged on both sides \
              {purged:.1?} after the link went down; converged {healed:.1?} after it came up",

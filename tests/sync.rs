@@ -1,12 +1,13 @@
 //! Sync of a large state: paged under the response cap, reassembled, applied once.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use procgroups::behaviour::BehaviourConfig;
 use procgroups::{ErrorKind, Node, ScopeConfig};
 
 mod support;
-use support::poll_until as eventually;
+use support::eventually;
 
 const SCOPE: &str = "test:sync";
 
@@ -23,7 +24,7 @@ async fn a_state_larger_than_a_response_arrives_in_pages() {
     let build = || {
         Node::builder()
             .network_config(small_pages())
-            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .listen_on(support::loopback())
             .scope(SCOPE, ScopeConfig::default())
             .build()
     };
@@ -45,7 +46,7 @@ async fn a_state_larger_than_a_response_arrives_in_pages() {
     let observer = b.spawn_process();
     let pg = observer.open(SCOPE).unwrap();
     b.dial(a.listen_addrs()[0].clone()).unwrap();
-    eventually("the whole state on B", 20, || {
+    eventually("the whole state on B", Duration::from_secs(20), || {
         pg.get_members("big").unwrap().len() == 1000
     })
     .await;

@@ -1,4 +1,10 @@
-//! What the examples share: `--config PATH` and the `--metrics ADDR` endpoint.
+//! What the examples share: `--config PATH`, the `--metrics ADDR` endpoint, and ([`child`])
+//! running the example's own binary as a child process.
+
+// Each example uses part of this module.
+#![allow(dead_code)]
+
+pub mod child;
 
 use std::net::SocketAddr;
 use std::path::Path;

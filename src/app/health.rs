@@ -1,4 +1,4 @@
-//! The health check of a scope (DESIGN section 7): it reports a wedged loop or a persistent
+//! The health check of a scope: it reports a wedged loop or a persistent
 //! partition, and stays healthy on an idle cluster, a lone node included.
 
 use std::fmt;
@@ -9,8 +9,8 @@ use libp2p::PeerId;
 /// How a scope is doing on this node, from [`Node::health`](crate::Node::health).
 ///
 /// The check looks at what would make the scope's view wrong or stale, not at traffic: a
-/// scope nobody uses, on a node alone or in an idle cluster, is healthy. The reference's
-/// check fails when no broadcast was seen for a while, which flags every quiet node.
+/// scope nobody uses, on a node alone or in an idle cluster, is healthy. (A check that fails
+/// when no broadcast was seen for a while would flag every quiet node.)
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]

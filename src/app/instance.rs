@@ -1,4 +1,4 @@
-//! A process's handle on a scope (the seeds' `pg.open`).
+//! A process's handle on a scope, from [`Process::open`](crate::Process::open).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

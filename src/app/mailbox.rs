@@ -19,8 +19,8 @@ use crate::net::wire::Frame;
 use crate::vocab::error::{Error, Result};
 use libp2p::PeerId;
 
-/// A message delivered to a process: a direct [`send`](Process::send) or one slot of a
-/// [`broadcast`](Instance::broadcast).
+/// A message delivered to a process: a direct [`send`](crate::Process::send) or one slot of a
+/// [`broadcast`](crate::Instance::broadcast).
 ///
 /// A handle: every recipient of a broadcast shares one message, and cloning is a pointer copy.
 #[derive(Clone, PartialEq, Eq)]
@@ -92,10 +92,10 @@ pub(crate) fn encode_payload<T: Serialize + ?Sized>(payload: &T) -> Result<Bytes
     Ok(buf.into())
 }
 
-/// The messages of one topic of one process, from [`Process::listen`].
+/// The messages of one topic of one process, from [`Process::listen`](crate::Process::listen).
 ///
 /// It holds up to the node's mailbox capacity; a message that finds it full is dropped and
-/// counted in [`Process::dropped`]. It ends (`recv` gives `None`) when the process exits or
+/// counted in [`Process::dropped`](crate::Process::dropped). It ends (`recv` gives `None`) when the process exits or
 /// listens to the same topic again.
 #[derive(Debug)]
 pub struct Inbox {

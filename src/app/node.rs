@@ -130,7 +130,7 @@ impl NodeBuilder {
     }
 
     /// Hosts the scopes of a registry file, TOML (`.toml`) or YAML (`.yaml`, `.yml`), in the
-    /// seeds' entry shape (see [`parse_scopes_toml`](crate::vocab::config::parse_scopes_toml) and
+    /// registry-entry shape (see [`parse_scopes_toml`](crate::vocab::config::parse_scopes_toml) and
     /// `examples/procgroups.toml`); entries with `lifecycle.auto_start = false` are skipped.
     /// Read by [`build`](Self::build), which fails with `Invalid` naming the file and the
     /// field if the file is wrong.

@@ -32,8 +32,8 @@ pub const IDENTIFY_PROTOCOL: &str = "/procgroups/1";
 pub struct BehaviourConfig {
     /// Discover peers on the LAN by mDNS. Default `true`.
     pub mdns: bool,
-    /// Largest gossipsub message (a delta), in bytes. Default 256 KiB; deltas are cut at
-    /// 60 KiB.
+    /// Largest gossipsub message (a delta), in bytes. Default 256 KiB; the core cuts deltas
+    /// below its `MAX_DELTA_BYTES` (60 KiB).
     pub max_transmit_size: usize,
     /// Largest request frame of either request-response protocol. Default 1 MiB.
     pub max_request_bytes: usize,
@@ -117,9 +117,9 @@ impl BehaviourConfig {
 /// | `ping` | ping | liveness: a failed ping closes the connection |
 /// | `keep_alive` | none | keeps connections to peers that share a scope |
 ///
-/// [`Behaviour`] drives them: it reacts to their events and decides what they send. They are
+/// [`Behaviour`](crate::behaviour::Behaviour) drives them: it reacts to their events and decides what they send. They are
 /// public so that an application can read their state (for instance the Kademlia routing
-/// table) through [`Behaviour::protocols`].
+/// table) through [`Behaviour::protocols`](crate::behaviour::Behaviour::protocols).
 #[derive(NetworkBehaviour)]
 #[behaviour(to_swarm = "ProtocolsEvent", prelude = "libp2p::swarm::derive_prelude")]
 pub struct Protocols {

@@ -824,8 +824,8 @@ fn except(view: &View, node: PeerId) -> View {
         .collect()
 }
 
-/// Why the protocol (DESIGN section 4) says a delta from `sender` must be refused by a node
-/// `local`, if it must: written from the spec, not from the core's validation.
+/// Why the protocol (docs/protocol.md, "Security model") says a delta from `sender` must be refused by a node
+/// `local`, if it must: written from the protocol, not from the core's validation.
 pub(crate) fn delta_problem(local: PeerId, sender: PeerId, delta: &Delta) -> Option<&'static str> {
     if delta.origin != sender {
         return Some("another origin than its sender");

@@ -1,5 +1,5 @@
-//! Scope configuration: the fields of the seeds' table, validated, and loadable from files in
-//! the seeds' entry shape.
+//! Scope configuration: every setting of a scope, validated, and loadable from registry files
+//! (TOML or YAML, in the entry shape of [`parse_scopes_toml`]).
 
 use std::path::Path;
 use std::time::Duration;
@@ -39,8 +39,7 @@ pub enum ConfigError {
     },
 }
 
-/// The configuration of one scope. Every field of the seeds' table, with its default, plus
-/// `node_down_grace`.
+/// The configuration of one scope: every setting with its default.
 ///
 /// Build one with [`ScopeConfig::builder`]; `Default` goes through the same validation. In a
 /// file, durations are written `"5s"`, `"100ms"`; `0` (or `"0s"`) disables anti-entropy and
@@ -164,7 +163,7 @@ impl ScopeConfig {
     }
 }
 
-/// Builds a validated [`ScopeConfig`]. Starts from the defaults of the seeds' table.
+/// Builds a validated [`ScopeConfig`]. Starts from the defaults.
 #[derive(Debug, Clone)]
 pub struct ScopeConfigBuilder {
     config: ScopeConfig,
@@ -439,7 +438,7 @@ fn yes() -> bool {
     true
 }
 
-/// Parses a registry file in the seeds' entry shape, written in TOML:
+/// Parses a registry file in the registry-entry shape, written in TOML:
 ///
 /// ```toml
 /// namespace = "app"
@@ -476,7 +475,7 @@ pub fn parse_scopes_toml(text: &str) -> Result<Vec<ScopeEntry>, ConfigError> {
     scopes_of(file, "<toml>")
 }
 
-/// Parses a registry file in the seeds' entry shape, written in YAML; the same entries and
+/// Parses a registry file in the registry-entry shape, written in YAML; the same entries and
 /// rules as [`parse_scopes_toml`]:
 ///
 /// ```

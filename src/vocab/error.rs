@@ -2,7 +2,7 @@
 
 use crate::vocab::policy::Permission;
 
-/// The broad class of an [`Error`], matching the error kinds of the seeds' API.
+/// The broad class of an [`Error`]: what a caller can act on without matching every variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
     /// The [`Policy`](crate::Policy) refused the operation.

@@ -14,7 +14,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// The seeds' name: `"member.joined"` or `"member.left"`.
+    /// The name shown for the kind: `"member.joined"` or `"member.left"`.
     pub fn as_str(&self) -> &'static str {
         match self {
             EventKind::MemberJoined => "member.joined",
@@ -38,14 +38,14 @@ impl std::fmt::Display for EventKind {
 pub struct Event {
     /// Joined or left.
     pub kind: EventKind,
-    /// The group (the seeds' `path`).
+    /// The group.
     pub group: Arc<str>,
     /// The affected processes, once per slot.
     pub pids: Arc<[Pid]>,
 }
 
 impl Event {
-    /// The seeds' `system` field of every procgroups event.
+    /// The system that emits every procgroups event: `"pg"`.
     pub const SYSTEM: &'static str = "pg";
 
     /// Always `"pg"`.

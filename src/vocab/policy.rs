@@ -4,7 +4,7 @@ use std::fmt;
 
 use crate::Pid;
 
-/// One permission of the seeds' table. Each is checked on a resource: the scope id for
+/// One permission. Each is checked on a resource: the scope id for
 /// [`Open`](Permission::Open), [`WhichGroups`](Permission::WhichGroups),
 /// [`WhichLocalGroups`](Permission::WhichLocalGroups) and [`Events`](Permission::Events); the
 /// group name for the others (once per group of a batch).
@@ -35,7 +35,7 @@ pub enum Permission {
 }
 
 impl Permission {
-    /// Every permission, in the seeds' order.
+    /// Every permission, in a fixed order.
     pub const ALL: [Permission; 11] = [
         Permission::Open,
         Permission::Join,
@@ -50,7 +50,7 @@ impl Permission {
         Permission::Events,
     ];
 
-    /// The seeds' name of the permission, e.g. `"pg.join"`.
+    /// The name of the permission, e.g. `"pg.join"`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Permission::Open => "pg.open",
@@ -87,7 +87,7 @@ pub struct Request<'a> {
     pub resource: &'a str,
 }
 
-/// Decides every permission of the seeds' table, per process and resource.
+/// Decides every permission, per process and resource.
 ///
 /// The default policy is [`AllowAll`]. Any `Fn(&Request) -> bool` is a policy:
 ///

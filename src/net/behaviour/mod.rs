@@ -1,11 +1,10 @@
-//! The node's network task: it drives the swarm, the timers and the outboxes, and feeds the
-//! scopes' cores with what peers say (the protocol of DESIGN section 4).
+//! The node's network behaviour: it drives the protocols, the timers and the outboxes, and
+//! feeds the scopes' cores with what peers say (docs/protocol.md says what; docs/architecture.md
+//! says how the modules below divide the work).
 //!
-//! The task runs on its own thread with a `current_thread` runtime: the swarm is one state
-//! machine, and on small machines a single-threaded runtime drives it with less overhead than
-//! a work-stealing one (measured: PERFORMANCE.md). The application's calls never wait for it:
-//! a join changes the scope's core under its mutex and wakes the task, which publishes what
-//! queued since its last turn as one delta, so changes batch themselves under load.
+//! The application's calls never wait for it: a join changes the scope's core under its mutex
+//! and wakes the behaviour, which publishes what queued since its last turn as one delta, so
+//! changes batch themselves under load.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -163,8 +162,8 @@ pub enum Event {
 }
 
 /// A procgroups node's network side as one [`NetworkBehaviour`]: the [`Protocols`] and the
-/// logic that drives them (DESIGN section 4: Discover, Sync, deltas, anti-entropy, node-down,
-/// delivery with outboxes and breakers, discovery by mDNS and Kademlia).
+/// logic that drives them (Discover, Sync, deltas, anti-entropy, node-down, delivery with
+/// outboxes and breakers, discovery by mDNS and Kademlia; docs/protocol.md describes each).
 ///
 /// [`NodeBuilder::build`](crate::NodeBuilder::build) runs one in a swarm of its own. To run it
 /// in an application's swarm instead (one set of connections for everything),
@@ -174,29 +173,31 @@ pub enum Event {
 /// (mDNS and the timers use it); its idle-connection timeout does not matter, because the
 /// behaviour keeps the connections to peers that share a scope.
 ///
-/// What it does, and the decisions DESIGN leaves open:
+/// What it does:
 /// - **Deltas**: a local change wakes it; everything queued since its last turn goes out as
-///   one delta (cut below 60 KiB), so a single join is published at once and a burst batches
-///   itself. A delta is accepted (and forwarded by gossipsub) only if its origin is the
-///   message's signed source and the core takes it; otherwise it is rejected, which also
-///   lowers the sender's gossipsub score.
-/// - **Discover** on every new connection, both ways, at most 8 in flight (the rest wait
-///   their turn), and again when the peer subscribes to a scope's topic (a delta published
-///   between its sync and its subscription is not lost). The answer also names the other
-///   connected peers of the shared scopes (at most 64, with their addresses): the node dials
+///   one delta (cut below the core's `MAX_DELTA_BYTES`), so a single join is published at
+///   once and a burst batches itself. A delta is accepted (and forwarded by gossipsub) only if
+///   its origin is the message's signed source and the core takes it; otherwise it is
+///   rejected, and gossipsub does not forward it.
+/// - **Discover** on every new connection, both ways, at most `MAX_DISCOVERS_IN_FLIGHT` in
+///   flight (the rest wait their turn), and again when the peer subscribes to a scope's topic
+///   (a delta published between its sync and its subscription is not lost). The answer also
+///   names the other connected peers of the shared scopes (at most
+///   [`MAX_PEERS_EXCHANGED`](crate::wire::MAX_PEERS_EXCHANGED), with their addresses): the node dials
 ///   them, because a sync needs a direct connection to the origin, so every member of a
 ///   scope ends up connected to every other. A peer known only from such answers is forgotten
 ///   when its dial fails, and none is taken once the node knows `max_known_peers`
 ///   ([`BehaviourConfig`]), so answers cannot make it keep state without bound.
 /// - **Sync** of one origin's state, pulled from the origin itself when the core asks (gap,
 ///   new incarnation, unknown or purged origin), paged under half the response cap, at most
-///   256 pages. A node whose deltas reach us through others but that we are not connected
-///   to is dialed.
+///   `MAX_SYNC_PAGES` pages. A node whose deltas reach us through others but that we are not
+///   connected to is dialed.
 /// - **Anti-entropy**: every `anti_entropy_interval`, a Discover of that scope to the next
 ///   connected peer of the scope (round robin).
 /// - **Node down**: a peer with no connection (or never connected, but whose members we
 ///   hold) is purged from a scope once that scope's `node_down_grace` has passed; lost
-///   peers are redialed with backoff (250 ms doubling to 30 s, 10 attempts). A ping that
+///   peers are redialed with backoff (`REDIAL_FIRST` doubling to `REDIAL_MAX`, `MAX_REDIALS`
+///   attempts). A ping that
 ///   fails closes its connection. A peer that says goodbye (graceful shutdown) is purged at
 ///   once and not redialed.
 /// - **Delivery**: one ordered outbox per peer (see `broadcast`); the retry and breaker
@@ -206,8 +207,8 @@ pub enum Event {
 ///   one scope, for which these are exactly its settings). A retried batch keeps its
 ///   sequence number; the receiver delivers each (sender incarnation, sequence) once.
 /// - **Kademlia** (when bootstrap addresses are given): the node provides a key per scope and
-///   looks up its providers 200 ms after its first connection, then at doubling intervals up
-///   to every 30 s, and dials the providers it finds.
+///   looks up its providers `KAD_FIRST` after its first connection, then at doubling
+///   intervals up to every `KAD_MAX`, and dials the providers it finds.
 ///
 /// [`Protocols`]: crate::net::protocols::Protocols
 pub struct Behaviour {

@@ -31,6 +31,14 @@ const OP_BYTES: usize = 24;
 /// Rough CBOR overhead of a delta besides its ops and names.
 const DELTA_OVERHEAD: usize = 96;
 
+/// How long a gap in an origin's deltas may stay open before its state is pulled.
+pub(crate) const REORDER_WINDOW: Duration = Duration::from_millis(250);
+/// Early deltas held per origin, at most; one more pulls its state at once.
+pub(crate) const REORDER_CAPACITY: usize = 64;
+/// Deltas are cut below this many bytes (well under gossipsub's
+/// `BehaviourConfig::max_transmit_size`).
+pub(crate) const MAX_DELTA_BYTES: usize = 60 * 1024;
+
 /// The knobs of the core, derived from the [`ScopeConfig`](crate::ScopeConfig).
 #[derive(Debug, Clone)]
 pub(crate) struct CoreConfig {
@@ -53,10 +61,10 @@ impl CoreConfig {
         Self {
             max_groups: config.max_groups(),
             max_members_per_group: config.max_members_per_group(),
-            reorder_window: Duration::from_millis(250),
-            reorder_capacity: 64,
+            reorder_window: REORDER_WINDOW,
+            reorder_capacity: REORDER_CAPACITY,
             sync_timeout: config.protocol_timeout(),
-            max_delta_bytes: 60 * 1024,
+            max_delta_bytes: MAX_DELTA_BYTES,
             hash_seed,
         }
     }

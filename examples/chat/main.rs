@@ -1,0 +1,451 @@
+//! A terminal chat over process groups: rooms, nicknames, direct messages.
+//!
+//! Each user is one node with one process. Rooms are the groups of the scope `chat:rooms`
+//! (everyone starts in `lobby`); a line typed is broadcast to the current room. Nicknames are
+//! the groups of the scope `chat:users`: one group per nick, whose only member
+//! (`max_members_per_group = 1`) is the user's process, so a nick this node knows to be taken
+//! is refused.
+//!
+//! Three terminals on one machine or one LAN (mDNS finds the others):
+//!
+//! ```text
+//! cargo run --example chat -- --nick alice
+//! cargo run --example chat -- --nick bob
+//! cargo run --example chat -- --nick carol
+//! ```
+//!
+//! Where mDNS does not work (loopback only, containers, across networks), or where it is not
+//! wanted, turn it off and connect explicitly: the first node prints its addresses
+//! (`* listening on /ip4/127.0.0.1/tcp/4001/p2p/12D3…`), the others dial one of them.
+//!
+//! ```text
+//! cargo run --example chat -- --nick alice --no-mdns --listen /ip4/127.0.0.1/tcp/4001
+//! cargo run --example chat -- --nick bob --no-mdns --dial /ip4/127.0.0.1/tcp/4001/p2p/12D3…
+//! ```
+//!
+//! Flags:
+//! - `--nick NAME` (required): letters, digits, `-`, `_`, `.`; at most 32 characters.
+//! - `--listen MULTIADDR` (repeatable): where to listen; default one TCP and one QUIC port of
+//!   every interface.
+//! - `--dial MULTIADDR` (repeatable): a peer to connect to. The chat waits (up to 5 s) for the
+//!   peers it dials, so that a nick taken there is refused at start.
+//! - `--bootstrap MULTIADDR` (repeatable): Kademlia bootstrap nodes (`…/p2p/<peer-id>`), to
+//!   find the other users beyond the LAN.
+//! - `--no-mdns`: no multicast discovery (it is on by default).
+//! - `--metrics IP:PORT`: serve `/metrics` (Prometheus) and `/health` there.
+//! - `--config PATH`: read the scopes from a registry file (for example
+//!   `examples/procgroups.toml`) instead of the built-in ones; it must define `chat:rooms` and
+//!   `chat:users`.
+//!
+//! Commands: `/join ROOM` (it becomes the current room), `/leave [ROOM]`, `/rooms`,
+//! `/who [ROOM]`, `/msg NICK TEXT`, `/nick NAME`, `/help`, `/quit`. Any other line is said in
+//! the current room (start it with `//` to say a line that begins with `/`). Ctrl-D, `/quit`
+//! and Ctrl-C leave gracefully: the others see you leave at once.
+//!
+//! The output is one line per thing, the same in a terminal (with colours) and in a pipe
+//! (without):
+//!
+//! ```text
+//! * listening on /ip4/127.0.0.1/tcp/4001/p2p/12D3…
+//! * alice is in lobby
+//! * bob joined lobby
+//! [lobby] <bob> hello
+//! [dm] <bob> psst
+//! * lobby: alice, bob
+//! * lobby (2)
+//! * bob left lobby
+//! ! no user named dave
+//! ```
+//!
+//! A user whose nick this node does not know (yet) is shown by its pid.
+//!
+//! The example, file by file: `main.rs` starts the node (its two scopes) and runs the chat's
+//! loop; `rooms.rs` is the rooms as groups, `users.rs` the nicks as groups, `commands.rs`
+//! parses what the user types, `render.rs` prints, `cli.rs` is the command line.
+
+mod cli;
+mod commands;
+mod render;
+mod rooms;
+mod users;
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{BufRead, IsTerminal};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use procgroups::{
+    ErrorKind, Event, Inbox, Instance, Message, Node, NodeBuilder, Process, ScopeConfig,
+    Subscription,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use cli::Args;
+use commands::Command;
+use render::{Out, Shown};
+use rooms::Watch;
+use users::{Names, await_peers, peer_of};
+
+/// The scope of the rooms: one group per room.
+const ROOMS: &str = "chat:rooms";
+/// The scope of the nicknames: one group per nick, one member.
+const USERS: &str = "chat:users";
+/// The room everyone starts in.
+const LOBBY: &str = "lobby";
+/// The topic of the lines said in a room.
+const SAID: &str = "chat";
+/// The topic of direct messages.
+const DIRECT: &str = "dm";
+/// The longest line said or sent, in bytes.
+const MAX_TEXT: usize = 4096;
+
+/// A line said in a room (topic [`SAID`]).
+#[derive(Debug, Serialize, Deserialize)]
+struct Said {
+    room: String,
+    text: String,
+}
+
+/// A direct message (topic [`DIRECT`]).
+#[derive(Debug, Serialize, Deserialize)]
+struct Direct {
+    text: String,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let out = Out::new();
+    let builder = match node_builder(&args) {
+        Ok(builder) => builder,
+        Err(why) => {
+            out.fatal(&why);
+            return ExitCode::FAILURE;
+        }
+    };
+    let node = match builder.build().await {
+        Ok(node) => node,
+        Err(e) => {
+            out.fatal(&format!("cannot start the node: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(addr) = args.metrics {
+        match common::serve_metrics(addr, &node) {
+            Ok(bound) => out.info(&format!("metrics on http://{bound}/metrics and /health")),
+            Err(e) => {
+                out.fatal(&format!("--metrics {addr}: {e}"));
+                node.shutdown().await;
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let code = match Chat::start(&node, &args, out).await {
+        Ok(chat) => {
+            chat.run().await;
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            out.fatal(&why);
+            ExitCode::FAILURE
+        }
+    };
+    node.shutdown().await; // the peers see our leaves at once
+    code
+}
+
+/// The node as the flags ask; `Err` when the `--config` file is wrong or lacks a scope.
+fn node_builder(args: &Args) -> Result<NodeBuilder, String> {
+    let mut builder = Node::builder()
+        .mdns(!args.no_mdns)
+        .bootstrap(args.bootstrap.iter().cloned());
+    for addr in &args.listen {
+        builder = builder.listen_on(addr.clone());
+    }
+    let (rooms, users) = match &args.config {
+        Some(path) => (
+            common::scope_from_file(path, ROOMS)?,
+            common::scope_from_file(path, USERS)?,
+        ),
+        None => (rooms_config(), users_config()),
+    };
+    Ok(builder.scope(ROOMS, rooms).scope(USERS, users))
+}
+
+/// The built-in `chat:rooms`, as in `examples/procgroups.toml`.
+fn rooms_config() -> ScopeConfig {
+    ScopeConfig::builder()
+        .node_down_grace(Duration::from_secs(3))
+        .anti_entropy_interval(Duration::from_secs(10))
+        .monitor_buffer(256)
+        .max_groups(10_000)
+        .build()
+        .expect("a valid built-in scope config")
+}
+
+/// The built-in `chat:users`, as in `examples/procgroups.toml`: one member per nick.
+fn users_config() -> ScopeConfig {
+    ScopeConfig::builder()
+        .node_down_grace(Duration::from_secs(3))
+        .monitor_buffer(256)
+        .max_members_per_group(1)
+        .build()
+        .expect("a valid built-in scope config")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The chat.
+
+enum Input {
+    Line(Option<String>),
+    Said(Message),
+    Direct(Message),
+    User(Event),
+    Room(u64, Event),
+    Due,
+    Interrupt(std::io::Result<()>),
+}
+
+struct Chat {
+    out: Out,
+    me: Process,
+    nick: String,
+    users: Instance,
+    rooms: Instance,
+    said: Inbox,
+    direct: Inbox,
+    users_events: Subscription,
+    names: Names,
+    /// The rooms the user is in.
+    joined: BTreeMap<String, Watch>,
+    current: Option<String>,
+    next_watch: u64,
+    room_tx: mpsc::UnboundedSender<(u64, Event)>,
+    room_rx: mpsc::UnboundedReceiver<(u64, Event)>,
+    /// Lines waiting for a nick, in order, each with its deadline.
+    pending: VecDeque<(Instant, Shown)>,
+}
+
+impl Chat {
+    /// Takes the nick and joins the lobby; `Err` says why the chat cannot run.
+    async fn start(node: &Node, args: &Args, out: Out) -> Result<Chat, String> {
+        let me = node.spawn_process();
+        // Listen before joining: a broadcast to a topic nobody listens to is dropped.
+        let said = me.listen(SAID);
+        let direct = me.listen(DIRECT);
+        let open = |scope: &str| {
+            me.open(scope)
+                .map_err(|e| format!("cannot open the scope {scope}: {e}"))
+        };
+        let users = open(USERS)?;
+        let rooms = open(ROOMS)?;
+        let (users_events, snapshot) = users
+            .events()
+            .map_err(|e| format!("cannot follow {USERS}: {e}"))?;
+        let names = Names::from_snapshot(&snapshot);
+
+        for addr in &node.listen_addrs() {
+            out.info(&format!("listening on {addr}"));
+        }
+        let mut dialed = Vec::new();
+        for addr in &args.dial {
+            match node.dial(addr.clone()) {
+                Ok(()) => dialed.extend(peer_of(addr)),
+                Err(e) => out.error(&format!("cannot dial {addr}: {e}")),
+            }
+        }
+        await_peers(node, &users, &dialed, out).await;
+
+        // The nick first, so that the others know it before they see us in the lobby.
+        users.join(args.nick.as_str()).map_err(|e| {
+            if e.kind() == ErrorKind::LimitReached {
+                format!(
+                    "the nick {} is taken: choose another with --nick",
+                    args.nick
+                )
+            } else {
+                format!("cannot take the nick {}: {e}", args.nick)
+            }
+        })?;
+
+        let (room_tx, room_rx) = mpsc::unbounded_channel();
+        let mut chat = Chat {
+            out,
+            me,
+            nick: args.nick.clone(),
+            users,
+            rooms,
+            said,
+            direct,
+            users_events,
+            names,
+            joined: BTreeMap::new(),
+            current: None,
+            next_watch: 0,
+            room_tx,
+            room_rx,
+            pending: VecDeque::new(),
+        };
+        chat.enter(LOBBY)
+            .map_err(|e| format!("cannot join {LOBBY}: {e}"))?;
+        if std::io::stdin().is_terminal() {
+            out.info("type /help for the commands");
+        }
+        Ok(chat)
+    }
+
+    /// Runs until the input ends, `/quit` or Ctrl-C.
+    async fn run(mut self) {
+        let mut lines = stdin_lines();
+        let interrupt = tokio::signal::ctrl_c();
+        tokio::pin!(interrupt);
+        let mut interrupt_armed = true;
+        loop {
+            let due = self.pending.front().map(|(due, _)| *due);
+            // In this order: what others said and did before what the user types next.
+            let input = tokio::select! {
+                biased;
+                r = &mut interrupt, if interrupt_armed => Input::Interrupt(r),
+                Some(msg) = self.said.recv() => Input::Said(msg),
+                Some(msg) = self.direct.recv() => Input::Direct(msg),
+                Some((id, ev)) = self.room_rx.recv() => Input::Room(id, ev),
+                Some(ev) = self.users_events.recv() => Input::User(ev),
+                () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                    Input::Due
+                }
+                line = lines.recv() => Input::Line(line),
+            };
+            match input {
+                Input::Line(None) => break,
+                Input::Line(Some(line)) => {
+                    if !self.command(line.trim_end_matches(['\r', '\n'])) {
+                        break;
+                    }
+                }
+                Input::Said(msg) => self.on_said(&msg),
+                Input::Direct(msg) => self.on_direct(&msg),
+                Input::User(ev) => self.on_user(&ev),
+                Input::Room(id, ev) => self.on_room(id, &ev),
+                Input::Due => self.flush(),
+                Input::Interrupt(Ok(())) => break,
+                Input::Interrupt(Err(e)) => {
+                    self.out
+                        .error(&format!("cannot catch Ctrl-C ({e}); use /quit or Ctrl-D"));
+                    interrupt_armed = false;
+                }
+            }
+        }
+        self.out.info("bye");
+    }
+
+    /// Handles one line of input; `false` to quit.
+    fn command(&mut self, line: &str) -> bool {
+        match commands::parse(line) {
+            Command::Nothing => {}
+            Command::Say(text) => self.say(&text),
+            Command::Quit => return false,
+            Command::Help => {
+                for line in commands::HELP {
+                    self.out.info(line);
+                }
+            }
+            Command::Join(room) => self.join(room),
+            Command::Leave(room) => self.leave(room),
+            Command::Rooms => self.list_rooms(),
+            Command::Who(room) => self.who(room),
+            Command::Msg { nick, text } => self.message(nick, text),
+            Command::Nick(nick) => self.rename(nick),
+            Command::NeedsArgument(name) => {
+                self.out
+                    .error(&format!("/{name} needs an argument; see /help"));
+            }
+            Command::Unknown(name) => self.out.error(&format!(
+                "unknown command /{name}; /help lists the commands"
+            )),
+        }
+        true
+    }
+
+    /// A plain line: broadcast to the current room (ourselves included: our copy is the echo).
+    fn say(&mut self, text: &str) {
+        let Some(room) = self.current.clone() else {
+            self.out
+                .error("you are in no room: /join one to talk, /msg someone");
+            return;
+        };
+        if text.len() > MAX_TEXT {
+            self.out
+                .error(&format!("a line has at most {MAX_TEXT} bytes"));
+            return;
+        }
+        let said = Said {
+            room: room.clone(),
+            text: text.to_owned(),
+        };
+        if let Err(e) = self.rooms.broadcast(&room, SAID, &said) {
+            self.out.error(&format!("not sent to {room}: {e}"));
+        }
+    }
+
+    fn on_said(&mut self, msg: &Message) {
+        match msg.decode::<Said>() {
+            Ok(said) => self.show(Shown::Said {
+                from: msg.from(),
+                room: said.room,
+                text: said.text,
+            }),
+            Err(e) => self
+                .out
+                .error(&format!("an unreadable line from {}: {e}", msg.from())),
+        }
+    }
+
+    fn on_direct(&mut self, msg: &Message) {
+        match msg.decode::<Direct>() {
+            Ok(direct) => self.show(Shown::Direct {
+                from: msg.from(),
+                text: direct.text,
+            }),
+            Err(e) => self
+                .out
+                .error(&format!("an unreadable message from {}: {e}", msg.from())),
+        }
+    }
+}
+
+impl Drop for Chat {
+    fn drop(&mut self) {
+        for watch in self.joined.values() {
+            watch.task.abort();
+        }
+    }
+}
+
+/// The lines of stdin, read on a thread of their own (a blocking read would hold the
+/// runtime's shutdown); `None` at the end of input or on a read error.
+fn stdin_lines() -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel(64);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match stdin.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf).into_owned();
+                    if tx.blocking_send(line).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
