@@ -17,7 +17,8 @@ use crate::vocab::event::EventKind;
 use crate::vocab::pid::Pid;
 
 /// Something that happened to a scope: a local operation, a message from a peer, a peer's
-/// fate, or time passing.
+/// fate, or time passing. The local operations (`Join`, `Leave`, `Exit`), `Flush` and
+/// `PeerShares` do not read the time they are handed.
 #[derive(Debug)]
 pub(crate) enum Input<'a> {
     /// A local process joins each group of `groups` (a name may repeat), all or nothing.

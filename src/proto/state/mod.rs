@@ -228,7 +228,7 @@ impl ScopeCore {
     /// taken.
     pub(crate) fn set_record_changes(&mut self, on: bool) {
         self.record_changes = on;
-        if !on {
+        if !on && !self.outputs.is_empty() {
             self.outputs.retain(|o| !matches!(o, Output::Changed(_)));
         }
     }
