@@ -148,7 +148,7 @@ fn events_fanout(c: &mut Criterion) {
     const SUBSCRIBERS: usize = 100;
     let rt = runtime();
     let node = node(&rt);
-    // The instances must stay alive: releasing one closes its subscriptions.
+    // The processes must stay alive: an exit closes its subscriptions.
     let watchers: Vec<Member> = (0..SUBSCRIBERS).map(|_| member(&node)).collect();
     let mut subs: Vec<Subscription> = watchers
         .iter()

@@ -12,14 +12,29 @@ use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::ScopeHealth;
 use crate::app::health::HealthStatus;
-use crate::app::shared::NodeShared;
-use crate::app::stats::ScopeStats;
+use crate::app::stats::{NodeStats, ScopeStats};
+
+/// What the metrics read of a node at each scrape (the node implements it).
+pub(crate) trait MetricsSource: Send + Sync {
+    /// Every hosted scope's figures.
+    fn scope_stats(&self) -> Vec<ScopeStats>;
+    /// Every hosted scope's health.
+    fn scope_health(&self) -> Vec<ScopeHealth>;
+    fn node_stats(&self) -> NodeStats;
+}
 
 /// Reads a node's figures at each scrape; holds the node weakly, so that a registry that
 /// outlives the node reports nothing for it rather than keeping it alive.
-#[derive(Debug)]
 pub(crate) struct NodeCollector {
-    pub(crate) node: Weak<NodeShared>,
+    pub(crate) node: Weak<dyn MetricsSource>,
+}
+
+impl std::fmt::Debug for NodeCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCollector")
+            .field("node_alive", &(self.node.strong_count() > 0))
+            .finish()
+    }
 }
 
 type Labels<'a> = Vec<(&'static str, &'a str)>;
@@ -121,8 +136,8 @@ impl Collector for NodeCollector {
         let Some(node) = self.node.upgrade() else {
             return Ok(());
         };
-        let scopes: Vec<ScopeStats> = node.all_stats();
-        let health: Vec<ScopeHealth> = node.all_health();
+        let scopes: Vec<ScopeStats> = node.scope_stats();
+        let health: Vec<ScopeHealth> = node.scope_health();
         let node_stats = node.node_stats();
         let e = &mut encoder;
 

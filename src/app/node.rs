@@ -1,8 +1,8 @@
 //! The node: identity, scopes, processes.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hashbrown::{HashMap, HashSet};
@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 
 use crate::app::health::ScopeHealth;
 use crate::app::mailbox::{ProcessShared, ProcessTable};
-use crate::app::metrics::NodeCollector;
+use crate::app::metrics::{MetricsSource, NodeCollector};
 use crate::app::process::Process;
 use crate::app::scope::Scope;
 use crate::app::shared::NodeShared;
@@ -483,7 +483,7 @@ impl Node {
         registry
             .sub_registry_with_prefix("procgroups")
             .register_collector(Box::new(NodeCollector {
-                node: Arc::downgrade(&self.shared),
+                node: Arc::downgrade(&self.shared) as Weak<dyn MetricsSource>,
             }));
     }
 

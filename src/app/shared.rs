@@ -10,6 +10,7 @@ use libp2p::PeerId;
 
 use crate::app::health::{HealthProblem, ScopeHealth};
 use crate::app::mailbox::{Message, ProcessShared, ProcessTable};
+use crate::app::metrics::MetricsSource;
 use crate::app::scope::Scope;
 use crate::app::stats::{NodeStats, ScopeStats};
 use crate::net::NetHandle;
@@ -103,7 +104,7 @@ impl NodeShared {
             .unwrap_or_else(|e| e.into_inner())
             .unreachable
             .iter()
-            .map(|(peer, since)| (*peer, since.elapsed()))
+            .map(|lost| (lost.peer, lost.since.elapsed()))
             .filter(|(_, gone)| *gone >= grace)
             .collect();
         lost.sort_by_key(|(_, gone)| std::cmp::Reverse(*gone));
@@ -210,5 +211,19 @@ impl NodeShared {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
         process.close_inboxes();
+    }
+}
+
+impl MetricsSource for NodeShared {
+    fn scope_stats(&self) -> Vec<ScopeStats> {
+        self.all_stats()
+    }
+
+    fn scope_health(&self) -> Vec<ScopeHealth> {
+        self.all_health()
+    }
+
+    fn node_stats(&self) -> NodeStats {
+        NodeShared::node_stats(self)
     }
 }

@@ -95,14 +95,16 @@ pub struct NodeStats {
     pub frames_waiting: usize,
     /// Frames acknowledged by their receiving node.
     pub frames_sent: u64,
-    /// Frames received from other nodes and delivered to their targets.
+    /// Messages received from other nodes, one per target slot of each frame (whether the
+    /// target process still runs or not); a retried batch is counted once.
     pub frames_received: u64,
     /// Frames given up: retries exhausted, breaker open, or the peer gone.
     pub frames_lost: u64,
     /// Batches received twice (a retry whose first try had arrived) and delivered once.
     pub batches_duplicate: u64,
-    /// Requests of the sync and deliver protocols that failed (timeout, connection lost,
-    /// refused).
+    /// Requests of the sync protocol (Discover, Sync, Goodbye) that failed (timeout,
+    /// connection lost, refused). Failed delivery batches are retried, and their frames given
+    /// up are counted in `frames_lost`.
     pub requests_failed: u64,
     /// Malformed input from peers: undecodable, truncated or over-cap deltas, requests or
     /// responses, and answers that do not fit their request (another kind, another scope).

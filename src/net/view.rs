@@ -21,10 +21,19 @@ pub(crate) struct ScopeNetCounters {
 /// What the network behaviour knows of one scope's peers, written at each of its turns.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct ScopeNetView {
+    /// Connected peers that share the scope.
     pub peers: usize,
     pub breakers: BreakerCounts,
-    /// Peers of the scope lost without a goodbye, with the time they were lost.
-    pub unreachable: Vec<(PeerId, Instant)>,
+    /// Peers of the scope lost without a goodbye.
+    pub unreachable: Vec<Unreachable>,
+}
+
+/// A peer lost without a goodbye.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Unreachable {
+    pub peer: PeerId,
+    /// When it was lost.
+    pub since: Instant,
 }
 
 /// The outboxes' circuit breakers towards a scope's peers, by state.

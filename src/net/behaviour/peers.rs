@@ -12,7 +12,7 @@ use libp2p::{Multiaddr, PeerId};
 
 use crate::net::outbox::BreakerState;
 use crate::net::peer::Standing;
-use crate::net::view::ScopeNetView;
+use crate::net::view::{ScopeNetView, Unreachable};
 use crate::proto::Input;
 
 use super::{Behaviour, KAD_FIRST, UNREACHABLE_REPORTED_FOR};
@@ -185,7 +185,7 @@ impl Behaviour {
             for &i in &p.scopes {
                 let view = &mut views[i];
                 if let Some(since) = lost {
-                    view.unreachable.push((*id, since));
+                    view.unreachable.push(Unreachable { peer: *id, since });
                 } else {
                     view.peers += 1;
                 }

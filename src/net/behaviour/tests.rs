@@ -418,7 +418,7 @@ async fn a_lost_peer_is_purged_after_the_grace_and_redialed() {
     rig.behaviour.publish_views(lost + GRACE / 2);
     let unreachable = rig.scope.view.lock().unwrap().unreachable.clone();
     assert_eq!(
-        unreachable.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        unreachable.iter().map(|u| u.peer).collect::<Vec<_>>(),
         [peer]
     );
 
