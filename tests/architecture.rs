@@ -77,7 +77,7 @@ fn code_of(text: &str) -> (String, usize) {
         if trimmed == "#[cfg(test)]"
             && all
                 .get(i + 1)
-                .is_some_and(|next| next.trim().starts_with("mod tests"))
+                .is_some_and(|next| next.trim().starts_with("mod tests {"))
         {
             break;
         }
@@ -469,6 +469,10 @@ fn the_check_sees_imports_trees_and_cycles() {
     let code = "use crate::a::{b::C, d};\nfn f() { super::e::F::new(); }\n// crate::commented\n";
     let (code, lines) = code_of(code);
     assert_eq!(lines, 2);
+    // A test module declared at the top does not hide the code below it; one at the end does.
+    let (_, lines) =
+        code_of("#[cfg(test)]\nmod tests;\nfn a() {}\n#[cfg(test)]\nmod tests {\nfn b() {}\n}\n");
+    assert_eq!(lines, 3);
     let found = paths(&code);
     assert!(found.contains(&vec!["crate".into(), "a".into(), "b".into(), "C".into()]));
     assert!(found.contains(&vec!["crate".into(), "a".into(), "d".into()]));
