@@ -505,6 +505,16 @@ async fn replayed_and_reordered_deltas_apply_once_in_order() {
         "no further event"
     );
     eprintln!("replay: A {a0:?}\n  -> {a1:?}");
+
+    // (e) A leave of a slot the origin never held changes nothing, and is counted.
+    let unmatched = h.delta(&[("h3", 99, -1)], false);
+    h.publish_delta(&unmatched).await.unwrap();
+    eventually("the unmatched leave counted on both", WAIT, || {
+        stats(&a).leaves_unmatched == a1.leaves_unmatched + 1
+            && stats(&b).leaves_unmatched == b1.leaves_unmatched + 1
+    })
+    .await;
+    converge("the views, unchanged", &[&ga, &gb], &expected).await;
     drop((pa, pb, pb2));
     finish(vec![a, b], vec![h]).await;
 }

@@ -254,13 +254,14 @@ impl Collector for NodeCollector {
             e,
             "drops",
             "What the scope dropped: events to a full subscription, remote member slots \
-             over max_groups / max_members_per_group.",
+             over max_groups / max_members_per_group, remote leaves of slots not held.",
             counters(
                 &scopes,
                 "what",
                 &[
                     ("event", |s| s.events_dropped),
                     ("remote_slot", |s| s.slots_refused),
+                    ("remote_leave", |s| s.leaves_unmatched),
                 ],
             ),
         )?;

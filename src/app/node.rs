@@ -445,8 +445,8 @@ impl Node {
     /// `breakers` (by `state`), `deltas_queued`, `deltas_total` (by `outcome`: sent, applied,
     /// duplicate, rejected), `syncs_total` (applied, rejected, served), `purges_total`,
     /// `broadcasts_total`, `deliveries_total` (by `target`: local, remote), `drops_total`
-    /// (by `what`: event, remote_slot) and `health` (0 healthy, 1 degraded, 2 unhealthy);
-    /// per node `node_peers`, `known_peers`, `frames_waiting`, `frames_total` (sent, received,
+    /// (by `what`: event, remote_slot, remote_leave) and `health` (0 healthy, 1 degraded,
+    /// 2 unhealthy); per node `node_peers`, `known_peers`, `frames_waiting`, `frames_total` (sent, received,
     /// lost), `duplicate_batches_total`, `errors_total` (request_failed, malformed,
     /// peer_refused, peer_ignored) and
     /// `messages_dropped_total`.

@@ -339,6 +339,7 @@ impl Scope {
             stats.syncs_rejected = core.syncs_rejected;
             stats.purges = core.purges;
             stats.slots_refused = core.slots_refused;
+            stats.leaves_unmatched = core.leaves_unmatched;
         }
         self.counters.fill(&mut stats);
         stats.deltas_rejected += self.counters.net.deltas_rejected.load(Ordering::Relaxed);

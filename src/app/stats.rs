@@ -67,6 +67,9 @@ pub struct ScopeStats {
     pub purges: u64,
     /// Remote member slots refused by `max_groups` / `max_members_per_group`.
     pub slots_refused: u64,
+    /// Remote leaves of slots this node did not hold (the slot was refused, or the origin
+    /// left what it never joined): ignored and counted.
+    pub leaves_unmatched: u64,
     /// `broadcast` and `broadcast_local` calls that targeted at least one slot.
     pub broadcasts: u64,
     /// Slots served in place by those broadcasts.
