@@ -236,7 +236,10 @@ impl Scope {
     }
 
     /// The process is alive and, for subscriptions, the instance is not released. Checked
-    /// under the lock: exit and release change the flag before they take it.
+    /// under the lock: an exit marks the process dead before it takes the lock to remove the
+    /// process's slots and subscriptions, so a join or a subscription racing with it either
+    /// lands first (and is removed) or fails. A release only sets its flag: a subscription
+    /// made while it happens lasts like any other.
     fn usable(&self, process: &ProcessShared, released: Option<&AtomicBool>) -> Result<()> {
         if process.is_alive() && !released.is_some_and(|r| r.load(Ordering::Acquire)) {
             Ok(())
