@@ -22,6 +22,9 @@ use crate::app::stats::{NodeStats, ScopeStats};
 use crate::net::host::ScopeHost;
 use crate::net::outbox::DeliveryPolicy;
 use crate::net::protocols::BehaviourConfig;
+#[cfg(doc)]
+use crate::net::relay::RelayConfig;
+use crate::net::relay::{Reach, RelayServer};
 use crate::net::{NetConfig, NetShared};
 use crate::vocab::config::{ConfigError, load_scopes_file, validate_scope_id};
 use crate::vocab::error::Result;
@@ -105,6 +108,38 @@ impl NodeBuilder {
     /// `broadcast_timeout` of the node's scopes.
     pub fn network_config(mut self, config: BehaviourConfig) -> Self {
         self.network = config;
+        self
+    }
+
+    /// Whether and for whom the node relays connections between other peers (default
+    /// [`RelayServer::Auto`]: for the peers of its scopes, once AutoNAT finds it reachable).
+    /// A public node that relays and bootstraps for its scopes uses
+    /// [`RelayServer::ScopePeers`] or [`RelayServer::Anyone`].
+    pub fn relay_server(mut self, server: RelayServer) -> Self {
+        self.network.relay.server = server;
+        self
+    }
+
+    /// Relays to use, as multiaddresses ending in `/p2p/<peer-id>`: the node dials them,
+    /// reserves a slot at each (so that peers that cannot dial it reach it through them) and
+    /// dials through them the peers it cannot dial directly. Default none: the node reserves
+    /// at relays among the peers of its scopes ([`RelayConfig::reservations`]).
+    pub fn relays(mut self, addrs: impl IntoIterator<Item = Multiaddr>) -> Self {
+        self.network.relay.relays.extend(addrs);
+        self
+    }
+
+    /// Makes relayed connections direct by hole punching (DCUtR; default `true`).
+    pub fn hole_punching(mut self, on: bool) -> Self {
+        self.network.relay.hole_punching = on;
+        self
+    }
+
+    /// Learns which external addresses others can dial (AutoNAT v2; default `true`). Without
+    /// it, [`RelayServer::Auto`] never relays and
+    /// [`Node::external_addrs`] lists relayed addresses only.
+    pub fn autonat(mut self, on: bool) -> Self {
+        self.network.relay.autonat = on;
         self
     }
 
@@ -404,11 +439,44 @@ impl Node {
             .connected
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .iter()
+            .keys()
             .copied()
             .collect();
         peers.sort();
         peers
+    }
+
+    /// How this node reaches `peer` now: directly, only through a relay, or not at all. A
+    /// relayed connection is made direct by hole punching where the NATs allow
+    /// ([`RelayConfig::hole_punching`]); it is closed once a direct one is up.
+    pub fn reach(&self, peer: &PeerId) -> Reach {
+        self.shared
+            .net
+            .shared
+            .connected
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+            .copied()
+            .unwrap_or(Reach::Unreached)
+    }
+
+    /// The addresses others can reach this node at, with `/p2p/<peer-id>` appended: its
+    /// external addresses that AutoNAT confirmed (peers dialed them back), and its relayed
+    /// addresses (`.../p2p/<relay>/p2p-circuit/p2p/<peer-id>`) while a relay holds a
+    /// reservation for it. Empty until a peer has confirmed one; for the addresses it binds,
+    /// see [`listen_addrs`](Self::listen_addrs).
+    pub fn external_addrs(&self) -> Vec<Multiaddr> {
+        let peer = self.shared.peer_id;
+        self.shared
+            .net
+            .shared
+            .external_addrs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|a| a.clone().with_p2p(peer).unwrap_or_else(|a| a))
+            .collect()
     }
 
     /// The node's identity.

@@ -1,7 +1,7 @@
 //! The application's side of the network layer: [`NetHandle`] sends it commands, and
 //! [`NetShared`] is what the application's threads read of its state and how they wake it.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -11,6 +11,7 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::net::outbox::MAX_QUEUED_FRAMES;
+use crate::net::relay::Reach;
 use crate::net::view::Heartbeat;
 use crate::net::wire::Frame;
 use crate::vocab::error::{Error, Result};
@@ -31,6 +32,12 @@ pub(crate) struct NetStats {
     pub peers_refused: AtomicU64,
     /// Peers named by peer exchange and not taken: the node knew `max_known_peers` already.
     pub peers_ignored: AtomicU64,
+    /// Relayed connections made direct by hole punching.
+    pub holes_punched: AtomicU64,
+    /// Hole punches that failed (the connection stays relayed).
+    pub hole_punches_failed: AtomicU64,
+    /// Circuits this node relayed between other peers.
+    pub circuits_relayed: AtomicU64,
 }
 
 /// What the application's threads can read of the behaviour's state, and how they wake it.
@@ -39,7 +46,12 @@ pub(crate) struct NetShared {
     /// Frames handed over and not yet acknowledged, given up or refused.
     pub queued_frames: AtomicUsize,
     pub listen_addrs: RwLock<Vec<Multiaddr>>,
-    pub connected: RwLock<HashSet<PeerId>>,
+    /// Addresses others can reach it at: confirmed by AutoNAT, or at a relay (a reservation).
+    pub external_addrs: RwLock<Vec<Multiaddr>>,
+    /// Connected peers, and how.
+    pub connected: RwLock<HashMap<PeerId, Reach>>,
+    /// Reservations held at relays.
+    pub relay_reservations: AtomicUsize,
     /// Peers the behaviour keeps state of (connected or not), as of its last turn.
     pub known_peers: AtomicUsize,
     pub stats: NetStats,

@@ -14,6 +14,7 @@ pub(crate) mod outbox;
 pub(crate) mod paging;
 pub(crate) mod peer;
 pub mod protocols;
+pub mod relay;
 pub(crate) mod swarm;
 pub(crate) mod view;
 pub mod wire;

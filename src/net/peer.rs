@@ -6,8 +6,10 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use libp2p::Multiaddr;
+use libp2p::swarm::ConnectionId;
 
 use crate::net::outbox::Outbox;
+use crate::net::relay::Reach;
 
 /// First wait before dialing a lost peer again; it doubles after each failed dial.
 pub(crate) const REDIAL_FIRST: Duration = Duration::from_millis(250);
@@ -50,6 +52,10 @@ pub(crate) struct Redial {
 pub(crate) struct Peer {
     /// Open connections.
     pub connections: usize,
+    /// Of those, the direct ones.
+    pub direct: usize,
+    /// Of those, the ones through a relay (closed once a direct one is up).
+    pub relayed: Vec<ConnectionId>,
     /// Indices of the scopes the peer hosts.
     pub scopes: HashSet<usize>,
     /// Unreachable since; `None` while connected or before anything was known.
@@ -76,6 +82,17 @@ impl Peer {
 
     pub(crate) fn is_connected(&self) -> bool {
         self.connections > 0
+    }
+
+    /// How it is reached now.
+    pub(crate) fn reach(&self) -> Reach {
+        if self.direct > 0 {
+            Reach::Direct
+        } else if self.connections > 0 {
+            Reach::Relayed
+        } else {
+            Reach::Unreached
+        }
     }
 
     /// Whether anyone (this node or a protocol) may dial it.
@@ -135,6 +152,8 @@ impl Peer {
     /// unexpectedly.
     pub(crate) fn lost(&mut self, now: Instant) {
         self.connections = 0;
+        self.direct = 0;
+        self.relayed.clear();
         self.down_since = Some(now);
         if !self.scopes.is_empty() && self.is_lost_unexpectedly() {
             self.redial = Some(Redial {

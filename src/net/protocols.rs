@@ -8,10 +8,13 @@ use std::time::Duration;
 use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{StreamProtocol, gossipsub, identify, kad, mdns, ping, request_response};
+use libp2p::{
+    StreamProtocol, autonat, dcutr, gossipsub, identify, kad, mdns, ping, relay, request_response,
+};
 
 use crate::net::codec::Codec;
 use crate::net::keep_alive::KeepAlive;
+use crate::net::relay::{RelayAdmission, RelayConfig, relay_server};
 use crate::net::wire::{
     DELIVER_PROTOCOL, DeliverAck, DeliverBatch, SYNC_PROTOCOL, SyncRequest, SyncResponse,
 };
@@ -55,6 +58,8 @@ pub struct BehaviourConfig {
     /// inventing others cannot make the node's memory grow. Such a peer is also forgotten
     /// when a dial to it fails (the next answer naming it brings it back).
     pub max_known_peers: usize,
+    /// Relay, hole punching and AutoNAT ([`RelayConfig`]).
+    pub relay: RelayConfig,
 }
 
 impl Default for BehaviourConfig {
@@ -69,6 +74,7 @@ impl Default for BehaviourConfig {
             ping_interval: Duration::from_secs(1),
             ping_timeout: Duration::from_secs(5),
             max_known_peers: 4096,
+            relay: RelayConfig::default(),
         }
     }
 }
@@ -100,7 +106,7 @@ impl BehaviourConfig {
         if self.max_known_peers == 0 {
             return invalid("max_known_peers", "must be at least 1");
         }
-        Ok(())
+        self.relay.validate()
     }
 }
 
@@ -116,6 +122,11 @@ impl BehaviourConfig {
 /// | `identify` | identify | listen addresses of peers, fed to Kademlia |
 /// | `ping` | ping | liveness: a failed ping closes the connection |
 /// | `keep_alive` | none | keeps connections to peers that share a scope |
+/// | `relay_client` | circuit relay v2, client (`/libp2p/circuit/relay/0.2.0/stop`) | reservations at relays; connections through them (set by the swarm, which owns its transport) |
+/// | `relay` | circuit relay v2, server (`.../hop`) (can be off) | relaying for peers that share a scope, or for anyone ([`RelayServer`](crate::net::relay::RelayServer)) |
+/// | `dcutr` | DCUtR (can be off) | hole punching: a relayed connection made direct |
+/// | `autonat` | AutoNAT v2, client (can be off) | which of its external addresses others can dial |
+/// | `autonat_server` | AutoNAT v2, server (off with the client) | dialing back peers that ask |
 ///
 /// [`Behaviour`](crate::behaviour::Behaviour) drives them: it reacts to their events and decides what they send. They are
 /// public so that an application can read their state (for instance the Kademlia routing
@@ -139,6 +150,17 @@ pub struct Protocols {
     pub ping: ping::Behaviour,
     /// Keeps connections to peers sharing a scope.
     pub keep_alive: KeepAlive,
+    /// Relay client; `None` until the swarm that owns its transport hands it over
+    /// ([`Behaviour::use_relay_client`](crate::behaviour::Behaviour::use_relay_client)).
+    pub relay_client: Toggle<relay::client::Behaviour>,
+    /// Relay server, when this node relays.
+    pub relay: Toggle<relay::Behaviour>,
+    /// Hole punching, when on.
+    pub dcutr: Toggle<dcutr::Behaviour>,
+    /// AutoNAT client, when on.
+    pub autonat: Toggle<autonat::v2::client::Behaviour>,
+    /// AutoNAT server, when on.
+    pub autonat_server: Toggle<autonat::v2::server::Behaviour>,
 }
 
 /// An event of one of the [`Protocols`].
@@ -158,6 +180,16 @@ pub enum ProtocolsEvent {
     Identify(Box<identify::Event>),
     /// From ping.
     Ping(ping::Event),
+    /// From the relay client.
+    RelayClient(relay::client::Event),
+    /// From the relay server.
+    Relay(Box<relay::Event>),
+    /// From hole punching.
+    Dcutr(dcutr::Event),
+    /// From the AutoNAT client.
+    Autonat(autonat::v2::client::Event),
+    /// From the AutoNAT server.
+    AutonatServer(autonat::v2::server::Event),
 }
 
 macro_rules! from_event {
@@ -178,6 +210,11 @@ from_event! {
     Kad(kad::Event) => std::convert::identity,
     Identify(identify::Event) => Box::new,
     Ping(ping::Event) => std::convert::identity,
+    RelayClient(relay::client::Event) => std::convert::identity,
+    Relay(relay::Event) => Box::new,
+    Dcutr(dcutr::Event) => std::convert::identity,
+    Autonat(autonat::v2::client::Event) => std::convert::identity,
+    AutonatServer(autonat::v2::server::Event) => std::convert::identity,
 }
 
 impl From<std::convert::Infallible> for ProtocolsEvent {
@@ -209,16 +246,22 @@ pub fn scope_provider_key(scope: &str) -> kad::RecordKey {
 
 impl Protocols {
     /// The protocols of a node with identity `keypair`.
+    /// Its relay server (if on) relays for nobody but with [`RelayServer::Anyone`]: the
+    /// [`Behaviour`](crate::behaviour::Behaviour) tells it which peers share a scope.
+    ///
+    /// [`RelayServer::Anyone`]: crate::net::relay::RelayServer::Anyone
     pub fn new(keypair: &Keypair, config: &BehaviourConfig) -> Result<Self, BehaviourError> {
-        Self::counting_malformed(keypair, config, Arc::default())
+        let admission = RelayAdmission::new(config.relay.server);
+        Self::with_counters(keypair, config, Arc::default(), &admission)
     }
 
     /// Like [`new`](Self::new), with both request-response codecs counting the malformed
-    /// frames they read in `malformed`.
-    pub(crate) fn counting_malformed(
+    /// frames they read in `malformed`, and the relay serving the peers `admission` admits.
+    pub(crate) fn with_counters(
         keypair: &Keypair,
         config: &BehaviourConfig,
         malformed: Arc<AtomicU64>,
+        admission: &Arc<RelayAdmission>,
     ) -> Result<Self, BehaviourError> {
         let peer_id = keypair.public().to_peer_id();
         let gossip_config = gossipsub::ConfigBuilder::default()
@@ -263,10 +306,12 @@ impl Protocols {
             kad::Config::new(StreamProtocol::new("/ipfs/kad/1.0.0")),
         );
         kad.set_mode(Some(kad::Mode::Server));
-        let identify = identify::Behaviour::new(identify::Config::new(
-            IDENTIFY_PROTOCOL.into(),
-            keypair.public(),
-        ));
+        // Pushed when they change: a relayed address (a reservation) must reach the peers that
+        // will pass it on to those who cannot dial us.
+        let identify = identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.into(), keypair.public())
+                .with_push_listen_addr_updates(true),
+        );
         let ping = ping::Behaviour::new(
             ping::Config::new()
                 .with_interval(config.ping_interval)
@@ -281,6 +326,23 @@ impl Protocols {
             identify,
             ping,
             keep_alive: KeepAlive::default(),
+            relay_client: None.into(),
+            relay: relay_server(peer_id, &config.relay, admission).into(),
+            dcutr: config
+                .relay
+                .hole_punching
+                .then(|| dcutr::Behaviour::new(peer_id))
+                .into(),
+            autonat: config
+                .relay
+                .autonat
+                .then(autonat::v2::client::Behaviour::default)
+                .into(),
+            autonat_server: config
+                .relay
+                .autonat
+                .then(autonat::v2::server::Behaviour::default)
+                .into(),
         })
     }
 }

@@ -1,5 +1,6 @@
 //! The swarm a node runs its behaviour in when the application does not embed it: TCP and
-//! QUIC (or TCP with a pre-shared key), noise, yamux, on a thread of its own.
+//! QUIC and the relay client's transport (or TCP with a pre-shared key, no relay), noise,
+//! yamux, on a thread of its own.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -17,8 +18,9 @@ use crate::vocab::error::{Error, Result};
 use crate::net::behaviour::{Behaviour, Event};
 use crate::net::handle::NetHandle;
 
-/// Runs `behaviour` in a swarm of its own (TCP and QUIC, noise, yamux; with a pre-shared key,
-/// TCP with pnet below noise and no QUIC) on a dedicated thread with a `current_thread`
+/// Runs `behaviour` in a swarm of its own (TCP, QUIC and circuits through relays, noise, yamux;
+/// with a pre-shared key, TCP with pnet below noise, no QUIC and no relay: a relayed circuit
+/// would carry no pnet layer) on a dedicated thread with a `current_thread`
 /// runtime, listening on `listen`; returns once every listener is bound.
 pub(crate) async fn spawn_swarm(
     keypair: Keypair,
@@ -95,7 +97,13 @@ async fn bind(
             #[cfg(not(feature = "quic"))]
             let transports = tcp;
             transports
-                .with_behaviour(|_| behaviour)
+                .with_relay_client(noise::Config::new, yamux::Config::default)
+                .map_err(|e| Error::unavailable(format!("relay transport: {e}")))?
+                .with_behaviour(|_, relay_client| {
+                    let mut behaviour = behaviour;
+                    behaviour.use_relay_client(relay_client);
+                    behaviour
+                })
                 .map_err(|e| Error::unavailable(format!("behaviour: {e}")))?
                 .with_swarm_config(idle)
                 .build()

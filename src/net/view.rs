@@ -23,6 +23,8 @@ pub(crate) struct ScopeNetCounters {
 pub(crate) struct ScopeNetView {
     /// Connected peers that share the scope.
     pub peers: usize,
+    /// Of those, the ones reached only through a relay.
+    pub relayed: usize,
     pub breakers: BreakerCounts,
     /// Peers of the scope lost without a goodbye.
     pub unreachable: Vec<Unreachable>,

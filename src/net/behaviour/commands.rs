@@ -21,6 +21,12 @@ impl Behaviour {
                 if let Some(Protocol::P2p(peer)) = addr.iter().last() {
                     let p = self.peers.entry(peer).or_default();
                     p.dialed_by_application();
+                    if addr.iter().count() == 1 {
+                        // `/p2p/<peer>` alone: at the addresses identify, Kademlia or peer
+                        // exchange gave, else through a relay.
+                        self.dial_known(peer);
+                        return;
+                    }
                     p.remember(addr.clone());
                 }
                 self.dial(addr);
@@ -28,6 +34,7 @@ impl Behaviour {
             Command::Disconnect(peer) => {
                 let p = self.peers.entry(peer).or_default();
                 p.disconnect();
+                self.relaying.admission.remove(&peer);
                 self.pending.push_back(ToSwarm::CloseConnection {
                     peer_id: peer,
                     connection: CloseConnection::All,

@@ -129,7 +129,9 @@ impl Behaviour {
         if p.scopes.insert(scope) {
             self.scopes[scope].peers.push(peer);
             self.protocols.keep_alive.set(peer, true);
+            self.relaying.admission.add(peer);
             self.feed(scope, Input::PeerShares).ok();
+            self.reserve_if_useful(peer);
         }
     }
 }

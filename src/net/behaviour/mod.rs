@@ -31,6 +31,7 @@ use crate::net::peer::Peer;
 use crate::net::protocols::{
     BehaviourConfig, Protocols, ProtocolsEvent, scope_provider_key, scope_topic,
 };
+use crate::net::relay::RelayAdmission;
 use crate::proto::Output;
 use crate::proto::messages::{SyncGroup, Version};
 use crate::vocab::error::{Error, Result};
@@ -40,6 +41,7 @@ mod delivery;
 mod deltas;
 mod discovery;
 mod peers;
+mod relay;
 mod sync;
 #[cfg(test)]
 mod tests;
@@ -245,6 +247,7 @@ pub struct Behaviour {
     allowed: Option<hashbrown::HashSet<PeerId>>,
     /// See [`BehaviourConfig::max_known_peers`].
     max_known_peers: usize,
+    relaying: relay::Relaying,
 }
 
 impl Behaviour {
@@ -255,10 +258,12 @@ impl Behaviour {
         shared: Arc<NetShared>,
         commands: mpsc::UnboundedReceiver<Command>,
     ) -> Result<Self> {
-        let mut protocols = Protocols::counting_malformed(
+        let admission = RelayAdmission::new(config.behaviour.relay.server);
+        let mut protocols = Protocols::with_counters(
             &config.keypair,
             &config.behaviour,
             shared.stats.malformed.clone(),
+            &admission,
         )
         .map_err(|e| Error::unavailable(format!("behaviour: {e}")))?;
         let me = config.keypair.public().to_peer_id();
@@ -315,8 +320,10 @@ impl Behaviour {
             shutdown: None,
             allowed: config.allowed,
             max_known_peers: config.behaviour.max_known_peers,
+            relaying: relay::Relaying::new(&config.behaviour.relay, admission),
         };
-        for addr in config.bootstrap {
+        let named: Vec<Multiaddr> = net.relaying.named().cloned().collect();
+        for addr in config.bootstrap.into_iter().chain(named) {
             net.bootstrap(addr);
         }
         Ok(net)
@@ -350,8 +357,16 @@ impl Behaviour {
             ProtocolsEvent::Kad(event) => self.on_kad_event(event),
             ProtocolsEvent::Identify(event) => {
                 if let identify::Event::Received { peer_id, info, .. } = *event {
+                    self.note_relay_protocols(peer_id, &info.protocols);
                     self.on_identified(peer_id, info);
                 }
+            }
+            ProtocolsEvent::RelayClient(event) => self.on_relay_client_event(event),
+            ProtocolsEvent::Relay(event) => self.on_relay_event(*event),
+            ProtocolsEvent::Dcutr(event) => self.on_dcutr_event(event),
+            ProtocolsEvent::Autonat(event) => self.on_autonat_event(event),
+            ProtocolsEvent::AutonatServer(event) => {
+                tracing::debug!(client = %event.client, addr = %event.tested_addr, ok = event.result.is_ok(), "dialed back");
             }
             ProtocolsEvent::Ping(ping::Event {
                 peer,
@@ -462,19 +477,28 @@ impl NetworkBehaviour for Behaviour {
         }
         match event {
             FromSwarm::ConnectionEstablished(e) => {
-                self.on_connection_established(e.peer_id, e.endpoint)
+                self.on_connection_established(e.peer_id, e.connection_id, e.endpoint)
             }
-            FromSwarm::ConnectionClosed(e) => {
-                self.on_connection_closed(e.peer_id, e.remaining_established)
-            }
+            FromSwarm::ConnectionClosed(e) => self.on_connection_closed(
+                e.peer_id,
+                e.connection_id,
+                e.endpoint,
+                e.remaining_established,
+            ),
             FromSwarm::DialFailure(e) => {
                 if let Some(peer) = e.peer_id {
                     tracing::debug!(%peer, error = %e.error, "dial failed");
-                    self.on_dial_failure(peer);
+                    self.on_dial_failure(peer, e.connection_id);
                 }
             }
-            FromSwarm::NewListenAddr(e) => self.on_listen_addr(e.addr, true),
+            FromSwarm::NewListenAddr(e) => {
+                self.on_listen_addr(e.addr, true);
+                self.on_relay_listen_addr(e.listener_id);
+            }
             FromSwarm::ExpiredListenAddr(e) => self.on_listen_addr(e.addr, false),
+            FromSwarm::ListenerClosed(e) => self.on_listener_closed(e.listener_id),
+            FromSwarm::ExternalAddrConfirmed(e) => self.on_external_addr(e.addr, true),
+            FromSwarm::ExternalAddrExpired(e) => self.on_external_addr(e.addr, false),
             _ => {}
         }
     }

@@ -6,12 +6,13 @@ use std::time::Instant;
 
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
-use libp2p::swarm::ToSwarm;
 use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{ConnectionId, ToSwarm};
 use libp2p::{Multiaddr, PeerId};
 
 use crate::net::outbox::BreakerState;
 use crate::net::peer::Standing;
+use crate::net::relay::Reach;
 use crate::net::view::{ScopeNetView, Unreachable};
 use crate::proto::Input;
 
@@ -50,7 +51,10 @@ impl Behaviour {
         if !p.may_dial() || p.is_connected() {
             return;
         }
-        let opts = DialOpts::peer_id(peer).addresses(p.addrs.clone()).build();
+        let opts = DialOpts::peer_id(peer)
+            .addresses(p.addrs.clone())
+            .extend_addresses_through_behaviour()
+            .build();
         self.pending.push_back(ToSwarm::Dial { opts });
     }
 
@@ -64,20 +68,29 @@ impl Behaviour {
         self.dial(addr);
     }
 
-    pub(super) fn on_connection_established(&mut self, peer_id: PeerId, endpoint: &ConnectedPoint) {
+    pub(super) fn on_connection_established(
+        &mut self,
+        peer_id: PeerId,
+        connection: ConnectionId,
+        endpoint: &ConnectedPoint,
+    ) {
         let p = self.peers.entry(peer_id).or_default();
         p.connections += 1;
         p.found();
         if endpoint.is_dialer() {
             p.remember(endpoint.get_remote_address().clone());
         }
-        if p.connections == 1 {
+        let first = p.connections == 1;
+        if first {
             p.reconnected();
-            self.shared
-                .connected
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(peer_id);
+            if !p.scopes.is_empty() {
+                // Disconnected by the application before, and back: it may relay again.
+                self.relaying.admission.add(peer_id);
+            }
+        }
+        self.note_path(peer_id, connection, endpoint.is_relayed());
+        self.share_reach(peer_id);
+        if first {
             self.discover_queue.push_back(peer_id);
             self.pump_discovers();
             if self.kad_enabled && self.kad_next.is_none() {
@@ -86,22 +99,48 @@ impl Behaviour {
         }
     }
 
-    pub(super) fn on_connection_closed(&mut self, peer_id: PeerId, remaining: usize) {
+    pub(super) fn on_connection_closed(
+        &mut self,
+        peer_id: PeerId,
+        connection: ConnectionId,
+        endpoint: &ConnectedPoint,
+        remaining: usize,
+    ) {
         if remaining > 0 {
+            self.forget_path(peer_id, connection, endpoint.is_relayed());
             if let Some(p) = self.peers.get_mut(&peer_id) {
                 p.connections = remaining;
             }
-            return;
+        } else {
+            self.peers.entry(peer_id).or_default().lost(Instant::now());
         }
-        self.peers.entry(peer_id).or_default().lost(Instant::now());
-        self.shared
-            .connected
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&peer_id);
+        self.share_reach(peer_id);
     }
 
-    pub(super) fn on_dial_failure(&mut self, peer: PeerId) {
+    /// Tells the application how `peer` is reached now ([`Node::reach`](crate::Node::reach)).
+    fn share_reach(&self, peer: PeerId) {
+        let reach = self
+            .peers
+            .get(&peer)
+            .map_or(Reach::Unreached, |p| p.reach());
+        let mut connected = self
+            .shared
+            .connected
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if reach == Reach::Unreached {
+            connected.remove(&peer);
+        } else {
+            connected.insert(peer, reach);
+        }
+    }
+
+    /// A dial failed. A direct one is followed by one through relays, if any may reach the
+    /// peer; the attempt fails when that one does too.
+    pub(super) fn on_dial_failure(&mut self, peer: PeerId, connection: ConnectionId) {
+        if !self.relayed_dial_failed(connection) && self.dial_relayed(peer) {
+            return;
+        }
         if self.peers.get(&peer).is_some_and(|p| {
             p.standing == Standing::Told && !p.is_connected() && p.outbox.len() == 0
         }) {
@@ -120,6 +159,21 @@ impl Behaviour {
         let mut addrs = self
             .shared
             .listen_addrs
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if added {
+            if !addrs.contains(address) {
+                addrs.push(address.clone());
+            }
+        } else {
+            addrs.retain(|a| a != address);
+        }
+    }
+
+    pub(super) fn on_external_addr(&mut self, address: &Multiaddr, added: bool) {
+        let mut addrs = self
+            .shared
+            .external_addrs
             .write()
             .unwrap_or_else(|e| e.into_inner());
         if added {
@@ -188,6 +242,9 @@ impl Behaviour {
                     view.unreachable.push(Unreachable { peer: *id, since });
                 } else {
                     view.peers += 1;
+                    if p.reach() == Reach::Relayed {
+                        view.relayed += 1;
+                    }
                 }
                 match p.outbox.breaker_state() {
                     BreakerState::Closed => view.breakers.closed += 1,

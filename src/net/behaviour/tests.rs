@@ -203,7 +203,14 @@ async fn every_new_connection_gets_a_discover_at_most_eight_at_once() {
         2,
         "the rest wait their turn"
     );
-    let connected = rig.shared.connected.read().unwrap().clone();
+    let connected: std::collections::HashSet<PeerId> = rig
+        .shared
+        .connected
+        .read()
+        .unwrap()
+        .keys()
+        .copied()
+        .collect();
     assert_eq!(connected, peers.iter().copied().collect());
 }
 
@@ -455,4 +462,196 @@ async fn sync_pages_come_from_one_state() {
         rig.behaviour.serve_sync(peer, "test:elsewhere", 0, None),
         SyncResponse::Refused { .. }
     ));
+}
+
+/// A relayed address: through `relay` to `peer`.
+fn circuit(relay: PeerId, peer: PeerId) -> Multiaddr {
+    addr(3)
+        .with(Protocol::P2p(relay))
+        .with(Protocol::P2pCircuit)
+        .with(Protocol::P2p(peer))
+}
+
+impl Rig {
+    /// A peer of the scope that relays (its identify info lists the hop protocol), directly
+    /// connected, at `addr(port)`.
+    fn relay_of_the_scope(&mut self, port: u16) -> PeerId {
+        let relay = PeerId::random();
+        self.connect(relay);
+        self.behaviour
+            .peers
+            .get_mut(&relay)
+            .expect("connected")
+            .remember(addr(port));
+        self.behaviour.note_sharing(relay, 0);
+        self.behaviour
+            .note_relay_protocols(relay, &[libp2p::relay::HOP_PROTOCOL_NAME]);
+        relay
+    }
+
+    /// The swarm reports an outbound connection to `peer` at `address`.
+    fn dialed(&mut self, peer: PeerId, address: Multiaddr) -> ConnectionId {
+        self.connections += 1;
+        let id = ConnectionId::new_unchecked(self.connections);
+        let endpoint = ConnectedPoint::Dialer {
+            address: address.clone(),
+            role_override: Endpoint::Dialer,
+            port_use: PortUse::Reuse,
+        };
+        let handler = self.behaviour.handle_established_outbound_connection(
+            id,
+            peer,
+            &address,
+            Endpoint::Dialer,
+            PortUse::Reuse,
+        );
+        assert!(handler.is_ok(), "the connection is admitted");
+        self.behaviour
+            .on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
+                peer_id: peer,
+                connection_id: id,
+                endpoint: &endpoint,
+                failed_addresses: &[],
+                other_established: 0,
+            }));
+        id
+    }
+
+    fn dial_failed(&mut self, peer: PeerId, connection_id: ConnectionId) {
+        self.behaviour.on_swarm_event(FromSwarm::DialFailure(
+            libp2p::swarm::behaviour::DialFailure {
+                peer_id: Some(peer),
+                error: &libp2p::swarm::DialError::Aborted,
+                connection_id,
+            },
+        ));
+    }
+
+    /// Polls the behaviour until it has nothing more to do; returns its dials and listeners.
+    fn poll_actions(&mut self) -> (Vec<libp2p::swarm::dial_opts::DialOpts>, Vec<Multiaddr>) {
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let (mut dials, mut listens) = (Vec::new(), Vec::new());
+        for _ in 0..1000 {
+            match self.behaviour.poll(&mut cx) {
+                Poll::Ready(ToSwarm::Dial { opts }) => dials.push(opts),
+                Poll::Ready(ToSwarm::ListenOn { opts }) => listens.push(opts.address().clone()),
+                Poll::Ready(_) => {}
+                Poll::Pending => return (dials, listens),
+            }
+        }
+        panic!("the behaviour never stopped asking for something");
+    }
+}
+
+#[tokio::test]
+async fn relays_of_the_scope_are_asked_for_reservations_up_to_the_limit() {
+    let mut rig = rig(None);
+    rig.behaviour.relaying.client = true;
+    let first = rig.relay_of_the_scope(7);
+    let second = rig.relay_of_the_scope(8);
+    let (_, listens) = rig.poll_actions();
+    assert_eq!(
+        listens,
+        [
+            addr(7)
+                .with(Protocol::P2p(first))
+                .with(Protocol::P2pCircuit),
+            addr(8)
+                .with(Protocol::P2p(second))
+                .with(Protocol::P2pCircuit)
+        ],
+        "a reservation at each relay of the scope"
+    );
+    rig.relay_of_the_scope(9);
+    let (_, listens) = rig.poll_actions();
+    assert!(
+        listens.is_empty(),
+        "no more than crate::net::relay::DEFAULT_RESERVATIONS"
+    );
+
+    // A relay that is not a peer of the scope is not asked.
+    let mut rig = self::rig(None);
+    rig.behaviour.relaying.client = true;
+    let outsider = PeerId::random();
+    rig.connect(outsider);
+    rig.behaviour
+        .peers
+        .get_mut(&outsider)
+        .expect("connected")
+        .remember(addr(7));
+    rig.behaviour
+        .note_relay_protocols(outsider, &[libp2p::relay::HOP_PROTOCOL_NAME]);
+    assert!(rig.poll_actions().1.is_empty());
+}
+
+#[tokio::test]
+async fn a_peer_that_cannot_be_dialed_is_dialed_through_a_relay_once_per_attempt() {
+    let mut rig = rig(None);
+    rig.behaviour.relaying.client = true;
+    let relay = rig.relay_of_the_scope(7);
+    rig.poll_actions();
+    let peer = PeerId::random();
+    rig.behaviour
+        .peers
+        .entry(peer)
+        .or_default()
+        .remember(addr(9));
+    rig.behaviour.peers.get_mut(&peer).unwrap().scopes.insert(0);
+
+    rig.dial_failed(peer, ConnectionId::new_unchecked(1000));
+    let (dials, _) = rig.poll_actions();
+    assert_eq!(dials.len(), 1, "one dial through the relays");
+    assert_eq!(dials[0].get_peer_id(), Some(peer));
+    let relayed = dials[0].connection_id();
+    assert!(rig.behaviour.relaying.relayed_dials.contains(&relayed));
+
+    rig.dial_failed(peer, relayed);
+    let (dials, _) = rig.poll_actions();
+    assert!(dials.is_empty(), "a failed relayed dial ends the attempt");
+    assert!(
+        rig.behaviour.peers[&peer].redial.is_some(),
+        "and the peer is redialed later"
+    );
+
+    // Connected through the relay: reached, relayed.
+    let id = rig.dialed(peer, circuit(relay, peer));
+    assert_eq!(
+        rig.shared.connected.read().unwrap().get(&peer),
+        Some(&crate::net::relay::Reach::Relayed)
+    );
+    rig.behaviour.publish_views(Instant::now());
+    let view = rig.scope.view.lock().unwrap().clone();
+    assert_eq!((view.peers, view.relayed), (2, 1), "the relay and the peer");
+    let _ = id;
+}
+
+#[tokio::test]
+async fn a_direct_connection_replaces_the_relayed_one() {
+    let mut rig = rig(None);
+    let relay = PeerId::random();
+    let peer = PeerId::random();
+    let relayed = rig.dialed(peer, circuit(relay, peer));
+    rig.poll_actions();
+    rig.dialed(peer, addr(9));
+    let mut cx = Context::from_waker(noop_waker_ref());
+    let mut closed = Vec::new();
+    for _ in 0..1000 {
+        match rig.behaviour.poll(&mut cx) {
+            Poll::Ready(ToSwarm::CloseConnection {
+                peer_id,
+                connection: libp2p::swarm::CloseConnection::One(id),
+            }) => closed.push((peer_id, id)),
+            Poll::Ready(_) => {}
+            Poll::Pending => break,
+        }
+    }
+    assert_eq!(
+        closed,
+        [(peer, relayed)],
+        "the relayed connection is closed"
+    );
+    assert_eq!(
+        rig.shared.connected.read().unwrap().get(&peer),
+        Some(&crate::net::relay::Reach::Direct)
+    );
 }

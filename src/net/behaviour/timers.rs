@@ -36,10 +36,14 @@ impl Behaviour {
         }
         self.expire_deliveries(now);
         self.redials(now);
+        self.relay_housekeeping(now);
         self.publish_views(now);
         self.shared
             .known_peers
             .store(self.peers.len(), Ordering::Relaxed);
+        self.shared
+            .relay_reservations
+            .store(self.relaying.held(), Ordering::Relaxed);
         let ttl = self.policy.timeout.max(Duration::from_secs(5)) * 2;
         self.served_pages
             .retain(|_, s| now.duration_since(s.at) < ttl);
