@@ -121,6 +121,13 @@ struct Direct {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    // `RUST_LOG=procgroups=debug` shows what the node does, on stderr.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let out = Out::new();
     let builder = match node_builder(&args) {
         Ok(builder) => builder,

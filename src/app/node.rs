@@ -112,9 +112,9 @@ impl NodeBuilder {
     }
 
     /// Whether and for whom the node relays connections between other peers (default
-    /// [`RelayServer::Auto`]: for the peers of its scopes, once AutoNAT finds it reachable).
-    /// A public node that relays and bootstraps for its scopes uses
-    /// [`RelayServer::ScopePeers`] or [`RelayServer::Anyone`].
+    /// [`RelayServer::ScopePeers`]: for the peers of its scopes). [`RelayServer::Auto`] waits
+    /// until AutoNAT finds it reachable; a public node that relays and bootstraps for others
+    /// uses [`RelayServer::Anyone`].
     pub fn relay_server(mut self, server: RelayServer) -> Self {
         self.network.relay.server = server;
         self
@@ -135,9 +135,9 @@ impl NodeBuilder {
         self
     }
 
-    /// Learns which external addresses others can dial (AutoNAT v2; default `true`). Without
-    /// it, [`RelayServer::Auto`] never relays and
-    /// [`Node::external_addrs`] lists relayed addresses only.
+    /// Learns which external addresses others can dial (AutoNAT v2, client and server; default
+    /// `true`). Without it, [`RelayServer::Auto`] never relays and [`Node::external_addrs`]
+    /// lists relayed addresses only.
     pub fn autonat(mut self, on: bool) -> Self {
         self.network.relay.autonat = on;
         self

@@ -7,10 +7,12 @@
 //! protocol, or relays the application names), so that peers which cannot dial it directly can
 //! reach it through them, and hole punching can then make the connection direct.
 //!
-//! A node serves as a relay as [`RelayServer`] says: by default once AutoNAT has confirmed an
-//! external address (so it is reachable), and then only for peers that share one of its scopes,
-//! with circuit limits that fit steady group traffic ([`RelayConfig`]'s `max_circuit_*`;
-//! libp2p's own defaults cut a circuit after 2 minutes or 128 KiB).
+//! A node serves as a relay as [`RelayServer`] says: by default for the peers that share one of
+//! its scopes, from the start, with circuit limits that fit steady group traffic
+//! ([`RelayConfig`]'s `max_circuit_*`; libp2p's own defaults cut a circuit after 2 minutes or
+//! 128 KiB). A peer of the scope that two others can reach is the relay they share; waiting
+//! for AutoNAT to confirm that it is reachable (its first probe comes 5 s after the start)
+//! would leave them apart past a scope's node-down grace. [`RelayServer::Auto`] waits.
 
 use std::collections::HashSet;
 use std::num::NonZeroU32;
@@ -40,11 +42,12 @@ pub enum RelayServer {
     /// Never relays.
     Off,
     /// Relays for the peers that share one of its scopes, once AutoNAT has confirmed one of its
-    /// external addresses (it is reachable by others); stops when it has none. The default.
-    #[default]
+    /// external addresses (it is reachable by others); stops when it has none.
     Auto,
-    /// Relays for the peers that share one of its scopes, from the start, reachable or not
-    /// (the application knows it is: a node on two networks, a server).
+    /// Relays for the peers that share one of its scopes, from the start: any of them that
+    /// reaches it may be the relay between two that cannot reach each other (a node on two
+    /// networks, a server, a host with a public address). The default.
+    #[default]
     ScopePeers,
     /// Relays for any peer, from the start: a public node run to relay and bootstrap for others
     /// (reservations and circuits still within the limits of [`RelayConfig`]).
@@ -55,7 +58,7 @@ pub enum RelayServer {
 /// ([`BehaviourConfig::relay`](crate::behaviour::BehaviourConfig::relay)).
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
-    /// Whether and for whom this node relays. Default [`RelayServer::Auto`].
+    /// Whether and for whom this node relays. Default [`RelayServer::ScopePeers`].
     pub server: RelayServer,
     /// Relays this node reserves a slot at, at most, besides the ones the application names.
     /// Default [`DEFAULT_RESERVATIONS`]; 0 reserves at none but the named ones.

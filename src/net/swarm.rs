@@ -18,6 +18,11 @@ use crate::vocab::error::{Error, Result};
 use crate::net::behaviour::{Behaviour, Event};
 use crate::net::handle::NetHandle;
 
+/// After the listeners are bound, `bind` takes the listen addresses that follow until none has
+/// come for `ADDRESSES_SETTLE_GAP`, for at most `ADDRESSES_SETTLE_MAX`.
+const ADDRESSES_SETTLE_GAP: Duration = Duration::from_millis(30);
+const ADDRESSES_SETTLE_MAX: Duration = Duration::from_millis(300);
+
 /// Runs `behaviour` in a swarm of its own (TCP, QUIC and circuits through relays, noise, yamux;
 /// with a pre-shared key, TCP with pnet below noise, no QUIC and no relay: a relayed circuit
 /// would carry no pnet layer) on a dedicated thread with a `current_thread`
@@ -156,6 +161,18 @@ async fn bind(
             }
             other => tracing::trace!(?other, "event while binding"),
         }
+    }
+    // A listener on `0.0.0.0` or `::` reports one address per interface, one event each: take
+    // the ones that follow at once, so that `listen_addrs` lists every interface when `build`
+    // returns.
+    let settle = tokio::time::Instant::now() + ADDRESSES_SETTLE_MAX;
+    while let Ok(Some(event)) = tokio::time::timeout(
+        ADDRESSES_SETTLE_GAP.min(settle.saturating_duration_since(tokio::time::Instant::now())),
+        swarm.next(),
+    )
+    .await
+    {
+        tracing::trace!(?event, "event while binding");
     }
     Ok(swarm)
 }

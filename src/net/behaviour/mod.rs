@@ -493,12 +493,18 @@ impl NetworkBehaviour for Behaviour {
             }
             FromSwarm::NewListenAddr(e) => {
                 self.on_listen_addr(e.addr, true);
-                self.on_relay_listen_addr(e.listener_id);
+                self.on_relay_listen_addr(e.listener_id, e.addr);
             }
-            FromSwarm::ExpiredListenAddr(e) => self.on_listen_addr(e.addr, false),
+            FromSwarm::ExpiredListenAddr(e) => {
+                self.on_listen_addr(e.addr, false);
+                self.on_relay_listen_addr_expired(e.addr);
+            }
             FromSwarm::ListenerClosed(e) => self.on_listener_closed(e.listener_id),
-            FromSwarm::ExternalAddrConfirmed(e) => self.on_external_addr(e.addr, true),
-            FromSwarm::ExternalAddrExpired(e) => self.on_external_addr(e.addr, false),
+            // Relayed addresses (reservations); the ones AutoNAT confirms come with its event.
+            FromSwarm::ExternalAddrConfirmed(e) if crate::net::relay::is_relayed(e.addr) => {
+                self.note_external_addr(e.addr, true)
+            }
+            FromSwarm::ExternalAddrExpired(e) => self.note_external_addr(e.addr, false),
             _ => {}
         }
     }

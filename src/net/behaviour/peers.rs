@@ -170,7 +170,8 @@ impl Behaviour {
         }
     }
 
-    pub(super) fn on_external_addr(&mut self, address: &Multiaddr, added: bool) {
+    /// An address others can reach this node at ([`Node::external_addrs`](crate::Node::external_addrs)).
+    pub(super) fn note_external_addr(&mut self, address: &Multiaddr, added: bool) {
         let mut addrs = self
             .shared
             .external_addrs

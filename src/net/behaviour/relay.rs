@@ -15,25 +15,31 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{CloseConnection, ConnectionId, ListenOpts, ToSwarm};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, autonat, dcutr, relay};
 
-use crate::net::relay::{RelayAdmission, RelayConfig, is_relayed, peer_of};
+use crate::net::relay::{RelayAdmission, RelayConfig, RelayServer, is_relayed, peer_of};
 
 use super::Behaviour;
 
 /// A reservation refused or lost is asked for again after this long, while the relay is still
-/// connected.
-pub(crate) const RESERVATION_RETRY: Duration = Duration::from_secs(5);
+/// connected; the wait doubles after each refusal in a row, up to [`RESERVATION_RETRY_MAX`].
+pub(crate) const RESERVATION_RETRY: Duration = Duration::from_millis(500);
+/// The longest wait before asking a relay for a reservation again.
+pub(crate) const RESERVATION_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Relayed addresses tried at once when a peer cannot be dialed directly.
 pub(crate) const MAX_RELAYED_CANDIDATES: usize = 4;
 
 /// One relay's reservation, as this node asked for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reservation {
-    /// Asked for through the listener `listener`; not yet accepted.
-    Asked { listener: ListenerId },
+    /// Asked for through the listener `listener`; not yet accepted. `backoff` is the wait
+    /// that preceded it.
+    Asked {
+        listener: ListenerId,
+        backoff: Duration,
+    },
     /// Accepted: the relay forwards circuits to this node.
     Held { listener: ListenerId },
     /// Refused or lost; asked for again at `at` if the relay is still connected then.
-    Retry { at: Instant },
+    Retry { at: Instant, backoff: Duration },
 }
 
 /// What the behaviour keeps for relaying: the relays it knows of, its reservations, and its
@@ -41,6 +47,9 @@ enum Reservation {
 pub(super) struct Relaying {
     /// The relay client is in place (the swarm handed it over).
     pub(super) client: bool,
+    /// This node relays without waiting for AutoNAT: its listen addresses are its external
+    /// addresses (a relay gives them in its reservations, and gives none without them).
+    declares_listen_addrs: bool,
     /// Reservations at relays the node finds on its own, at most.
     reservations_wanted: usize,
     /// Relays the application named, by peer.
@@ -59,6 +68,10 @@ impl Relaying {
     pub(super) fn new(config: &RelayConfig, admission: Arc<RelayAdmission>) -> Self {
         Relaying {
             client: false,
+            declares_listen_addrs: matches!(
+                config.server,
+                RelayServer::ScopePeers | RelayServer::Anyone
+            ),
             reservations_wanted: config.reservations,
             named: config
                 .relays
@@ -109,10 +122,26 @@ impl Behaviour {
     /// A peer's identify info lists its protocols: a relay is a candidate for a reservation.
     pub(super) fn note_relay_protocols(&mut self, peer: PeerId, protocols: &[StreamProtocol]) {
         if protocols.contains(&relay::HOP_PROTOCOL_NAME) {
-            if self.relaying.capable.insert(peer) {
-                tracing::debug!(%peer, "peer relays");
-            }
+            let new = self.relaying.capable.insert(peer);
             self.reserve_if_useful(peer);
+            if new {
+                tracing::debug!(%peer, "peer relays");
+                // A way, perhaps, to the peers of the scopes that could not be dialed.
+                let unreached: Vec<PeerId> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| {
+                        !p.is_connected()
+                            && p.may_dial()
+                            && p.down_since.is_some()
+                            && !p.scopes.is_empty()
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                for other in unreached {
+                    self.dial_relayed(other);
+                }
+            }
         } else {
             self.relaying.capable.remove(&peer);
         }
@@ -126,11 +155,12 @@ impl Behaviour {
             return;
         }
         let named = r.named.contains_key(&peer);
-        match r.reservations.get(&peer) {
-            Some(Reservation::Retry { at }) if *at > Instant::now() => return,
-            Some(Reservation::Retry { .. }) | None => {}
+        let backoff = match r.reservations.get(&peer) {
+            Some(Reservation::Retry { at, .. }) if *at > Instant::now() => return,
+            Some(Reservation::Retry { backoff, .. }) => *backoff,
+            None => Duration::ZERO,
             Some(_) => return,
-        }
+        };
         if !named && r.found_reservations() >= r.reservations_wanted {
             return;
         }
@@ -157,28 +187,48 @@ impl Behaviour {
         tracing::debug!(%peer, "asking for a relay reservation");
         self.relaying
             .reservations
-            .insert(peer, Reservation::Asked { listener });
+            .insert(peer, Reservation::Asked { listener, backoff });
         self.relaying.listeners.insert(listener, peer);
         self.pending.push_back(ToSwarm::ListenOn { opts });
     }
 
-    /// A listener has an address: if it is a reservation's, the relay accepted it.
-    pub(super) fn on_relay_listen_addr(&mut self, listener: ListenerId) {
-        if let Some(peer) = self.relaying.listeners.get(&listener)
-            && let Some(r) = self.relaying.reservations.get_mut(peer)
-        {
-            *r = Reservation::Held { listener };
+    /// A listener has an address: if it is a reservation's, the relay accepted it. Otherwise,
+    /// for a node that relays without waiting for AutoNAT, the address is an external one.
+    pub(super) fn on_relay_listen_addr(&mut self, listener: ListenerId, addr: &Multiaddr) {
+        if let Some(peer) = self.relaying.listeners.get(&listener) {
+            if let Some(r) = self.relaying.reservations.get_mut(peer) {
+                *r = Reservation::Held { listener };
+            }
+        } else if self.relaying.declares_listen_addrs && !is_relayed(addr) {
+            self.pending
+                .push_back(ToSwarm::ExternalAddrConfirmed(addr.clone()));
         }
     }
 
-    /// A listener closed: a reservation's is asked for again later.
+    /// A listen address expired: so did the external address it stood for.
+    pub(super) fn on_relay_listen_addr_expired(&mut self, addr: &Multiaddr) {
+        if self.relaying.declares_listen_addrs && !is_relayed(addr) {
+            self.pending
+                .push_back(ToSwarm::ExternalAddrExpired(addr.clone()));
+        }
+    }
+
+    /// A listener closed: a reservation's is asked for again later, sooner if it had been
+    /// held.
     pub(super) fn on_listener_closed(&mut self, listener: ListenerId) {
         if let Some(peer) = self.relaying.listeners.remove(&listener) {
-            tracing::debug!(%peer, "relay reservation ended");
+            let backoff = match self.relaying.reservations.get(&peer) {
+                Some(Reservation::Asked { backoff, .. }) => {
+                    (*backoff * 2).clamp(RESERVATION_RETRY, RESERVATION_RETRY_MAX)
+                }
+                _ => RESERVATION_RETRY,
+            };
+            tracing::debug!(%peer, ?backoff, "relay reservation refused or ended");
             self.relaying.reservations.insert(
                 peer,
                 Reservation::Retry {
-                    at: Instant::now() + RESERVATION_RETRY,
+                    at: Instant::now() + backoff,
+                    backoff,
                 },
             );
         }
@@ -190,7 +240,7 @@ impl Behaviour {
             .relaying
             .reservations
             .iter()
-            .filter(|(_, r)| matches!(r, Reservation::Retry { at } if *at <= now))
+            .filter(|(_, r)| matches!(r, Reservation::Retry { at, .. } if *at <= now))
             .map(|(peer, _)| *peer)
             .collect();
         for peer in due {
@@ -247,7 +297,9 @@ impl Behaviour {
                     .with(Protocol::P2p(peer)),
             );
         }
-        candidates.dedup();
+        // One circuit per relay: the dial of each address would set one up.
+        let mut relays = HashSet::new();
+        candidates.retain(|a| relays.insert(relay_of(a)));
         candidates.truncate(MAX_RELAYED_CANDIDATES);
         if candidates.is_empty() {
             return false;
@@ -341,12 +393,28 @@ impl Behaviour {
 
     pub(super) fn on_autonat_event(&mut self, event: autonat::v2::client::Event) {
         match &event.result {
-            Ok(()) => tracing::info!(addr = %event.tested_addr, "reachable at this address"),
+            Ok(()) => {
+                tracing::info!(addr = %event.tested_addr, "reachable at this address");
+                self.note_external_addr(&event.tested_addr, true);
+            }
             Err(error) => {
                 tracing::debug!(addr = %event.tested_addr, %error, "not reachable at this address")
             }
         }
     }
+}
+
+/// The relay a relayed address goes through: the peer named before `/p2p-circuit`.
+fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
+    let mut relay = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2p(peer) => relay = Some(peer),
+            Protocol::P2pCircuit => return relay,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// `addr` without a trailing `/p2p/<peer-id>`.
