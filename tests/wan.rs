@@ -6,7 +6,8 @@
 //!   forwarding off, so no IP path joins `a` and `c`. `a` and `c` dial `b` (mDNS off). The three
 //!   must see exactly the three members, and still after twice the node-down grace; broadcasts
 //!   and sends between `a` and `c` arrive exactly once and in order; a leave of `c`'s process
-//!   shows at `a` before the grace could explain it, and a kill of `c` after the grace.
+//!   and a graceful shutdown of `c`'s node show at `a` before the grace could explain them, and
+//!   a kill of `c` after the grace.
 //! - **Two NATs** ([`Topology::two_nats`]): a public node `p` on the "internet" LAN, two home
 //!   routers masquerading their home LANs, a home node behind each (`h1`, `h2`), which dial `p`
 //!   only. The home nodes must converge and exchange broadcasts and sends exactly once and in
@@ -151,8 +152,15 @@ fn check_nats(t: &Topology, blocked: bool) {
 }
 
 /// Broadcasts and sends between `x` and `y` (both ways) with `others` in the group too: each
-/// receiver gets each message exactly once, in the order sent.
-async fn exchange(x: &mut Child, y: &mut Child, others: &mut [&mut Child], members: usize) {
+/// receiver gets each message exactly once, in the order sent. The messages of one exchange
+/// start with `round` (one per exchange of a test).
+async fn exchange(
+    round: &str,
+    x: &mut Child,
+    y: &mut Child,
+    others: &mut [&mut Child],
+    members: usize,
+) {
     let started = Instant::now();
     let (px, py) = (local_pid(x), local_pid(y));
     let mut expect_y_from_x = Vec::new();
@@ -161,12 +169,18 @@ async fn exchange(x: &mut Child, y: &mut Child, others: &mut [&mut Child], membe
     let mut broadcasts_y = Vec::new();
     for i in 1..=MESSAGES {
         // Interleaved: one outbox per destination keeps the order across both kinds.
-        let (b, s) = (format!("{}-b{i}", x.label), format!("{}-s{i}", x.label));
+        let (b, s) = (
+            format!("{round}-{}-b{i}", x.label),
+            format!("{round}-{}-s{i}", x.label),
+        );
         assert_eq!(x.broadcast(&b), members, "{}: slots targeted", x.label);
         x.send(&py, &s);
         expect_y_from_x.extend([b.clone(), s]);
         broadcasts_x.push(b);
-        let (b, s) = (format!("{}-b{i}", y.label), format!("{}-s{i}", y.label));
+        let (b, s) = (
+            format!("{round}-{}-b{i}", y.label),
+            format!("{round}-{}-s{i}", y.label),
+        );
         assert_eq!(y.broadcast(&b), members, "{}: slots targeted", y.label);
         y.send(&px, &s);
         expect_x_from_y.extend([b.clone(), s]);
@@ -175,7 +189,11 @@ async fn exchange(x: &mut Child, y: &mut Child, others: &mut [&mut Child], membe
     let all_right = |x: &mut Child, y: &mut Child, others: &mut [&mut Child]| {
         let mut wrong = Vec::new();
         let mut check = |child: &mut Child, from: &Pid, want: &[String]| {
-            let got = child.received_from(from);
+            let got: Vec<String> = child
+                .received_from(from)
+                .into_iter()
+                .filter(|text| text.starts_with(&format!("{round}-")))
+                .collect();
             if got != want {
                 wrong.push(format!(
                     "{} got from {from}: {got:?}, wants {want:?}",
@@ -284,7 +302,7 @@ async fn the_line() {
         "a is connected to c, with no IP path between them"
     );
 
-    exchange(&mut a, &mut c, &mut [&mut b], 3).await;
+    exchange("r1", &mut a, &mut c, &mut [&mut b], 3).await;
 
     // c's process leaves: a and b see it at once (a leave, not the grace).
     let left = Instant::now();
@@ -301,6 +319,28 @@ async fn the_line() {
     eprintln!("c's leave seen in {:?}", left.elapsed());
     c.join();
     eventually("a, b and c to see c's process back", WAIT, || {
+        all_see([&mut a, &mut b, &mut c], &everyone)
+    })
+    .await;
+
+    // c's node shuts down gracefully: its goodbye reaches a at once too.
+    let shut = Instant::now();
+    c.shutdown();
+    let took = eventually("a and b to see c's node go", WAIT, || {
+        all_see([&mut a, &mut b], &without_c)
+    })
+    .await;
+    assert!(
+        took < GRACE,
+        "c's shutdown took {took:?} to show at a and b (node_down_grace {GRACE:?}): no goodbye?"
+    );
+    eprintln!("c's shutdown seen in {:?}", shut.elapsed());
+
+    // c again (a new node), then killed: no goodbye, its member goes once the grace has passed.
+    let mut c = Child::spawn(spec(&t, "c", addrs_at(&mut b, t.addr("b", "lan2")).await));
+    let pc = local_pid(&mut c);
+    let everyone = union(&[&[pa], &[pb], &[pc]]);
+    eventually("a, b and c to see the new c's member", WAIT, || {
         all_see([&mut a, &mut b, &mut c], &everyone)
     })
     .await;
@@ -373,7 +413,7 @@ async fn two_nats(blocked: bool) {
     )
     .await;
 
-    exchange(&mut h1, &mut h2, &mut [&mut p], 3).await;
+    exchange("r1", &mut h1, &mut h2, &mut [&mut p], 3).await;
 
     // Hole punching: a report for now (the library does not say yet how a peer is reached).
     let (r1, r2) = (t.addr("r1", "internet"), t.addr("r2", "internet"));
@@ -413,7 +453,7 @@ async fn two_nats(blocked: bool) {
         );
         // Still exact once the hole punching has had its chance.
         all_see([&mut p, &mut h1, &mut h2], &everyone).expect("members after the punch window");
-        exchange(&mut h1, &mut h2, &mut [&mut p], 3).await;
+        exchange("r2", &mut h1, &mut h2, &mut [&mut p], 3).await;
     }
     drop((p, h1, h2));
     t.delete();
