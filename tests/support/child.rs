@@ -14,7 +14,16 @@
 //! `PGCHILD = <seq> <item>...`:
 //! - `members <group>`: every member slot of the group, as pids, sorted;
 //! - `local <group>`: the slots held by this node's processes, sorted;
-//! - `peers`: the peers it is connected to.
+//! - `peers`: the peers it is connected to;
+//! - `addrs`: `Node::listen_addrs()`;
+//! - `broadcast <text>`: its first process broadcasts `<text>` (one word) under [`TOPIC`] to
+//!   [`GROUP`]; the answer is the number of slots targeted;
+//! - `send <pid> <text>`: its first process sends `<text>` under [`TOPIC`] to `<pid>`;
+//! - `received`: every message its first process received under [`TOPIC`] so far, in the
+//!   order received, as `<from-pid>=<text>`;
+//! - `leave` / `join`: every one of its processes leaves / joins [`GROUP`] again;
+//! - `shutdown`: `Node::shutdown()` (the graceful goodbye); it answers once that is done, then
+//!   the child exits with status 0.
 //!
 //! Everything else on the child's stdout (the test harness's own output) is ignored. The child
 //! exits when its stdin closes, so children never outlive a parent that died.
@@ -23,6 +32,7 @@
 //! `REPLY_TIMEOUT`).
 
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libp2p::Multiaddr;
@@ -37,6 +47,8 @@ use process::{ChildProcess, Lines, NoLine};
 pub const CHILD_TEST: &str = "child_node_entry_point";
 pub const SCOPE: &str = "test:multi";
 pub const GROUP: &str = "g";
+/// The topic of the messages of `broadcast`, `send` and `received`.
+pub const TOPIC: &str = "t";
 
 const ENV_LABEL: &str = "PROCGROUPS_CHILD";
 const ENV_LISTEN: &str = "PROCGROUPS_CHILD_LISTEN";
@@ -111,7 +123,21 @@ async fn run_child(label: String) {
         node.dial(addr).expect("dial");
     }
     let processes: Vec<_> = (0..procs).map(|_| node.spawn_process()).collect();
-    let _instances: Vec<_> = processes
+    // Listening before joining: no message to the group is missed.
+    let received = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut inbox = processes[0].listen(TOPIC);
+    let log = received.clone();
+    tokio::spawn(async move {
+        while let Some(message) = inbox.recv().await {
+            let text = message
+                .decode::<String>()
+                .unwrap_or_else(|e| format!("<undecodable:{e}>"));
+            log.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(format!("{}={text}", message.from()));
+        }
+    });
+    let instances: Vec<_> = processes
         .iter()
         .map(|p| {
             let pg = p.open(SCOPE).expect("open");
@@ -139,6 +165,34 @@ async fn run_child(label: String) {
                 .iter()
                 .map(|p| p.to_string())
                 .collect(),
+            [_, "addrs"] => node.listen_addrs().iter().map(|a| a.to_string()).collect(),
+            [_, "broadcast", text] => {
+                let slots = query.broadcast(GROUP, TOPIC, text).expect("broadcast");
+                vec![slots.to_string()]
+            }
+            [_, "send", to, text] => {
+                let to: Pid = to.parse().expect("pid");
+                processes[0].send(&to, TOPIC, text).expect("send");
+                Vec::new()
+            }
+            [_, "received"] => received.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            [_, "leave"] => {
+                for pg in &instances {
+                    pg.leave(GROUP).expect("leave");
+                }
+                Vec::new()
+            }
+            [_, "join"] => {
+                for pg in &instances {
+                    pg.join(GROUP).expect("join");
+                }
+                Vec::new()
+            }
+            [_, "shutdown"] => {
+                node.shutdown().await;
+                say(&format!("= {}", words[0]));
+                std::process::exit(0);
+            }
             _ => panic!("{label}: bad request {line:?}"),
         };
         say(&format!("= {} {}", words[0], items.join(" ")));
@@ -344,6 +398,85 @@ impl Child {
             .collect()
     }
 
+    /// `Node::listen_addrs()` now.
+    pub fn listen_addrs(&mut self) -> Vec<Multiaddr> {
+        self.request("addrs")
+            .iter()
+            .map(|a| a.parse().expect("multiaddr"))
+            .collect()
+    }
+
+    /// Its first process broadcasts `text` (one word) to [`GROUP`]; returns the slots
+    /// targeted.
+    pub fn broadcast(&mut self, text: &str) -> usize {
+        assert_one_word(text);
+        let answer = self.request(&format!("broadcast {text}"));
+        answer
+            .first()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{}: broadcast answered {answer:?}", self.label))
+    }
+
+    /// Its first process sends `text` (one word) to `to`.
+    pub fn send(&mut self, to: &Pid, text: &str) {
+        assert_one_word(text);
+        self.request(&format!("send {to} {text}"));
+    }
+
+    /// What its first process received under [`TOPIC`] so far, in order: (sender, text).
+    pub fn received(&mut self) -> Vec<(Pid, String)> {
+        self.request("received")
+            .iter()
+            .map(|item| {
+                let (from, text) = item
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("{}: bad received item {item:?}", self.label));
+                (from.parse().expect("pid"), text.to_owned())
+            })
+            .collect()
+    }
+
+    /// The texts its first process received from `from`, in order.
+    pub fn received_from(&mut self, from: &Pid) -> Vec<String> {
+        self.received()
+            .into_iter()
+            .filter(|(f, _)| f == from)
+            .map(|(_, text)| text)
+            .collect()
+    }
+
+    /// Every one of its processes leaves [`GROUP`].
+    pub fn leave(&mut self) {
+        self.request("leave");
+    }
+
+    /// Every one of its processes joins [`GROUP`] again.
+    pub fn join(&mut self) {
+        self.request("join");
+    }
+
+    /// `Node::shutdown()`, then the child exits by itself (status 0, checked).
+    pub fn shutdown(&mut self) {
+        self.request("shutdown");
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.process.try_wait() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: still running {REPLY_TIMEOUT:?} after its shutdown",
+                self.label
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(
+            status.success(),
+            "{}: exited with {status} after shutdown",
+            self.label
+        );
+    }
+
     /// SIGKILL, then reap: the node gets no chance to say goodbye.
     pub fn kill(&mut self) {
         self.process.kill();
@@ -389,6 +522,13 @@ pub fn union(lists: &[&[Pid]]) -> Vec<Pid> {
     let mut all: Vec<Pid> = lists.iter().flat_map(|l| l.iter().copied()).collect();
     all.sort();
     all
+}
+
+fn assert_one_word(text: &str) {
+    assert!(
+        !text.is_empty() && !text.contains(char::is_whitespace) && !text.contains('='),
+        "a message of the line protocol is one word without '=': {text:?}"
+    );
 }
 
 fn join(addrs: &[Multiaddr]) -> String {

@@ -6,16 +6,21 @@
 //!   behaviour embedded in a swarm of the test's own;
 //! - [`view`]: a scope's membership as a value, and [`converge`];
 //! - [`child`]: nodes in child OS processes (this test binary re-executed);
-//! - [`netns`]: the network namespaces of the mDNS tests (`netns.rs`, `chat.rs`, `soak.rs`).
+//! - [`netns`]: the network namespaces of the mDNS tests (`netns.rs`, `chat.rs`, `soak.rs`),
+//!   and [`netns::as_root`];
+//! - [`topology`]: networks of several LANs, routers, NATs and blocked paths (`wan.rs`);
+//! - [`chat`]: the chat example's users as OS processes (`chat.rs`, `wan.rs`).
 //!
 //! `support/hostile.rs`, the hostile peer, is `tests/hostile.rs`'s alone.
 
 // Each test binary uses part of this module.
 #![allow(dead_code, unused_imports)]
 
+pub mod chat;
 pub mod child;
 pub mod netns;
 pub mod nodes;
+pub mod topology;
 pub mod view;
 pub mod wait;
 

@@ -66,7 +66,7 @@ pub fn ip(args: &[&str]) {
 }
 
 /// Deleting a namespace must not panic inside a `Drop`; failures are reported on stderr.
-fn delete_netns(name: &str) {
+pub fn delete_netns(name: &str) {
     match Command::new("ip").args(["netns", "delete", name]).output() {
         Ok(out) if out.status.success() => {}
         Ok(out) => eprintln!(
@@ -113,10 +113,11 @@ pub fn owner_pid(name: &str) -> Option<u32> {
     parts[0].parse().ok()
 }
 
-/// Deletes the namespaces of earlier runs whose test process is gone.
+/// Deletes the namespaces of earlier runs whose test process is gone: those of [`Lan`]s and
+/// those of [`super::topology::Topology`]s.
 pub fn delete_stale_namespaces() {
     for name in netns_list() {
-        if let Some(pid) = owner_pid(&name)
+        if let Some(pid) = owner_pid(&name).or_else(|| super::topology::owner_pid(&name))
             && !std::path::Path::new(&format!("/proc/{pid}")).exists()
         {
             eprintln!("deleting stale namespace {name}");
@@ -125,7 +126,7 @@ pub fn delete_stale_namespaces() {
     }
 }
 
-fn effective_uid() -> u32 {
+pub fn effective_uid() -> u32 {
     let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
     status
         .lines()
