@@ -32,7 +32,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use procgroups::multiaddr::Protocol;
-use procgroups::{Multiaddr, PeerId, Pid};
+use procgroups::{Multiaddr, Pid, Reach};
 use support::chat::{Place, User, chat_binary, converse};
 use support::child::{Child, ChildSpec, GROUP, all_see, union};
 use support::netns::as_root;
@@ -236,32 +236,6 @@ async fn exchange(
     );
 }
 
-/// How one home node reaches the other, as the network shows it (until `Node::reach` exists,
-/// see the report): `Unreached` when `from` has no connection to `to`; `Direct` when `from`'s
-/// namespace has an established TCP connection to `to`'s router's public address (only a
-/// connection between the two NATs, a hole punched, goes there: the children listen on TCP
-/// only); `Relayed` when connected otherwise (through `p`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reach {
-    Direct,
-    Relayed,
-    Unreached,
-}
-
-fn reach(t: &Topology, from: &mut Child, to: PeerId, to_public: Ipv4Addr) -> Reach {
-    if !from.peers().contains(&to) {
-        return Reach::Unreached;
-    }
-    if t.tcp_peers(&from.label)
-        .iter()
-        .any(|a| *a.ip() == to_public)
-    {
-        Reach::Direct
-    } else {
-        Reach::Relayed
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The line.
 
@@ -289,17 +263,19 @@ async fn the_line() {
     })
     .await;
     eprintln!("the line converged in {took:?}");
-    // Past the node-down grace: a and c have no connection to each other, and must not drop
-    // each other's members for it.
+    // Past the node-down grace: a and c have no direct connection to each other (they reach
+    // each other through b, which relays for its scopes' peers), and must not drop each
+    // other's members for it.
     holds_for(
         "the three see the three members",
         2 * GRACE + GRACE / 2,
         || all_see([&mut a, &mut b, &mut c], &everyone),
     )
     .await;
-    assert!(
-        !a.peers().contains(&c.peer_id),
-        "a is connected to c, with no IP path between them"
+    assert_eq!(
+        (a.reach(c.peer_id), c.reach(a.peer_id)),
+        (Reach::Relayed, Reach::Relayed),
+        "a and c, with no IP path between them, reach each other through b"
     );
 
     exchange("r1", &mut a, &mut c, &mut [&mut b], 3).await;
@@ -415,46 +391,57 @@ async fn two_nats(blocked: bool) {
 
     exchange("r1", &mut h1, &mut h2, &mut [&mut p], 3).await;
 
-    // Hole punching: a report for now (the library does not say yet how a peer is reached).
-    let (r1, r2) = (t.addr("r1", "internet"), t.addr("r2", "internet"));
+    // Hole punching: behind these NATs (they keep a port for a socket, whoever it talks to,
+    // and drop what comes unasked), DCUtR makes the relayed connection direct.
     let (id1, id2) = (h1.peer_id, h2.peer_id);
-    let deadline = spawned + PUNCH;
-    let mut seen = (reach(&t, &mut h1, id2, r2), reach(&t, &mut h2, id1, r1));
-    while seen != (Reach::Direct, Reach::Direct) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await; // the poll's pace
-        seen = (reach(&t, &mut h1, id2, r2), reach(&t, &mut h2, id1, r1));
-    }
-    if seen == (Reach::Direct, Reach::Direct) {
+    let reached = |h1: &mut Child, h2: &mut Child| (h1.reach(id2), h2.reach(id1));
+    if blocked {
+        // Give hole punching its chance first: it must not get through the block.
+        holds_for("h1 and h2 not directly connected", PUNCH / 4, || {
+            let seen = reached(&mut h1, &mut h2);
+            if seen.0 == Reach::Direct || seen.1 == Reach::Direct {
+                Err(format!("reached through the block: {seen:?}"))
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        let seen = reached(&mut h1, &mut h2);
+        println!(
+            "hole punching (path blocked): h1 -> h2 {:?}, h2 -> h1 {:?} {:?} after they started; \
+             packets dropped by the block: {}",
+            seen.0,
+            seen.1,
+            spawned.elapsed(),
+            t.blocked_packets("r1") + t.blocked_packets("r2")
+        );
+        assert_eq!(
+            seen,
+            (Reach::Relayed, Reach::Relayed),
+            "still reached through p"
+        );
+    } else {
+        eventually(
+            "h1 and h2 to connect directly (hole punching)",
+            PUNCH,
+            || {
+                let seen = reached(&mut h1, &mut h2);
+                if seen == (Reach::Direct, Reach::Direct) {
+                    Ok(())
+                } else {
+                    Err(format!("h1 -> h2 {:?}, h2 -> h1 {:?}", seen.0, seen.1))
+                }
+            },
+        )
+        .await;
         println!(
             "hole punching: h1 and h2 connected directly {:?} after they started",
             spawned.elapsed()
         );
-    } else {
-        println!(
-            "hole punching: no direct connection between h1 and h2 {:?} after they started \
-             (h1 -> h2 {:?}, h2 -> h1 {:?}; blocked path: {blocked}, packets dropped by the \
-             block: {})",
-            spawned.elapsed(),
-            seen.0,
-            seen.1,
-            t.blocked_packets("r1") + t.blocked_packets("r2")
-        );
     }
-    if blocked {
-        assert_ne!(
-            seen.0,
-            Reach::Direct,
-            "h1 reaches h2 directly through the block"
-        );
-        assert_ne!(
-            seen.1,
-            Reach::Direct,
-            "h2 reaches h1 directly through the block"
-        );
-        // Still exact once the hole punching has had its chance.
-        all_see([&mut p, &mut h1, &mut h2], &everyone).expect("members after the punch window");
-        exchange("r2", &mut h1, &mut h2, &mut [&mut p], 3).await;
-    }
+    // Still exact, directly or through p.
+    all_see([&mut p, &mut h1, &mut h2], &everyone).expect("members after the punch window");
+    exchange("r2", &mut h1, &mut h2, &mut [&mut p], 3).await;
     drop((p, h1, h2));
     t.delete();
     eprintln!(

@@ -182,6 +182,28 @@ fn an_unanswered_sync_request_is_sent_again_after_the_timeout() {
 }
 
 #[test]
+fn a_sync_that_failed_is_asked_for_again_after_the_reorder_window() {
+    // The request failed (its connection closed): the version still differs, so the core
+    // asks again, and keeps asking until the sync comes (or the origin is purged).
+    let (a, mut b) = (core(), core());
+    let sender = a.local_peer();
+    let version = Version {
+        incarnation: 9,
+        seq: 4,
+    };
+    b.handle_peer_version(sender, version, T0);
+    assert_eq!(b.poll_request(), Some(sender));
+    b.sync_failed(sender, ms(10));
+    assert_eq!(b.poll_request(), None, "not at once");
+    b.tick(ms(10) + config().reorder_window);
+    assert_eq!(b.poll_request(), Some(sender), "again after the window");
+    b.sync_failed(sender, ms(400));
+    b.peer_down(sender);
+    b.tick(ms(1000));
+    assert_eq!(b.poll_request(), None, "not once the origin is purged");
+}
+
+#[test]
 fn a_sync_replaces_the_origins_state_and_reports_only_the_difference() {
     let (mut a, mut b) = (core(), core());
     let sender = a.local_peer();

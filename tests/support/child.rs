@@ -16,6 +16,7 @@
 //! - `local <group>`: the slots held by this node's processes, sorted;
 //! - `peers`: the peers it is connected to;
 //! - `addrs`: `Node::listen_addrs()`;
+//! - `reach <peer>`: `Node::reach(peer)` (`Direct`, `Relayed` or `Unreached`);
 //! - `broadcast <text>`: its first process broadcasts `<text>` (one word) under [`TOPIC`] to
 //!   [`GROUP`]; the answer is the number of slots targeted;
 //! - `send <pid> <text>`: its first process sends `<text>` under [`TOPIC`] to `<pid>`;
@@ -166,6 +167,10 @@ async fn run_child(label: String) {
                 .map(|p| p.to_string())
                 .collect(),
             [_, "addrs"] => node.listen_addrs().iter().map(|a| a.to_string()).collect(),
+            [_, "reach", peer] => {
+                let peer: PeerId = peer.parse().expect("peer id");
+                vec![format!("{:?}", node.reach(&peer))]
+            }
             [_, "broadcast", text] => {
                 let slots = query.broadcast(GROUP, TOPIC, text).expect("broadcast");
                 vec![slots.to_string()]
@@ -384,6 +389,16 @@ impl Child {
     }
 
     /// The peers this child's node is connected to.
+    /// How the child reaches `peer` ([`Node::reach`]).
+    pub fn reach(&mut self, peer: PeerId) -> procgroups::Reach {
+        match self.request(&format!("reach {peer}")).as_slice() {
+            [r] if r == "Direct" => procgroups::Reach::Direct,
+            [r] if r == "Relayed" => procgroups::Reach::Relayed,
+            [r] if r == "Unreached" => procgroups::Reach::Unreached,
+            other => panic!("{}: unexpected answer to reach: {other:?}", self.label),
+        }
+    }
+
     pub fn peers(&mut self) -> Vec<PeerId> {
         self.request("peers")
             .iter()

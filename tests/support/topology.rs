@@ -13,7 +13,8 @@
 //! - a **router** ([`TopologyBuilder::router`], [`TopologyBuilder::nat_router`]) is a node on
 //!   two LANs, its `wan` (`eth0`) and its `lan` (`eth1`), with IP forwarding on; a NAT router
 //!   also has `iptables -t nat -A POSTROUTING -o eth0 -j MASQUERADE`, so what leaves by its WAN
-//!   side carries its WAN address. Every other node on a router's `lan` side gets a default
+//!   side carries its WAN address, and, as a home router, drops what comes in from the WAN side
+//!   for itself unasked (instead of answering a SYN with a reset). Every other node on a router's `lan` side gets a default
 //!   route via the router's address there (a host on several LANs: via the first such
 //!   router). A node with no default route gets `224.0.0.0/4` on its first interface, so that
 //!   mDNS multicasts go out of it (as [`super::netns::Lan`] does);
@@ -311,6 +312,30 @@ impl TopologyBuilder {
                         "MASQUERADE",
                     ],
                 );
+                // As a home router does: what comes in from outside unasked is dropped, not
+                // answered with a reset (hole punching relies on a SYN that arrives before the
+                // router has seen ours being dropped, and retried).
+                topo.iptables(
+                    &ns,
+                    &[
+                        "-A",
+                        "INPUT",
+                        "-i",
+                        "eth0",
+                        "-m",
+                        "conntrack",
+                        "--ctstate",
+                        "ESTABLISHED,RELATED",
+                        "-j",
+                        "ACCEPT",
+                    ],
+                );
+                // Pings still answer, for the topology's own checks.
+                topo.iptables(
+                    &ns,
+                    &["-A", "INPUT", "-i", "eth0", "-p", "icmp", "-j", "ACCEPT"],
+                );
+                topo.iptables(&ns, &["-A", "INPUT", "-i", "eth0", "-j", "DROP"]);
             }
             topo.nodes.insert(
                 spec.name.clone(),

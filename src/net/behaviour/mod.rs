@@ -485,6 +485,9 @@ impl NetworkBehaviour for Behaviour {
                 e.endpoint,
                 e.remaining_established,
             ),
+            // A dial not made because the peer is connected or being dialed says nothing of it.
+            FromSwarm::DialFailure(e)
+                if matches!(e.error, libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
             FromSwarm::DialFailure(e) => {
                 if let Some(peer) = e.peer_id {
                     tracing::debug!(%peer, error = %e.error, "dial failed");

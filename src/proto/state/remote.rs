@@ -363,9 +363,14 @@ impl ScopeCore {
             && let Some(origin) = self.origins.get_mut(&node)
         {
             origin.sync_requested = None;
-            origin.needs_sync = false;
+            // Still wanted (a gap, or a version that differs): asked for again after the
+            // reorder window, until it comes or the origin is purged. A request fails when
+            // its connection closes (a relayed one replaced by a direct one, say), not only
+            // when the origin is gone.
             if origin.gap_since.is_some() {
                 origin.gap_since = Some(now);
+            }
+            if origin.gap_since.is_some() || origin.needs_sync {
                 self.outputs.push_back(Output::Timer {
                     at: now + self.cfg.reorder_window,
                 });
