@@ -34,6 +34,14 @@ pub struct Args {
     /// Do not look for peers on the LAN by mDNS.
     #[arg(long)]
     pub no_mdns: bool,
+    /// A relay to reserve a slot at and to reach others through, `…/p2p/<peer-id>`
+    /// (repeatable). Without one, the chat relays through the other users it reaches.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub relay: Vec<Multiaddr>,
+    /// Relay for anyone, not only for the users of this chat: for a node on a public address
+    /// that others bootstrap and relay through.
+    #[arg(long)]
+    pub relay_for_anyone: bool,
     /// Read the scopes `chat:rooms` and `chat:users` from this registry file.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,

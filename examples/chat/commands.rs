@@ -23,6 +23,8 @@ pub enum Command<'a> {
     Msg { nick: &'a str, text: &'a str },
     /// `/nick NAME`.
     Nick(&'a str),
+    /// `/addrs`.
+    Addrs,
     /// `/join`, `/msg` or `/nick` without its argument.
     NeedsArgument(&'a str),
     /// `/` followed by a name no command has.
@@ -53,6 +55,7 @@ pub fn parse(line: &str) -> Command<'_> {
         ("join", Some(room)) => Command::Join(room),
         ("leave" | "part", room) => Command::Leave(room),
         ("rooms", _) => Command::Rooms,
+        ("addrs", _) => Command::Addrs,
         ("who", room) => Command::Who(room),
         ("msg", Some(nick)) => Command::Msg {
             nick,
@@ -73,6 +76,7 @@ pub const HELP: &[&str] = &[
     "  /who [ROOM]      who is in ROOM (default: the current room)",
     "  /msg NICK TEXT   a direct message",
     "  /nick NAME       change your nick",
+    "  /addrs           where others can reach you, and how you reach each peer",
     "  /quit            leave (Ctrl-D and Ctrl-C too)",
     "  anything else is said in the current room (// to start a line with /)",
 ];

@@ -32,13 +32,21 @@
 //! - `--bootstrap MULTIADDR` (repeatable): Kademlia bootstrap nodes (`…/p2p/<peer-id>`), to
 //!   find the other users beyond the LAN.
 //! - `--no-mdns`: no multicast discovery (it is on by default).
+//! - `--relay MULTIADDR` (repeatable): a relay (`…/p2p/<peer-id>`) to reserve a slot at and
+//!   to reach the users that cannot be dialed directly through. Without one, every chat relays
+//!   for the other users it reaches, and they reach each other through it; a relayed
+//!   connection is made direct by hole punching where the NATs allow.
+//! - `--relay-for-anyone`: relay for any peer, not only for the users of this chat (a node
+//!   on a public address that others dial and relay through).
 //! - `--metrics IP:PORT`: serve `/metrics` (Prometheus) and `/health` there.
 //! - `--config PATH`: read the scopes from a registry file (for example
 //!   `examples/procgroups.toml`) instead of the built-in ones; it must define `chat:rooms` and
 //!   `chat:users`.
 //!
 //! Commands: `/join ROOM` (it becomes the current room), `/leave [ROOM]`, `/rooms`,
-//! `/who [ROOM]`, `/msg NICK TEXT`, `/nick NAME`, `/help`, `/quit`. Any other line is said in
+//! `/who [ROOM]`, `/msg NICK TEXT`, `/nick NAME`, `/addrs` (where others can reach you:
+//! listen addresses, the external ones peers confirmed, relayed ones; and how each peer is
+//! reached), `/help`, `/quit`. Any other line is said in
 //! the current room (start it with `//` to say a line that begins with `/`). Ctrl-D, `/quit`
 //! and Ctrl-C leave gracefully: the others see you leave at once.
 //!
@@ -47,6 +55,7 @@
 //!
 //! ```text
 //! * listening on /ip4/127.0.0.1/tcp/4001/p2p/12D3…
+//! * reachable at /ip4/192.0.2.7/tcp/4001/p2p/12D3…/p2p-circuit/p2p/12D3…
 //! * alice is in lobby
 //! * bob joined lobby
 //! [lobby] <bob> hello
@@ -79,8 +88,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use procgroups::{
-    ErrorKind, Event, Inbox, Instance, Message, Node, NodeBuilder, Process, ScopeConfig,
-    Subscription,
+    ErrorKind, Event, Inbox, Instance, Message, Multiaddr, Node, NodeBuilder, Process, Reach,
+    RelayServer, ScopeConfig, Subscription,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -104,6 +113,8 @@ const SAID: &str = "chat";
 const DIRECT: &str = "dm";
 /// The longest line said or sent, in bytes.
 const MAX_TEXT: usize = 4096;
+/// How often the chat looks for new external addresses to show.
+const ADDRESS_CHECK: Duration = Duration::from_secs(1);
 
 /// A line said in a room (topic [`SAID`]).
 #[derive(Debug, Serialize, Deserialize)]
@@ -171,7 +182,11 @@ async fn main() -> ExitCode {
 fn node_builder(args: &Args) -> Result<NodeBuilder, String> {
     let mut builder = Node::builder()
         .mdns(!args.no_mdns)
-        .bootstrap(args.bootstrap.iter().cloned());
+        .bootstrap(args.bootstrap.iter().cloned())
+        .relays(args.relay.iter().cloned());
+    if args.relay_for_anyone {
+        builder = builder.relay_server(RelayServer::Anyone);
+    }
     for addr in &args.listen {
         builder = builder.listen_on(addr.clone());
     }
@@ -216,11 +231,16 @@ enum Input {
     User(Event),
     Room(u64, Event),
     Due,
+    /// Time to look whether the node has new external addresses.
+    Addresses,
     Interrupt(std::io::Result<()>),
 }
 
 struct Chat {
     out: Out,
+    node: Node,
+    /// External addresses already shown.
+    shown_addrs: Vec<Multiaddr>,
     me: Process,
     nick: String,
     users: Instance,
@@ -284,6 +304,8 @@ impl Chat {
         let (room_tx, room_rx) = mpsc::unbounded_channel();
         let mut chat = Chat {
             out,
+            node: node.clone(),
+            shown_addrs: Vec::new(),
             me,
             nick: args.nick.clone(),
             users,
@@ -313,6 +335,7 @@ impl Chat {
         let interrupt = tokio::signal::ctrl_c();
         tokio::pin!(interrupt);
         let mut interrupt_armed = true;
+        let mut addresses = tokio::time::interval(ADDRESS_CHECK);
         loop {
             let due = self.pending.front().map(|(due, _)| *due);
             // In this order: what others said and did before what the user types next.
@@ -327,6 +350,7 @@ impl Chat {
                     Input::Due
                 }
                 line = lines.recv() => Input::Line(line),
+                _ = addresses.tick() => Input::Addresses,
             };
             match input {
                 Input::Line(None) => break,
@@ -340,6 +364,7 @@ impl Chat {
                 Input::User(ev) => self.on_user(&ev),
                 Input::Room(id, ev) => self.on_room(id, &ev),
                 Input::Due => self.flush(),
+                Input::Addresses => self.new_addresses(),
                 Input::Interrupt(Ok(())) => break,
                 Input::Interrupt(Err(e)) => {
                     self.out
@@ -368,6 +393,7 @@ impl Chat {
             Command::Who(room) => self.who(room),
             Command::Msg { nick, text } => self.message(nick, text),
             Command::Nick(nick) => self.rename(nick),
+            Command::Addrs => self.addresses(),
             Command::NeedsArgument(name) => {
                 self.out
                     .error(&format!("/{name} needs an argument; see /help"));
@@ -377,6 +403,34 @@ impl Chat {
             )),
         }
         true
+    }
+
+    /// Shows the external addresses (AutoNAT confirmed, or at a relay) not shown before.
+    fn new_addresses(&mut self) {
+        for addr in self.node.external_addrs() {
+            if !self.shown_addrs.contains(&addr) {
+                self.out.info(&format!("reachable at {addr}"));
+                self.shown_addrs.push(addr);
+            }
+        }
+    }
+
+    /// `/addrs`: where others can reach this node, and how it reaches each peer.
+    fn addresses(&mut self) {
+        for addr in self.node.listen_addrs() {
+            self.out.info(&format!("listening on {addr}"));
+        }
+        for addr in self.node.external_addrs() {
+            self.out.info(&format!("reachable at {addr}"));
+        }
+        for peer in self.node.connected_peers() {
+            let how = match self.node.reach(&peer) {
+                Reach::Direct => "directly",
+                Reach::Relayed => "through a relay",
+                Reach::Unreached => "not any more",
+            };
+            self.out.info(&format!("peer {peer}: reached {how}"));
+        }
     }
 
     /// A plain line: broadcast to the current room (ourselves included: our copy is the echo).

@@ -123,6 +123,16 @@ fn node_counters(
         .collect()
 }
 
+fn node_gauges(
+    label: &'static str,
+    values: &[(&'static str, usize)],
+) -> Vec<(Labels<'static>, ConstGauge<i64>)> {
+    values
+        .iter()
+        .map(|(value_label, value)| (vec![(label, *value_label)], ConstGauge::new(*value as i64)))
+        .collect()
+}
+
 fn health_value(status: HealthStatus) -> i64 {
     match status {
         HealthStatus::Healthy => 0,
@@ -164,6 +174,12 @@ impl Collector for NodeCollector {
             "peers",
             "Connected peers that host the scope.",
             gauges(&scopes, |s| s.peers),
+        )?;
+        family(
+            e,
+            "peers_relayed",
+            "Connected peers that host the scope and are reached only through a relay.",
+            gauges(&scopes, |s| s.peers_relayed),
         )?;
         family(
             e,
@@ -282,6 +298,42 @@ impl Collector for NodeCollector {
             "node_peers",
             "Connected peers of the node.",
             ConstGauge::new(node_stats.peers as i64),
+        )?;
+        family(
+            e,
+            "node_peers_by_path",
+            "Connected peers of the node by path: direct, or only through a relay.",
+            node_gauges(
+                "path",
+                &[
+                    ("direct", node_stats.peers - node_stats.peers_relayed),
+                    ("relayed", node_stats.peers_relayed),
+                ],
+            ),
+        )?;
+        single(
+            e,
+            "relay_reservations",
+            "Reservations this node holds at relays.",
+            ConstGauge::new(node_stats.relay_reservations as i64),
+        )?;
+        family(
+            e,
+            "hole_punches",
+            "Hole punches (DCUtR) of relayed connections: succeeded (now direct) or failed.",
+            node_counters(
+                "outcome",
+                &[
+                    ("succeeded", node_stats.holes_punched),
+                    ("failed", node_stats.hole_punches_failed),
+                ],
+            ),
+        )?;
+        single(
+            e,
+            "circuits_relayed",
+            "Circuits this node relayed between other peers.",
+            ConstCounter::new(node_stats.circuits_relayed),
         )?;
         single(
             e,

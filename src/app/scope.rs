@@ -348,6 +348,7 @@ impl Scope {
         stats.deltas_rejected += self.counters.net.deltas_rejected.load(Ordering::Relaxed);
         let view = self.net_view.lock().unwrap_or_else(|e| e.into_inner());
         stats.peers = view.peers;
+        stats.peers_relayed = view.relayed;
         stats.peers_unreachable = view.unreachable.len();
         stats.breakers = view.breakers;
         stats

@@ -14,6 +14,7 @@ use crate::app::metrics::MetricsSource;
 use crate::app::scope::Scope;
 use crate::app::stats::{NodeStats, ScopeStats};
 use crate::net::NetHandle;
+use crate::net::relay::Reach;
 use crate::net::wire::Frame;
 use crate::vocab::error::{Error, Result};
 use crate::vocab::policy::{Permission, Policy, Request};
@@ -64,12 +65,18 @@ impl NodeShared {
     pub(crate) fn node_stats(&self) -> NodeStats {
         let net = &self.net.shared;
         let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (peers, peers_relayed) = {
+            let connected = net.connected.read().unwrap_or_else(|e| e.into_inner());
+            let relayed = connected.values().filter(|r| **r == Reach::Relayed).count();
+            (connected.len(), relayed)
+        };
         NodeStats {
-            peers: net
-                .connected
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .len(),
+            peers,
+            peers_relayed,
+            relay_reservations: net.relay_reservations.load(Ordering::Relaxed),
+            holes_punched: read(&net.stats.holes_punched),
+            hole_punches_failed: read(&net.stats.hole_punches_failed),
+            circuits_relayed: read(&net.stats.circuits_relayed),
             known_peers: net.known_peers.load(Ordering::Relaxed),
             frames_waiting: net.queued_frames.load(Ordering::Relaxed),
             frames_sent: read(&net.stats.frames_sent),

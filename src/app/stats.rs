@@ -40,6 +40,8 @@ pub struct ScopeStats {
     pub local_members: usize,
     /// Connected peers that host the scope.
     pub peers: usize,
+    /// Of those, the ones reached only through a relay (the others are reached directly).
+    pub peers_relayed: usize,
     /// Peers of the scope lost without a goodbye and not reconnected (see
     /// [`ScopeHealth`](crate::ScopeHealth)).
     pub peers_unreachable: usize,
@@ -90,6 +92,17 @@ pub struct ScopeStats {
 pub struct NodeStats {
     /// Connected peers.
     pub peers: usize,
+    /// Of those, the ones reached only through a relay ([`Node::reach`](crate::Node::reach)).
+    pub peers_relayed: usize,
+    /// Reservations this node holds at relays (so that peers that cannot dial it reach it
+    /// through them).
+    pub relay_reservations: usize,
+    /// Relayed connections made direct by hole punching.
+    pub holes_punched: u64,
+    /// Hole punches that failed: the connection stays relayed.
+    pub hole_punches_failed: u64,
+    /// Circuits this node relayed between other peers.
+    pub circuits_relayed: u64,
     /// Peers the node keeps state of: connected, lost and remembered, or told of and being
     /// dialed; updated every 20 ms. Peer exchange adds none once there are
     /// [`BehaviourConfig::max_known_peers`](crate::net::protocols::BehaviourConfig::max_known_peers).
