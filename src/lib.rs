@@ -73,7 +73,7 @@ pub use net::{codec, wire};
 pub use testing::fuzzing;
 pub use vocab::config;
 
-pub use app::health::{HealthProblem, HealthStatus, ScopeHealth};
+pub use app::health::{HealthProblem, HealthStatus, PeerPaths, ScopeHealth};
 pub use app::instance::{GroupNames, Instance};
 pub use app::mailbox::{Inbox, Message};
 pub use app::node::{DEFAULT_MAILBOX_CAPACITY, Node, NodeBuilder};

@@ -881,3 +881,30 @@ async fn a_node_that_dials_one_member_meets_the_others() {
         n.shutdown().await;
     }
 }
+
+// ------------------------------------------------------------------------ dialing and reach
+
+#[tokio::test]
+async fn a_peer_is_dialed_by_its_id_alone_and_reached_directly() {
+    let (a, b) = pair().await;
+    assert_eq!(a.reach(&b.peer_id()), procgroups::Reach::Direct);
+    assert_eq!(b.reach(&a.peer_id()), procgroups::Reach::Direct);
+    let stranger = procgroups::PeerId::random();
+    assert_eq!(a.reach(&stranger), procgroups::Reach::Unreached);
+
+    // Cut on both sides (neither redials), then b dials `/p2p/<a>` alone: it uses the
+    // addresses it learnt of a.
+    cut(&a, &b).await;
+    assert_eq!(b.reach(&a.peer_id()), procgroups::Reach::Unreached);
+    let bare: procgroups::Multiaddr = format!("/p2p/{}", a.peer_id()).parse().expect("address");
+    b.dial(bare).expect("dial");
+    eventually("b to reach a again, directly", WAIT, || {
+        b.reach(&a.peer_id()) == procgroups::Reach::Direct
+    })
+    .await;
+    assert_eq!(
+        b.node_stats().peers_relayed,
+        0,
+        "nothing relayed on loopback"
+    );
+}

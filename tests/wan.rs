@@ -391,6 +391,24 @@ async fn two_nats(blocked: bool) {
 
     exchange("r1", &mut h1, &mut h2, &mut [&mut p], 3).await;
 
+    // Each home node holds a reservation at p: its relayed address is one of its external
+    // addresses, what it tells others to reach it by.
+    for h in [&mut h1, &mut h2] {
+        let label = h.label.clone();
+        eventually(&format!("{label} to list an address at p"), WAIT, || {
+            let external = h.external_addrs();
+            if external.iter().any(|a| {
+                a.iter().any(|p| p == Protocol::P2pCircuit)
+                    && a.iter().any(|q| q == Protocol::P2p(pp.node()))
+            }) {
+                Ok(())
+            } else {
+                Err(format!("{external:?}"))
+            }
+        })
+        .await;
+    }
+
     // Hole punching: behind these NATs (they keep a port for a socket, whoever it talks to,
     // and drop what comes unasked), DCUtR makes the relayed connection direct.
     let (id1, id2) = (h1.peer_id, h2.peer_id);

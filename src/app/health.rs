@@ -37,10 +37,24 @@ pub struct ScopeHealth {
     pub status: HealthStatus,
     /// Every problem found, worst first.
     pub problems: Vec<HealthProblem>,
+    /// How the scope's peers are reached.
+    pub peers: PeerPaths,
+}
+
+/// How the peers of a scope are reached, in a [`ScopeHealth`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerPaths {
+    /// Connected directly.
+    pub direct: usize,
+    /// Connected only through a relay.
+    pub relayed: usize,
+    /// Lost without a goodbye and not reached again.
+    pub unreachable: usize,
 }
 
 impl ScopeHealth {
-    pub(crate) fn new(scope: String, mut problems: Vec<HealthProblem>) -> Self {
+    pub(crate) fn new(scope: String, mut problems: Vec<HealthProblem>, peers: PeerPaths) -> Self {
         problems.sort_by_key(|p| std::cmp::Reverse(p.status()));
         let status = problems
             .first()
@@ -49,6 +63,7 @@ impl ScopeHealth {
             scope,
             status,
             problems,
+            peers,
         }
     }
 
@@ -177,7 +192,11 @@ mod tests {
         let stalled = HealthProblem::LoopStalled {
             silent_for: Duration::from_secs(6),
         };
-        let h = ScopeHealth::new("a:b".into(), vec![partition.clone(), stalled.clone()]);
+        let h = ScopeHealth::new(
+            "a:b".into(),
+            vec![partition.clone(), stalled.clone()],
+            PeerPaths::default(),
+        );
         assert_eq!(h.status, HealthStatus::Unhealthy);
         assert_eq!(h.problems, vec![stalled, partition]);
         assert!(!h.is_healthy());
@@ -185,7 +204,7 @@ mod tests {
             h.to_string()
                 .starts_with("a:b: unhealthy: the network loop")
         );
-        let fine = ScopeHealth::new("a:b".into(), Vec::new());
+        let fine = ScopeHealth::new("a:b".into(), Vec::new(), PeerPaths::default());
         assert!(fine.is_healthy());
         assert_eq!(fine.to_string(), "a:b: healthy");
     }

@@ -226,6 +226,12 @@ impl NodeBuilder {
     /// node does nothing on the network until that swarm is polled; `listen_on` is ignored
     /// (the application's swarm listens), and [`Node::listen_addrs`] reports what it binds.
     ///
+    /// To reach peers through relays, the application's swarm needs the relay client's
+    /// transport (`SwarmBuilder::with_relay_client`), and hands the client to the behaviour
+    /// with [`Behaviour::use_relay_client`](crate::net::behaviour::Behaviour::use_relay_client)
+    /// before it builds the swarm; without it the node still relays for others and punches
+    /// holes, but neither reserves at relays nor dials through them.
+    ///
     /// ```no_run
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// use futures::StreamExt;

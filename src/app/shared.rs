@@ -8,7 +8,7 @@ use std::time::Duration;
 use hashbrown::HashMap;
 use libp2p::PeerId;
 
-use crate::app::health::{HealthProblem, ScopeHealth};
+use crate::app::health::{HealthProblem, PeerPaths, ScopeHealth};
 use crate::app::mailbox::{Message, ProcessShared, ProcessTable};
 use crate::app::metrics::MetricsSource;
 use crate::app::scope::Scope;
@@ -105,10 +105,17 @@ impl NodeShared {
             }
         }
         let grace = scope.config.node_down_grace();
-        let mut lost: Vec<(PeerId, Duration)> = scope
+        let view = scope
             .net_view
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let paths = PeerPaths {
+            direct: view.peers - view.relayed,
+            relayed: view.relayed,
+            unreachable: view.unreachable.len(),
+        };
+        let mut lost: Vec<(PeerId, Duration)> = view
             .unreachable
             .iter()
             .map(|lost| (lost.peer, lost.since.elapsed()))
@@ -126,7 +133,7 @@ impl NodeShared {
         if queued >= max {
             problems.push(HealthProblem::Backlog { queued, max });
         }
-        ScopeHealth::new(scope.id.to_string(), problems)
+        ScopeHealth::new(scope.id.to_string(), problems, paths)
     }
 
     pub(crate) fn check_running(&self) -> Result<()> {

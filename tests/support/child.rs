@@ -17,6 +17,7 @@
 //! - `peers`: the peers it is connected to;
 //! - `addrs`: `Node::listen_addrs()`;
 //! - `reach <peer>`: `Node::reach(peer)` (`Direct`, `Relayed` or `Unreached`);
+//! - `external`: `Node::external_addrs()`;
 //! - `broadcast <text>`: its first process broadcasts `<text>` (one word) under [`TOPIC`] to
 //!   [`GROUP`]; the answer is the number of slots targeted;
 //! - `send <pid> <text>`: its first process sends `<text>` under [`TOPIC`] to `<pid>`;
@@ -167,6 +168,11 @@ async fn run_child(label: String) {
                 .map(|p| p.to_string())
                 .collect(),
             [_, "addrs"] => node.listen_addrs().iter().map(|a| a.to_string()).collect(),
+            [_, "external"] => node
+                .external_addrs()
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
             [_, "reach", peer] => {
                 let peer: PeerId = peer.parse().expect("peer id");
                 vec![format!("{:?}", node.reach(&peer))]
@@ -389,6 +395,14 @@ impl Child {
     }
 
     /// The peers this child's node is connected to.
+    /// Where others can reach the child ([`Node::external_addrs`]).
+    pub fn external_addrs(&mut self) -> Vec<Multiaddr> {
+        self.request("external")
+            .iter()
+            .map(|a| a.parse().expect("multiaddr"))
+            .collect()
+    }
+
     /// How the child reaches `peer` ([`Node::reach`]).
     pub fn reach(&mut self, peer: PeerId) -> procgroups::Reach {
         match self.request(&format!("reach {peer}")).as_slice() {

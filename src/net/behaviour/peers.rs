@@ -113,6 +113,8 @@ impl Behaviour {
             }
         } else {
             self.peers.entry(peer_id).or_default().lost(Instant::now());
+            // Its identify info says again whether it relays when it is back.
+            self.relaying.forget_relay(&peer_id);
         }
         self.share_reach(peer_id);
     }

@@ -86,6 +86,11 @@ impl Relaying {
         }
     }
 
+    /// A relay with no connection left is no relay of ours until it is back.
+    pub(super) fn forget_relay(&mut self, peer: &PeerId) {
+        self.capable.remove(peer);
+    }
+
     pub(super) fn named(&self) -> impl Iterator<Item = &Multiaddr> {
         self.named.values()
     }
