@@ -8,7 +8,8 @@
 //! - [`child`]: nodes in child OS processes (this test binary re-executed);
 //! - [`netns`]: the network namespaces of the mDNS tests (`netns.rs`, `chat.rs`, `soak.rs`),
 //!   and [`netns::as_root`];
-//! - [`topology`]: networks of several LANs, routers, NATs and blocked paths (`wan.rs`);
+//! - [`topology`]: networks of several LANs, routers, NATs and blocked paths (`wan.rs`,
+//!   `wan_figures.rs`);
 //! - [`chat`]: the chat example's users as OS processes (`chat.rs`, `wan.rs`).
 //!
 //! `support/hostile.rs`, the hostile peer, is `tests/hostile.rs`'s alone.

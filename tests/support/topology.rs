@@ -1,6 +1,6 @@
-//! Networks of several LANs for the tests across networks (`wan.rs`): Linux network namespaces
-//! joined by bridges, hosts on one or more LANs, routers between two LANs (optionally a NAT),
-//! and paths blocked on purpose.
+//! Networks of several LANs for the tests across networks (`wan.rs`, `wan_figures.rs`): Linux
+//! network namespaces joined by bridges, hosts on one or more LANs, routers between two LANs
+//! (optionally a NAT), and paths blocked on purpose.
 //!
 //! A [`Topology`] is built from names:
 //! - a **LAN** is a bridge `br0` in a namespace of its own, with the subnet `10.80.<k>.0/24`
