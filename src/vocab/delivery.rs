@@ -3,7 +3,7 @@
 //! another node carries in that node's outbox.
 
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use libp2p::PeerId;
@@ -197,6 +197,11 @@ impl Delivery {
         let Some(state) = &self.state else {
             return DeliveryOutcome::Delivered;
         };
+        if let Some(outcome) = state.outcome() {
+            return outcome;
+        }
+        // From now on the last resolution notifies (see `State::release`).
+        state.watched.store(true, Ordering::SeqCst);
         loop {
             let notified = state.notify.notified();
             tokio::pin!(notified);
@@ -231,19 +236,25 @@ impl fmt::Debug for Delivery {
 struct State {
     /// Tickets not yet resolved, plus one while the [`Tracking`] that issues them lives.
     pending: AtomicUsize,
+    /// Someone waits in [`Delivery::outcome`]: the last resolution notifies. Nobody waits
+    /// for most deliveries, which then skip `Notify`'s lock.
+    watched: AtomicBool,
     results: Mutex<Results>,
     notify: Notify,
 }
 
+/// The nodes resolved so far. The first to acknowledge is kept inline: a `send` (one node)
+/// allocates nothing more.
 #[derive(Default)]
 struct Results {
-    delivered: Vec<PeerId>,
+    first_delivered: Option<PeerId>,
+    more_delivered: Vec<PeerId>,
     failed: Vec<FailedNode>,
 }
 
 impl State {
     fn outcome(&self) -> Option<DeliveryOutcome> {
-        if self.pending.load(Ordering::Acquire) != 0 {
+        if self.pending.load(Ordering::SeqCst) != 0 {
             return None;
         }
         let results = self.results.lock().unwrap_or_else(|e| e.into_inner());
@@ -251,7 +262,12 @@ impl State {
             DeliveryOutcome::Delivered
         } else {
             DeliveryOutcome::Failed {
-                delivered: results.delivered.clone(),
+                delivered: results
+                    .first_delivered
+                    .iter()
+                    .chain(&results.more_delivered)
+                    .copied()
+                    .collect(),
                 failed: results.failed.clone(),
             }
         })
@@ -261,7 +277,8 @@ impl State {
         {
             let mut results = self.results.lock().unwrap_or_else(|e| e.into_inner());
             match result {
-                None => results.delivered.push(peer),
+                None if results.first_delivered.is_none() => results.first_delivered = Some(peer),
+                None => results.more_delivered.push(peer),
                 Some(reason) => results.failed.push(FailedNode { peer, reason }),
             }
         }
@@ -269,7 +286,9 @@ impl State {
     }
 
     fn release(&self) {
-        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // SeqCst with `watched`: either the waiter sees `pending` at 0 after it set
+        // `watched`, or this sees `watched` set and notifies.
+        if self.pending.fetch_sub(1, Ordering::SeqCst) == 1 && self.watched.load(Ordering::SeqCst) {
             self.notify.notify_waiters();
         }
     }
@@ -287,6 +306,7 @@ impl Tracking {
         Self {
             state: Arc::new(State {
                 pending: AtomicUsize::new(1),
+                watched: AtomicBool::new(false),
                 results: Mutex::new(Results::default()),
                 notify: Notify::new(),
             }),
