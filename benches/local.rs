@@ -1,7 +1,9 @@
-//! Local (single-node) benchmarks: the local rows of the README's Performance section.
+//! Local (single-node) benchmarks: the local rows of the README's Performance section, and
+//! the cost of the `send` call to another node's process (`send_remote_call_only`, two nodes
+//! over loopback: the call is timed, the arrival of the messages is not).
 //!
 //! Run with `cargo bench --bench local`. Every operation measured here is synchronous; the
-//! tokio runtime only builds the node.
+//! tokio runtime only builds the nodes (and waits for the remote messages).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -238,7 +240,10 @@ fn broadcast_local(c: &mut Criterion) {
     let rt = runtime();
     let node = node(&rt);
     let mut s = broadcast_setup(&node, MEMBERS);
-    assert_eq!(s.sender.pg.broadcast("g", "t", &42u64).unwrap(), MEMBERS);
+    assert_eq!(
+        s.sender.pg.broadcast("g", "t", &42u64).unwrap().slots(),
+        MEMBERS
+    );
     assert_eq!(drain_inboxes(&mut s.inboxes), MEMBERS);
 
     // One broadcast, then every member takes the message out of its inbox.
@@ -251,7 +256,7 @@ fn broadcast_local(c: &mut Criterion) {
                 .pg
                 .broadcast(black_box("g"), black_box("t"), black_box(&42u64))
                 .unwrap();
-            debug_assert_eq!(n, MEMBERS);
+            debug_assert_eq!(n.slots(), MEMBERS);
             drain_inboxes(&mut s.inboxes)
         });
     });
@@ -283,6 +288,73 @@ fn broadcast_local(c: &mut Criterion) {
     assert_eq!(dropped, 0, "an inbox overflowed");
 }
 
+/// `send` to one process: on this node (served in place), and to another node's process (the
+/// call alone, which queues a frame for that node's outbox; the messages are then awaited
+/// outside the timed section).
+fn send(c: &mut Criterion) {
+    const BATCH: usize = 100;
+    let rt = runtime();
+    let a = node(&rt);
+    let sender = a.spawn_process();
+    let local = a.spawn_process();
+    let mut local_inbox = local.listen("t");
+    sender.send(&local.pid(), "t", &42u64).unwrap();
+    assert!(local_inbox.try_recv().is_some());
+
+    let mut group = c.benchmark_group("send_local");
+    group.bench_function(BenchmarkId::from_parameter(1), |b| {
+        b.iter(|| {
+            black_box(
+                sender
+                    .send(black_box(&local.pid()), black_box("t"), black_box(&42u64))
+                    .unwrap(),
+            );
+            local_inbox.try_recv()
+        });
+    });
+    group.finish();
+
+    let b_node = node(&rt);
+    a.dial(b_node.listen_addrs()[0].clone()).unwrap();
+    let remote = b_node.spawn_process();
+    let mut remote_inbox = remote.listen("t");
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !a.connected_peers().contains(&b_node.peer_id()) {
+            assert!(Instant::now() < deadline, "the nodes did not connect");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let mut group = c.benchmark_group("send_remote_call_only");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function(BenchmarkId::from_parameter(BATCH), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                for _ in 0..BATCH {
+                    black_box(
+                        sender
+                            .send(black_box(&remote.pid()), black_box("t"), black_box(&42u64))
+                            .unwrap(),
+                    );
+                }
+                total += start.elapsed();
+                rt.block_on(async {
+                    for _ in 0..BATCH {
+                        tokio::time::timeout(Duration::from_secs(10), remote_inbox.recv())
+                            .await
+                            .expect("the remote message arrives")
+                            .expect("the inbox is open");
+                    }
+                });
+            }
+            total
+        });
+    });
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -293,6 +365,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = join_leave, join_batch, get_members, events_fanout, broadcast_local
+    targets = join_leave, join_batch, get_members, events_fanout, broadcast_local, send
 }
 criterion_main!(benches);

@@ -1362,7 +1362,7 @@ async fn broadcast(args: &Args, node: &Node, b: &mut ChildB, local: usize) -> Re
         let t0 = now_ns();
         let mut targeted = 0;
         for i in 0..args.messages {
-            targeted += sender.pg.broadcast(&group, TOPIC, &(i as u64))?;
+            targeted += sender.pg.broadcast(&group, TOPIC, &(i as u64))?.slots();
         }
         let a_complete = a_counter.wait().await;
         let r = b.expect("done").await?;

@@ -565,8 +565,8 @@ async fn broadcast(pg: &Instance, node: u32, n: u64) -> Res<u64> {
         let started = Instant::now();
         loop {
             match pg.broadcast(ALL, TOPIC, &Seq { node, seq }) {
-                Ok(slots) => {
-                    targets += slots as u64;
+                Ok(delivery) => {
+                    targets += delivery.slots() as u64;
                     break;
                 }
                 Err(e) if e.kind() == ErrorKind::Unavailable => {

@@ -37,8 +37,13 @@ async fn main() -> procgroups::Result<()> {
         workers.push((worker, instance, inbox));
     }
 
-    let targeted = pg.broadcast("workers", "task", &Task { id: 42 })?;
-    println!("task 42 sent to {targeted} slots");
+    let delivery = pg.broadcast("workers", "task", &Task { id: 42 })?;
+    // Every slot is on this node: delivered at once (to another node, once it acknowledged).
+    println!(
+        "task 42 sent to {} slots: {}",
+        delivery.slots(),
+        delivery.outcome().await
+    );
     for (worker, _, inbox) in &mut workers {
         let msg = inbox.recv().await.expect("the worker is alive");
         let task: Task = msg.decode()?;

@@ -46,7 +46,8 @@
 
 // The layers, lowest first; a layer imports only the layers below it (`tests/architecture.rs`
 // checks it, and docs/architecture.md describes each):
-// - `vocab`: the shared vocabulary (pids, errors, configuration, policy, member lists, events);
+// - `vocab`: the shared vocabulary (pids, errors, configuration, policy, member lists, events,
+//   delivery outcomes);
 // - `proto`: the sans-IO core, one state machine per scope;
 // - `net`: the libp2p behaviour, which reaches the application through `net::host`'s traits;
 // - `app`: the application's side (node, processes, instances, scopes, subscriptions, health,
@@ -84,6 +85,7 @@ pub use net::relay::{Reach, RelayConfig, RelayServer};
 pub use net::view::BreakerCounts;
 pub use proto::groups::MAX_GROUP_NAME_LEN;
 pub use vocab::config::{ConfigError, ScopeConfig, ScopeConfigBuilder};
+pub use vocab::delivery::{AttemptError, Delivery, DeliveryOutcome, FailedNode, FailureReason};
 pub use vocab::error::{Error, ErrorKind, Limit, Result};
 pub use vocab::event::{Event, EventKind};
 pub use vocab::members::Members;

@@ -270,7 +270,7 @@ async fn a_process_that_never_reads_holds_its_mailbox_capacity_and_others_still_
     let probe = Probe::start(&b);
     let started = Instant::now();
     for i in 0..FLOOD {
-        assert_eq!(sender.broadcast("g", "t", &i).unwrap(), 4);
+        assert_eq!(sender.broadcast("g", "t", &i).unwrap().slots(), 4);
         // Paced on the readers: at most 512 messages ahead of the slower one.
         if i % 512 == 511 {
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -406,8 +406,8 @@ async fn a_peer_that_never_reads_its_socket_leaves_the_outboxes_bounded() {
     })
     .await;
     // Both deliver while the peer reads.
-    assert_eq!(sender.broadcast("g", "t", &0u64).unwrap(), 1);
-    assert_eq!(sender.broadcast("h", "t", &0u64).unwrap(), 1);
+    assert_eq!(sender.broadcast("g", "t", &0u64).unwrap().slots(), 1);
+    assert_eq!(sender.broadcast("h", "t", &0u64).unwrap().slots(), 1);
     for inbox in [&mut far_inbox, &mut near_inbox] {
         let m = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
             .await
@@ -429,7 +429,7 @@ async fn a_peer_that_never_reads_its_socket_leaves_the_outboxes_bounded() {
     let mut sent = 0u64;
     let mut most_waiting = 0;
     let full = loop {
-        match sender.broadcast("g", "t", &(sent + 1)) {
+        match sender.broadcast("g", "t", &(sent + 1)).map(|d| d.slots()) {
             Ok(1) => sent += 1,
             Ok(n) => panic!("{n} slots targeted"),
             Err(e) => break e,
@@ -492,7 +492,7 @@ async fn a_peer_that_never_reads_its_socket_leaves_the_outboxes_bounded() {
     .await;
 
     // Delivery to the third node works again, and the flooded scope answered all along.
-    assert_eq!(sender.broadcast("h", "t", &2u64).unwrap(), 1);
+    assert_eq!(sender.broadcast("h", "t", &2u64).unwrap().slots(), 1);
     let m = tokio::time::timeout(Duration::from_secs(5), near_inbox.recv())
         .await
         .expect("the third node gets its message")
@@ -500,7 +500,7 @@ async fn a_peer_that_never_reads_its_socket_leaves_the_outboxes_bounded() {
     assert_eq!(m.decode::<u64>().unwrap(), 2);
     // A broadcast to the stalled peer is now refused by its open breaker at once, and counted.
     let lost = a.node_stats().frames_lost;
-    assert_eq!(sender.broadcast("g", "t", &0u64).unwrap(), 1);
+    assert_eq!(sender.broadcast("g", "t", &0u64).unwrap().slots(), 1);
     eventually(
         "the refused frame counted lost",
         Duration::from_secs(5),

@@ -107,7 +107,7 @@ async fn remote_join_is_visible() {
     })
     .await;
     let mut inbox = pb.listen("t");
-    assert_eq!(ga.broadcast("g", "t", &"hi").unwrap(), 2);
+    assert_eq!(ga.broadcast("g", "t", &"hi").unwrap().slots(), 2);
     let m = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
         .await
         .unwrap()
@@ -256,7 +256,7 @@ async fn counted_slots_are_the_same_on_every_node() {
 
     // A broadcast counts slots on the peer too.
     let (_sender, gs) = spawn(&b);
-    assert_eq!(gs.broadcast("many", "t", &0u8).unwrap(), 12);
+    assert_eq!(gs.broadcast("many", "t", &0u8).unwrap().slots(), 12);
 }
 
 /// 4. A process joins only itself: whatever node B sees for groups joined on A is A's, and B's
@@ -771,7 +771,7 @@ async fn restart(graceful: bool) {
 
     // Messages both ways, with the new incarnation only.
     let mut inbox_b = pb.listen("t");
-    assert_eq!(gb.broadcast("g", "t", &1u32).unwrap(), 2);
+    assert_eq!(gb.broadcast("g", "t", &1u32).unwrap().slots(), 2);
     let m = next_message(&mut inbox_new).await;
     assert_eq!((m.from(), m.decode::<u32>().unwrap()), (pb.pid(), 1));
     assert_eq!(next_message(&mut inbox_b).await.decode::<u32>().unwrap(), 1);
@@ -815,8 +815,8 @@ async fn broadcasts_reach_every_slot_once_in_order() {
 
     // Two senders at once; the last message of each is `N`, an end marker.
     for n in 0..=N {
-        assert_eq!(ga.broadcast("g", "n", &n).unwrap(), total);
-        assert_eq!(gc.broadcast("g", "n", &n).unwrap(), total);
+        assert_eq!(ga.broadcast("g", "n", &n).unwrap().slots(), total);
+        assert_eq!(gc.broadcast("g", "n", &n).unwrap().slots(), total);
     }
     for (p, inbox, slots) in &mut receivers {
         let mut got: BTreeMap<Pid, Vec<u32>> = BTreeMap::new();

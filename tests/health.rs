@@ -263,7 +263,7 @@ async fn metrics_count_members_deltas_and_deliveries() {
     })
     .await;
     let mut a_inbox = pa.listen("news");
-    assert_eq!(ga.broadcast("g", "news", &1u8).unwrap(), 3);
+    assert_eq!(ga.broadcast("g", "news", &1u8).unwrap().slots(), 3);
     tokio::time::timeout(Duration::from_secs(5), inbox.recv())
         .await
         .unwrap()

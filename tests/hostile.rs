@@ -852,7 +852,7 @@ async fn a_peer_that_never_reads_is_bounded_by_the_outbox() {
     let expected = truth(&[("b", &[pb.pid()]), ("w", &[h1])]);
     converge("the hostile member everywhere", &[&ga, &gb], &expected).await;
     // A delivery works while it reads.
-    assert_eq!(ga.broadcast("w", "t", &0u32).unwrap(), 1);
+    assert_eq!(ga.broadcast("w", "t", &0u32).unwrap().slots(), 1);
     eventually("the first batch acknowledged", WAIT, || {
         h.seen().batches.len() == 1
     })
@@ -872,8 +872,8 @@ async fn a_peer_that_never_reads_is_bounded_by_the_outbox() {
         let result = ga.broadcast("w", "t", &(sent as u32));
         slowest = slowest.max(call.elapsed());
         match result {
-            Ok(n) => {
-                assert_eq!(n, 1);
+            Ok(delivery) => {
+                assert_eq!(delivery.slots(), 1);
                 sent += 1;
             }
             Err(e) => break e,
@@ -918,7 +918,7 @@ async fn a_peer_that_never_reads_is_bounded_by_the_outbox() {
     // While it is open, broadcasts return at once and its frames are counted lost.
     let call = Instant::now();
     for i in 0..1000u32 {
-        assert_eq!(ga.broadcast("w", "t", &i).unwrap(), 1);
+        assert_eq!(ga.broadcast("w", "t", &i).unwrap().slots(), 1);
     }
     let thousand = call.elapsed();
     eventually("the refused frames counted", WAIT, || {
@@ -938,7 +938,7 @@ async fn a_peer_that_never_reads_is_bounded_by_the_outbox() {
 
     // (d) The honest node still gets A's broadcasts, in order, and joins still propagate.
     for i in 0..10u32 {
-        assert_eq!(ga.broadcast("b", "t", &i).unwrap(), 1);
+        assert_eq!(ga.broadcast("b", "t", &i).unwrap().slots(), 1);
     }
     for i in 0..10u32 {
         let m = tokio::time::timeout(WAIT, inbox_b.recv())

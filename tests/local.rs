@@ -177,8 +177,8 @@ async fn unknown_group_is_empty() -> Result<()> {
     assert!(pg.get_local_members("nobody")?.is_empty());
     assert!(pg.which_groups()?.is_empty());
     assert!(pg.which_local_groups()?.is_empty());
-    assert_eq!(pg.broadcast("nobody", "t", &1u8)?, 0);
-    assert_eq!(pg.broadcast_local("nobody", "t", &1u8)?, 0);
+    assert_eq!(pg.broadcast("nobody", "t", &1u8)?.slots(), 0);
+    assert_eq!(pg.broadcast_local("nobody", "t", &1u8)?.slots(), 0);
     assert!(pg.monitor("nobody")?.1.is_empty());
     assert!(pg.events()?.1.is_empty());
     Ok(())
@@ -948,7 +948,7 @@ async fn broadcast_delivers_once_per_slot() -> Result<()> {
     .into_iter()
     .enumerate()
     {
-        assert_eq!(broadcast(&spg, "g", "t", &task())?, 5);
+        assert_eq!(broadcast(&spg, "g", "t", &task())?.slots(), 5);
         for (p, inbox, slots) in &mut listeners {
             for _ in 0..*slots {
                 let msg = next_message(inbox).await;
@@ -972,7 +972,7 @@ async fn messages_from_one_sender_arrive_in_order() -> Result<()> {
     rpg.join("g")?;
     for i in 0..100u32 {
         if i % 2 == 0 {
-            assert_eq!(spg.broadcast("g", "n", &i)?, 1);
+            assert_eq!(spg.broadcast("g", "n", &i)?.slots(), 1);
         } else {
             sender.send(&receiver.pid(), "n", &i)?;
         }

@@ -487,7 +487,7 @@ impl Soak {
             (worker.process.pid(), seq, before, result, after)
         };
         let n = match result {
-            Ok(n) => n,
+            Ok(delivery) => delivery.slots(),
             Err(e) if e.kind() == ErrorKind::Unavailable => {
                 self.counts.broadcast_unavailable += 1;
                 return;

@@ -63,8 +63,13 @@
 //! * lobby: alice, bob
 //! * lobby (2)
 //! * bob left lobby
+//! * delivered to bob
+//! ! not delivered to dave: gave up after 4 attempt(s), last: node unreachable
 //! ! no user named dave
 //! ```
+//!
+//! A direct message is shown at once (`[dm -> bob] <alice> psst`); the line saying whether
+//! bob's node accepted it follows when that is known, without holding up the chat.
 //!
 //! A user whose nick this node does not know (yet) is shown by its pid.
 //!
@@ -88,8 +93,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use procgroups::{
-    ErrorKind, Event, Inbox, Instance, Message, Multiaddr, Node, NodeBuilder, Process, Reach,
-    RelayServer, ScopeConfig, Subscription,
+    DeliveryOutcome, ErrorKind, Event, Inbox, Instance, Message, Multiaddr, Node, NodeBuilder,
+    Process, Reach, RelayServer, ScopeConfig, Subscription,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -230,6 +235,8 @@ enum Input {
     Direct(Message),
     User(Event),
     Room(u64, Event),
+    /// The fate of a direct message to a nick.
+    Fate(String, DeliveryOutcome),
     Due,
     /// Time to look whether the node has new external addresses.
     Addresses,
@@ -255,6 +262,10 @@ struct Chat {
     next_watch: u64,
     room_tx: mpsc::UnboundedSender<(u64, Event)>,
     room_rx: mpsc::UnboundedReceiver<(u64, Event)>,
+    /// The outcomes of direct messages, each awaited by a task of its own so that the loop
+    /// never waits for the network.
+    fate_tx: mpsc::UnboundedSender<(String, DeliveryOutcome)>,
+    fate_rx: mpsc::UnboundedReceiver<(String, DeliveryOutcome)>,
     /// Lines waiting for a nick, in order, each with its deadline.
     pending: VecDeque<(Instant, Shown)>,
 }
@@ -302,6 +313,7 @@ impl Chat {
         })?;
 
         let (room_tx, room_rx) = mpsc::unbounded_channel();
+        let (fate_tx, fate_rx) = mpsc::unbounded_channel();
         let mut chat = Chat {
             out,
             node: node.clone(),
@@ -319,6 +331,8 @@ impl Chat {
             next_watch: 0,
             room_tx,
             room_rx,
+            fate_tx,
+            fate_rx,
             pending: VecDeque::new(),
         };
         chat.enter(LOBBY)
@@ -345,6 +359,7 @@ impl Chat {
                 Some(msg) = self.said.recv() => Input::Said(msg),
                 Some(msg) = self.direct.recv() => Input::Direct(msg),
                 Some((id, ev)) = self.room_rx.recv() => Input::Room(id, ev),
+                Some((nick, outcome)) = self.fate_rx.recv() => Input::Fate(nick, outcome),
                 Some(ev) = self.users_events.recv() => Input::User(ev),
                 () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                     Input::Due
@@ -363,6 +378,7 @@ impl Chat {
                 Input::Direct(msg) => self.on_direct(&msg),
                 Input::User(ev) => self.on_user(&ev),
                 Input::Room(id, ev) => self.on_room(id, &ev),
+                Input::Fate(nick, outcome) => self.out.fate(&nick, &outcome),
                 Input::Due => self.flush(),
                 Input::Addresses => self.new_addresses(),
                 Input::Interrupt(Ok(())) => break,

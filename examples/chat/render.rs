@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use procgroups::Pid;
+use procgroups::{DeliveryOutcome, Pid};
 use tokio::time::Instant;
 
 use super::Chat;
@@ -77,6 +77,18 @@ impl Out {
             self.paint(CYAN, &format!("[{room}]")),
             self.paint(BOLD, &format!("<{nick}>"))
         ));
+    }
+
+    /// `* delivered to nick` once nick's node accepted a direct message, else
+    /// `! not delivered to nick: reason`.
+    pub fn fate(&self, nick: &str, outcome: &DeliveryOutcome) {
+        match outcome {
+            DeliveryOutcome::Delivered => self.info(&format!("delivered to {nick}")),
+            DeliveryOutcome::Failed { failed, .. } => {
+                let reasons: Vec<String> = failed.iter().map(|f| f.reason.to_string()).collect();
+                self.error(&format!("not delivered to {nick}: {}", reasons.join("; ")));
+            }
+        }
     }
 
     /// `[dm] <nick> text`, or `[dm -> to] <nick> text` for the sender's copy.

@@ -101,7 +101,14 @@ impl Chat {
             text: text.to_owned(),
         };
         match self.me.send(&to, DIRECT, &direct) {
-            Ok(()) => self.out.direct(Some(nick), &self.nick, text),
+            Ok(delivery) => {
+                self.out.direct(Some(nick), &self.nick, text);
+                // The outcome comes back through the chat's loop, which does not wait for it.
+                let (fates, nick) = (self.fate_tx.clone(), nick.to_owned());
+                tokio::spawn(async move {
+                    fates.send((nick, delivery.outcome().await)).ok();
+                });
+            }
             Err(e) => self.out.error(&format!("not sent to {nick}: {e}")),
         }
     }

@@ -11,6 +11,7 @@ use crate::app::scope::Scope;
 use crate::app::shared::NodeShared;
 use crate::net::wire::Frame;
 use crate::proto::groups::group_name_problem;
+use crate::vocab::delivery::{Delivery, Tracking};
 use crate::vocab::error::{Error, Result};
 use crate::vocab::policy::Permission;
 use crate::{Members, Subscription};
@@ -90,7 +91,7 @@ impl<T: GroupNames + ?Sized> GroupNames for &T {
 /// assert_eq!(&*pg.which_groups()?, ["all".into(), "workers".into()]);
 /// pg.leave(["workers", "nowhere"])?;                   // best effort
 /// assert_eq!(pg.leave("nowhere").unwrap_err().kind(), ErrorKind::Invalid);
-/// assert_eq!(pg.broadcast("all", "hello", "world")?, 1); // one slot targeted
+/// assert_eq!(pg.broadcast("all", "hello", "world")?.slots(), 1); // one slot targeted
 /// pg.release();
 /// assert_eq!(pg.join("x").unwrap_err().kind(), ErrorKind::Invalid);
 /// # Ok(()) }
@@ -204,55 +205,66 @@ impl Instance {
     }
 
     /// Sends `payload` under `topic` to every slot of `group`, wherever it runs: a process
-    /// that joined twice gets it twice. The payload is encoded with CBOR once. Returns the
-    /// number of slots targeted (0 for an empty group).
+    /// that joined twice gets it twice. The payload is encoded with CBOR once. Returns at
+    /// once a [`Delivery`]: [`slots`](Delivery::slots) is the number of slots targeted (0 for
+    /// an empty group), and [`outcome`](Delivery::outcome) says whether every node targeted
+    /// got it. The handle may be dropped: the message goes on its way the same.
     ///
     /// Each recipient gets it in its inbox for `topic`, or counts it as dropped (see
     /// [`Process::listen`](crate::Process::listen)). Messages from one process to another
     /// arrive in the order sent.
     ///
-    /// Local slots are served in place. Each other node with members gets one frame (the
-    /// payload and its slots) through its outbox: batched, retried and guarded by a circuit
-    /// breaker per the scope's delivery settings; what cannot be delivered is lost and
-    /// counted by this node, and the call does not wait. When 65 536 frames already wait for
-    /// the network, the broadcast is `Unavailable` and delivers nothing.
+    /// Local slots are served in place and count as delivered at once. Each other node with
+    /// members gets one frame (the payload and its slots) through its outbox: batched,
+    /// retried and guarded by a circuit breaker per the scope's delivery settings. The
+    /// delivery is [`Delivered`](crate::DeliveryOutcome::Delivered) once every such node has
+    /// acknowledged its frame (accepted it: a slot whose process exited meanwhile drops it
+    /// there); a node given up (every attempt failed, breaker open, queue full, shutdown) is
+    /// listed in [`Failed`](crate::DeliveryOutcome::Failed) with its reason, next to the
+    /// nodes that did acknowledge, and counted lost by this node. When `MAX_QUEUED_FRAMES`
+    /// (src/net/outbox.rs) frames already wait for the network, the broadcast is
+    /// `Unavailable` and delivers nothing.
     pub fn broadcast<T: Serialize + ?Sized>(
         &self,
         group: &str,
         topic: &str,
         payload: &T,
-    ) -> Result<usize> {
+    ) -> Result<Delivery> {
         self.group(group, Permission::Broadcast)?;
         let (all, local) = self.scope.targets(group);
         self.deliver(&all, &local, topic, payload)
     }
 
-    /// Like [`broadcast`](Self::broadcast), to the slots of `group` on this node only.
+    /// Like [`broadcast`](Self::broadcast), to the slots of `group` on this node only: the
+    /// delivery is [`Delivered`](crate::DeliveryOutcome::Delivered) at once.
     pub fn broadcast_local<T: Serialize + ?Sized>(
         &self,
         group: &str,
         topic: &str,
         payload: &T,
-    ) -> Result<usize> {
+    ) -> Result<Delivery> {
         self.group(group, Permission::BroadcastLocal)?;
         let local = self.scope.local_members(group);
         self.deliver(&local, &local, topic, payload)
     }
 
     /// Encodes once, serves the local slots in place and queues one frame per other node
-    /// (with that node's slots as targets) for its outbox.
+    /// (with that node's slots as targets, and the ticket of the delivery) for its outbox.
+    /// Past the check of the node-wide bound (and the local slots served), the call succeeds:
+    /// a node refused after it (the queue filled up meanwhile, the node stopped) is a failure
+    /// of the delivery.
     fn deliver<T: Serialize + ?Sized>(
         &self,
         all: &Members,
         local: &Members,
         topic: &str,
         payload: &T,
-    ) -> Result<usize> {
+    ) -> Result<Delivery> {
         if topic.is_empty() {
             return Err(Error::EmptyTopic);
         }
         if all.is_empty() {
-            return Ok(0);
+            return Ok(Delivery::local(0));
         }
         if all.len() > local.len() {
             self.node.check_network_room()?;
@@ -264,23 +276,30 @@ impl Instance {
         counters
             .slots_local
             .fetch_add(local.len() as u64, Ordering::Relaxed);
-        if all.len() > local.len() {
-            counters
-                .slots_remote
-                .fetch_add((all.len() - local.len()) as u64, Ordering::Relaxed);
-            let me = self.node.peer_id;
-            for (node, targets) in all.node_runs().filter(|(n, _)| *n != me) {
-                let frame = Frame {
-                    from: self.process.pid.id(),
-                    topic: message.topic_shared(),
-                    payload: message.payload().clone(),
-                    targets,
-                };
-                self.node.deliver_remote(node, frame)?;
-                counters.frames_queued.fetch_add(1, Ordering::Relaxed);
+        if all.len() == local.len() {
+            return Ok(Delivery::local(all.len()));
+        }
+        counters
+            .slots_remote
+            .fetch_add((all.len() - local.len()) as u64, Ordering::Relaxed);
+        let tracking = Tracking::new();
+        let me = self.node.peer_id;
+        for (node, targets) in all.node_runs().filter(|(n, _)| *n != me) {
+            let frame = Frame {
+                from: self.process.pid.id(),
+                topic: message.topic_shared(),
+                payload: message.payload().clone(),
+                targets,
+            };
+            // A refusal has failed the node's ticket with its reason.
+            match self.node.deliver_remote(node, frame, tracking.ticket(node)) {
+                Ok(()) => {
+                    counters.frames_queued.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => tracing::debug!(%node, %e, "broadcast frame refused"),
             }
         }
-        Ok(all.len())
+        Ok(tracking.finish(all.len()))
     }
 
     /// Subscribes to the joins and leaves of `group` and returns its current members, in one

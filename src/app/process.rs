@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 
 use crate::app::shared::NodeShared;
+use crate::vocab::delivery::{Delivery, Tracking};
 use crate::vocab::error::{Error, Result};
 use crate::vocab::policy::Permission;
 use crate::{Instance, Pid};
@@ -33,8 +34,8 @@ use crate::app::mailbox::{Inbox, Message, ProcessShared, encode_payload};
 /// pg.join("workers")?;
 ///
 /// let boss = node.spawn_process();
-/// let n = boss.open("app:pg")?.broadcast("workers", "task", &42u32)?;
-/// assert_eq!(n, 1);
+/// let delivery = boss.open("app:pg")?.broadcast("workers", "task", &42u32)?;
+/// assert_eq!(delivery.slots(), 1);
 /// let msg = tasks.recv().await.unwrap();
 /// assert_eq!((msg.from(), msg.decode::<u32>()?), (boss.pid(), 42));
 /// # Ok(()) }
@@ -90,9 +91,23 @@ impl Process {
     /// A message to another node's process goes through that node's outbox and the call does
     /// not wait for it: messages to one node arrive in the order sent, a batch that fails is
     /// retried (`max_retries`, `retry_base_delay`, `retry_max_delay`), and what cannot be
-    /// delivered (no route, breaker open, retries exhausted) is lost and counted by the
-    /// sending node. A remote process that does not exist drops it silently.
-    pub fn send<T: Serialize + ?Sized>(&self, to: &Pid, topic: &str, payload: &T) -> Result<()> {
+    /// delivered (every attempt failed, breaker open, queue full, shutdown) is given
+    /// up and counted by the sending node. The returned [`Delivery`] tells which:
+    /// [`outcome`](Delivery::outcome) resolves once the target's node has acknowledged the
+    /// message or it was given up, with the [`FailureReason`](crate::FailureReason). A
+    /// remote process that does not exist is not an error: its node accepts the message (the
+    /// delivery is [`Delivered`](crate::DeliveryOutcome::Delivered)) and drops it. A local
+    /// target that exists is delivered at once. The handle may be dropped: the message goes
+    /// on its way the same.
+    ///
+    /// `Unavailable` when the node is shut down, or when `MAX_QUEUED_FRAMES` (src/net/outbox.rs)
+    /// messages wait for the network already.
+    pub fn send<T: Serialize + ?Sized>(
+        &self,
+        to: &Pid,
+        topic: &str,
+        payload: &T,
+    ) -> Result<Delivery> {
         self.node.check_running()?;
         if topic.is_empty() {
             return Err(Error::EmptyTopic);
@@ -105,11 +120,14 @@ impl Process {
                 payload,
                 targets: Arc::new([to.id()]),
             };
-            return self.node.deliver_remote(to.node(), frame);
+            let tracking = Tracking::new();
+            self.node
+                .deliver_remote(to.node(), frame, tracking.ticket(to.node()))?;
+            return Ok(tracking.finish(1));
         }
         let message = Message::new(self.pid(), topic, payload);
         if self.node.deliver_local(to.id(), message) {
-            Ok(())
+            Ok(Delivery::local(1))
         } else {
             Err(Error::ProcessNotFound {
                 pid: to.to_string(),

@@ -16,6 +16,7 @@ use crate::app::stats::{NodeStats, ScopeStats};
 use crate::net::NetHandle;
 use crate::net::relay::Reach;
 use crate::net::wire::Frame;
+use crate::vocab::delivery::Ticket;
 use crate::vocab::error::{Error, Result};
 use crate::vocab::policy::{Permission, Policy, Request};
 use crate::{Members, Pid};
@@ -206,9 +207,9 @@ impl NodeShared {
         self.net.check_room()
     }
 
-    /// Queues a frame for processes of another node.
-    pub(crate) fn deliver_remote(&self, peer: PeerId, frame: Frame) -> Result<()> {
-        self.net.deliver(peer, frame)
+    /// Queues a frame for processes of another node, with the ticket of its delivery.
+    pub(crate) fn deliver_remote(&self, peer: PeerId, frame: Frame, ticket: Ticket) -> Result<()> {
+        self.net.deliver(peer, frame, Some(ticket))
     }
 
     /// The exit of a process: idempotent.

@@ -114,7 +114,9 @@ pub struct NodeStats {
     /// Messages received from other nodes, one per target slot of each frame (whether the
     /// target process still runs or not); a retried batch is counted once.
     pub frames_received: u64,
-    /// Frames given up: retries exhausted, breaker open, or the peer gone.
+    /// Frames given up: every attempt failed (retries used up, or the breaker opened), refused
+    /// by the peer's outbox (breaker open, queue full), or waiting when the node stopped. Each
+    /// is a [`FailedNode`](crate::FailedNode) of its [`Delivery`](crate::Delivery).
     pub frames_lost: u64,
     /// Batches received twice (a retry whose first try had arrived) and delivered once.
     pub batches_duplicate: u64,

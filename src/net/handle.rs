@@ -14,6 +14,7 @@ use crate::net::outbox::MAX_QUEUED_FRAMES;
 use crate::net::relay::Reach;
 use crate::net::view::Heartbeat;
 use crate::net::wire::Frame;
+use crate::vocab::delivery::{FailureReason, Ticket};
 use crate::vocab::error::{Error, Result};
 
 /// Counters of the network side, readable from any thread.
@@ -79,7 +80,12 @@ pub(crate) const GOODBYE_WAIT: Duration = Duration::from_secs(1);
 pub(crate) enum Command {
     Dial(Multiaddr),
     Disconnect(PeerId),
-    Deliver { peer: PeerId, frame: Frame },
+    /// A frame for `peer`'s outbox, with the ticket of its delivery (if it is tracked).
+    Deliver {
+        peer: PeerId,
+        frame: Frame,
+        ticket: Option<Ticket>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -118,16 +124,25 @@ impl NetHandle {
         Ok(())
     }
 
-    /// Queues a frame, or refuses it at once when [`MAX_QUEUED_FRAMES`] wait already.
-    pub(crate) fn deliver(&self, peer: PeerId, frame: Frame) -> Result<()> {
+    /// Queues a frame, or refuses it at once when [`MAX_QUEUED_FRAMES`] wait already (its
+    /// ticket fails as [`QueueFull`](FailureReason::QueueFull)) or the behaviour has stopped
+    /// (the ticket, dropped, fails as a shutdown).
+    pub(crate) fn deliver(&self, peer: PeerId, frame: Frame, ticket: Option<Ticket>) -> Result<()> {
         let queued = self.shared.queued_frames.fetch_add(1, Ordering::Relaxed);
         if queued >= MAX_QUEUED_FRAMES {
             self.shared.queued_frames.fetch_sub(1, Ordering::Relaxed);
+            if let Some(t) = ticket {
+                t.failed(FailureReason::QueueFull);
+            }
             return Err(Error::Unavailable {
                 reason: format!("{queued} messages wait for the network"),
             });
         }
-        let sent = self.send(Command::Deliver { peer, frame });
+        let sent = self.send(Command::Deliver {
+            peer,
+            frame,
+            ticket,
+        });
         if sent.is_err() {
             self.shared.queued_frames.fetch_sub(1, Ordering::Relaxed);
         }

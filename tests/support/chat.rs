@@ -446,6 +446,8 @@ pub fn converse(alice: &mut User, bob: &mut User, carol: &mut User) {
     alice.send("/msg bob psst, bob");
     alice.expect(marks[0], "[dm -> bob] <alice> psst, bob");
     bob.expect(marks[1], "[dm] <alice> psst, bob");
+    // ... and alice is told once bob's node has acknowledged it.
+    alice.expect(marks[0], "* delivered to bob");
     alice.send("after the secret");
     bob.expect(marks[1], "[lobby] <alice> after the secret");
     carol.expect(marks[2], "[lobby] <alice> after the secret");

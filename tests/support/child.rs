@@ -178,8 +178,8 @@ async fn run_child(label: String) {
                 vec![format!("{:?}", node.reach(&peer))]
             }
             [_, "broadcast", text] => {
-                let slots = query.broadcast(GROUP, TOPIC, text).expect("broadcast");
-                vec![slots.to_string()]
+                let delivery = query.broadcast(GROUP, TOPIC, text).expect("broadcast");
+                vec![delivery.slots().to_string()]
             }
             [_, "send", to, text] => {
                 let to: Pid = to.parse().expect("pid");

@@ -40,10 +40,15 @@ impl Behaviour {
                     connection: CloseConnection::All,
                 });
             }
-            Command::Deliver { peer, frame } => {
+            Command::Deliver {
+                peer,
+                frame,
+                ticket,
+            } => {
                 let now = Instant::now();
                 let p = self.peers.entry(peer).or_default();
-                if let Err(refused) = p.outbox.push(frame, &self.policy, now) {
+                // A refusal fails the ticket with its reason.
+                if let Err((refused, settled)) = p.outbox.push(frame, ticket, &self.policy, now) {
                     // Counted as waiting by `NetHandle::deliver`: it waits no more.
                     self.shared.queued_frames.fetch_sub(1, Ordering::Relaxed);
                     self.shared
@@ -51,6 +56,7 @@ impl Behaviour {
                         .frames_lost
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%peer, ?refused, "frame refused");
+                    settled.settle();
                 }
                 self.pump(peer, now);
             }
@@ -89,12 +95,48 @@ impl Behaviour {
     }
 
     /// Everything stops: no more timers, requests or events; the owner may drop the swarm.
+    /// What waits in the outboxes, or in commands not taken yet, is given up: counted lost,
+    /// and its deliveries fail as [`Shutdown`](crate::FailureReason::Shutdown) (no
+    /// acknowledgement is read any more). Later commands are refused by the closed channel.
     pub(super) fn stop(&mut self) {
         if self.stopped {
             return;
         }
         self.stopped = true;
         self.shared.stopped.store(true, Ordering::Release);
+        self.commands.close();
+        let mut lost = 0;
+        // Held until counted, then dropped: their tickets fail as a shutdown.
+        let mut unsent = Vec::new();
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::Deliver { ticket, .. } => {
+                    lost += 1;
+                    unsent.extend(ticket);
+                }
+                Command::Shutdown(done) => {
+                    done.send(()).ok();
+                }
+                Command::Dial(_) | Command::Disconnect(_) => {}
+            }
+        }
+        let abandoned: Vec<_> = self
+            .peers
+            .values_mut()
+            .map(|p| p.outbox.abandon())
+            .collect();
+        lost += abandoned.iter().map(|s| s.frames).sum::<usize>();
+        self.deliver_out.clear();
+        if lost > 0 {
+            self.shared.queued_frames.fetch_sub(lost, Ordering::Relaxed);
+            self.shared
+                .stats
+                .frames_lost
+                .fetch_add(lost as u64, Ordering::Relaxed);
+            tracing::debug!(lost, "stopped: frames not delivered given up");
+        }
+        drop(unsent);
+        drop(abandoned);
         if let Some(s) = self.shutdown.take() {
             s.done.send(()).ok();
         }

@@ -8,6 +8,7 @@ use libp2p::PeerId;
 use libp2p::request_response::{self, OutboundRequestId};
 
 use crate::net::wire::{DeliverAck, DeliverBatch};
+use crate::vocab::delivery::AttemptError;
 
 use super::{BatchInFlight, Behaviour, LastBatch};
 
@@ -59,11 +60,15 @@ impl Behaviour {
                         && let Some(p) = self.peers.get_mut(&peer)
                     {
                         let done = p.outbox.on_success(seq);
-                        self.shared.queued_frames.fetch_sub(done, Ordering::Relaxed);
+                        self.shared
+                            .queued_frames
+                            .fetch_sub(done.frames, Ordering::Relaxed);
                         self.shared
                             .stats
                             .frames_sent
-                            .fetch_add(done as u64, Ordering::Relaxed);
+                            .fetch_add(done.frames as u64, Ordering::Relaxed);
+                        // Counted: now the deliveries may learn it.
+                        done.settle();
                         self.pump(peer, now);
                     }
                 }
@@ -74,7 +79,7 @@ impl Behaviour {
                 if let Some(BatchInFlight { peer, seq, .. }) = self.deliver_out.remove(&request_id)
                 {
                     tracing::debug!(%peer, seq, %error, "delivery batch failed");
-                    self.delivery_failed(peer, seq, now);
+                    self.delivery_failed(peer, seq, now, attempt_error(&error));
                 }
             }
             // A malformed request is counted by the codec (request-response reports no
@@ -87,18 +92,28 @@ impl Behaviour {
     }
 
     /// A batch failed (an error, or no answer within the policy's timeout): retried later or given
-    /// up, as the outbox decides.
-    pub(super) fn delivery_failed(&mut self, peer: PeerId, seq: u64, now: Instant) {
+    /// up, as the outbox decides (which then fails the deliveries of its frames).
+    pub(super) fn delivery_failed(
+        &mut self,
+        peer: PeerId,
+        seq: u64,
+        now: Instant,
+        error: AttemptError,
+    ) {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
-        if let Some(lost) = p.outbox.on_failure(seq, &self.policy, now) {
-            self.shared.queued_frames.fetch_sub(lost, Ordering::Relaxed);
+        if let Some(lost) = p.outbox.on_failure(seq, &self.policy, now, error) {
+            self.shared
+                .queued_frames
+                .fetch_sub(lost.frames, Ordering::Relaxed);
             self.shared
                 .stats
                 .frames_lost
-                .fetch_add(lost as u64, Ordering::Relaxed);
-            tracing::warn!(%peer, lost, "delivery given up");
+                .fetch_add(lost.frames as u64, Ordering::Relaxed);
+            tracing::warn!(%peer, lost = lost.frames, "delivery given up");
+            // Counted: now the deliveries may learn it.
+            lost.settle();
         }
         self.pump(peer, now);
     }
@@ -118,7 +133,7 @@ impl Behaviour {
         for id in expired {
             if let Some(BatchInFlight { peer, seq, .. }) = self.deliver_out.remove(&id) {
                 tracing::debug!(%peer, seq, "delivery batch unanswered within the timeout");
-                self.delivery_failed(peer, seq, now);
+                self.delivery_failed(peer, seq, now, AttemptError::Timeout);
             }
         }
     }
@@ -148,5 +163,17 @@ impl Behaviour {
             .stats
             .frames_received
             .fetch_add(count, Ordering::Relaxed);
+    }
+}
+
+/// What a failed attempt tells the delivery's caller.
+fn attempt_error(error: &request_response::OutboundFailure) -> AttemptError {
+    use request_response::OutboundFailure as F;
+    match error {
+        F::DialFailure => AttemptError::Unreachable,
+        F::Timeout => AttemptError::Timeout,
+        F::ConnectionClosed => AttemptError::ConnectionClosed,
+        F::UnsupportedProtocols => AttemptError::Unsupported,
+        F::Io(_) => AttemptError::Io,
     }
 }

@@ -13,6 +13,7 @@ use libp2p::core::{ConnectedPoint, Endpoint};
 use libp2p::gossipsub::{self, MessageAcceptance};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::behaviour::{ConnectionClosed, ConnectionEstablished};
 use libp2p::swarm::{ConnectionId, FromSwarm, NetworkBehaviour, ToSwarm};
 use libp2p::{Multiaddr, PeerId};
@@ -23,10 +24,13 @@ use crate::net::host::{InboxSink, ScopeHost};
 use crate::net::outbox::DeliveryPolicy;
 use crate::net::peer::Standing;
 use crate::net::protocols::{BehaviourConfig, scope_topic};
-use crate::net::wire::{DeliverBatch, Frame, SyncResponse};
+use crate::net::wire::{DeliverAck, DeliverBatch, Frame, SyncResponse};
 use crate::proto::messages::{Delta, Op, Version};
 use crate::testing::hosts::{RecordingInbox, TestScope};
 use crate::vocab::config::ScopeConfig;
+use crate::vocab::delivery::{
+    AttemptError, Delivery, DeliveryOutcome, FailedNode, FailureReason, Tracking,
+};
 use crate::vocab::pid::Pid;
 
 const SCOPE: &str = "test:unit";
@@ -34,8 +38,9 @@ const GRACE: Duration = Duration::from_millis(300);
 
 struct Rig {
     behaviour: Behaviour,
-    /// Kept so that the behaviour's command channel stays open.
-    _handle: NetHandle,
+    /// The application's side: keeps the behaviour's command channel open, and hands it
+    /// frames as the application does.
+    handle: NetHandle,
     shared: Arc<NetShared>,
     scope: Arc<TestScope>,
     inbox: Arc<RecordingInbox>,
@@ -73,7 +78,7 @@ fn rig(allowed: Option<Vec<PeerId>>) -> Rig {
     .expect("a behaviour");
     Rig {
         behaviour,
-        _handle: handle,
+        handle,
         shared,
         scope,
         inbox,
@@ -654,4 +659,182 @@ async fn a_direct_connection_replaces_the_relayed_one() {
         rig.shared.connected.read().unwrap().get(&peer),
         Some(&crate::net::relay::Reach::Direct)
     );
+}
+
+impl Rig {
+    /// Hands the behaviour a frame for `peer` as the application does (through the handle,
+    /// with a ticket), and lets it take the command; returns the frame's delivery.
+    fn send_tracked(&mut self, peer: PeerId) -> Delivery {
+        let tracking = Tracking::new();
+        let frame = Frame {
+            from: 3,
+            topic: "t".into(),
+            payload: bytes::Bytes::from_static(b"\x01"),
+            targets: vec![5].into(),
+        };
+        self.handle
+            .deliver(peer, frame, Some(tracking.ticket(peer)))
+            .expect("queued");
+        self.poll_dials();
+        tracking.finish(1)
+    }
+
+    /// The one delivery batch in flight: its request and sequence number.
+    fn batch_in_flight(&self) -> (OutboundRequestId, u64) {
+        assert_eq!(self.behaviour.deliver_out.len(), 1, "one batch in flight");
+        let (id, batch) = self.behaviour.deliver_out.iter().next().expect("a batch");
+        (*id, batch.seq)
+    }
+
+    fn deliver_event(&mut self, event: request_response::Event<DeliverBatch, DeliverAck>) {
+        self.behaviour.on_deliver_event(event);
+    }
+
+    fn lost(&self) -> u64 {
+        self.shared.stats.frames_lost.load(Ordering::Relaxed)
+    }
+
+    fn waiting(&self) -> usize {
+        self.shared.queued_frames.load(Ordering::Relaxed)
+    }
+}
+
+fn failed(peer: PeerId, reason: FailureReason) -> Option<DeliveryOutcome> {
+    Some(DeliveryOutcome::Failed {
+        delivered: vec![],
+        failed: vec![FailedNode { peer, reason }],
+    })
+}
+
+#[tokio::test]
+async fn a_delivery_is_delivered_when_its_batch_is_acknowledged() {
+    let mut rig = rig(None);
+    let peer = PeerId::random();
+    rig.connect(peer);
+    let delivery = rig.send_tracked(peer);
+    assert_eq!(delivery.try_outcome(), None, "not acknowledged yet");
+    let (request_id, seq) = rig.batch_in_flight();
+    rig.deliver_event(request_response::Event::Message {
+        peer,
+        connection_id: ConnectionId::new_unchecked(1),
+        message: request_response::Message::Response {
+            request_id,
+            response: DeliverAck { seq },
+        },
+    });
+    assert_eq!(delivery.try_outcome(), Some(DeliveryOutcome::Delivered));
+    assert_eq!(rig.waiting(), 0);
+    assert_eq!(rig.lost(), 0);
+    assert_eq!(rig.shared.stats.frames_sent.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_delivery_given_up_fails_with_its_attempts_then_the_breaker_refuses() {
+    let mut rig = rig(None);
+    let peer = PeerId::random();
+    let delivery = rig.send_tracked(peer);
+    // The default settings: the third failure in a row opens the breaker, before the
+    // retries (3) are used up.
+    let defaults = ScopeConfig::default();
+    let attempts = defaults.circuit_breaker_failures();
+    assert!(attempts <= defaults.max_retries());
+    let mut later = Instant::now();
+    for attempt in 1..=attempts {
+        let (request_id, _) = rig.batch_in_flight();
+        let error = if attempt == attempts {
+            request_response::OutboundFailure::DialFailure
+        } else {
+            request_response::OutboundFailure::Timeout
+        };
+        rig.deliver_event(request_response::Event::OutboundFailure {
+            peer,
+            connection_id: ConnectionId::new_unchecked(1),
+            request_id,
+            error,
+        });
+        if attempt < attempts {
+            assert_eq!(delivery.try_outcome(), None, "retried");
+            later += defaults.retry_max_delay();
+            rig.behaviour.pump(peer, later);
+        }
+    }
+    assert_eq!(
+        delivery.try_outcome(),
+        failed(
+            peer,
+            FailureReason::AttemptsFailed {
+                attempts,
+                last_error: AttemptError::Unreachable,
+            }
+        )
+    );
+    assert!(rig.behaviour.deliver_out.is_empty());
+    // The breaker is open: the next frame is refused at once.
+    let refused = rig.send_tracked(peer);
+    assert_eq!(
+        refused.try_outcome(),
+        failed(peer, FailureReason::BreakerOpen)
+    );
+    assert_eq!(rig.lost(), 2);
+    assert_eq!(rig.waiting(), 0);
+}
+
+#[tokio::test]
+async fn an_unanswered_batch_fails_as_a_timeout() {
+    let mut rig = rig(None);
+    let peer = PeerId::random();
+    rig.connect(peer);
+    let delivery = rig.send_tracked(peer);
+    let defaults = ScopeConfig::default();
+    let mut later = Instant::now();
+    for _ in 0..defaults.circuit_breaker_failures() {
+        later += defaults.broadcast_timeout() + defaults.retry_max_delay();
+        rig.behaviour.expire_deliveries(later);
+        rig.behaviour.pump(peer, later + defaults.retry_max_delay());
+    }
+    assert_eq!(
+        delivery.try_outcome(),
+        failed(
+            peer,
+            FailureReason::AttemptsFailed {
+                attempts: defaults.circuit_breaker_failures(),
+                last_error: AttemptError::Timeout,
+            }
+        )
+    );
+}
+
+#[tokio::test]
+async fn stopping_fails_what_waits_as_a_shutdown() {
+    let mut rig = rig(None);
+    let peer = PeerId::random();
+    rig.connect(peer);
+    let in_flight = rig.send_tracked(peer);
+    let queued = rig.send_tracked(peer);
+    // Handed over but not taken yet: still in the command channel.
+    let tracking = Tracking::new();
+    let frame = Frame {
+        from: 3,
+        topic: "t".into(),
+        payload: bytes::Bytes::from_static(b"\x02"),
+        targets: vec![5].into(),
+    };
+    rig.handle
+        .deliver(peer, frame.clone(), Some(tracking.ticket(peer)))
+        .expect("queued");
+    let unread = tracking.finish(1);
+    assert_eq!(rig.waiting(), 3);
+
+    rig.behaviour.stop();
+    for delivery in [&in_flight, &queued, &unread] {
+        assert_eq!(
+            delivery.try_outcome(),
+            failed(peer, FailureReason::Shutdown)
+        );
+    }
+    assert_eq!(rig.lost(), 3);
+    assert_eq!(rig.waiting(), 0);
+    // The channel is closed: later frames are refused at the call.
+    assert!(rig.handle.deliver(peer, frame, None).is_err());
+    assert_eq!(rig.waiting(), 0);
 }
