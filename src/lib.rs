@@ -81,6 +81,7 @@ pub use app::node::{DEFAULT_MAILBOX_CAPACITY, Node, NodeBuilder};
 pub use app::process::Process;
 pub use app::stats::{NodeStats, ScopeStats};
 pub use app::subscription::Subscription;
+pub use net::relay;
 pub use net::relay::{Reach, RelayConfig, RelayServer};
 pub use net::view::BreakerCounts;
 pub use proto::groups::MAX_GROUP_NAME_LEN;

@@ -15,6 +15,7 @@ pub(crate) mod paging;
 pub(crate) mod peer;
 pub mod protocols;
 pub mod relay;
+pub(crate) mod relaying;
 pub(crate) mod swarm;
 pub(crate) mod view;
 pub mod wire;

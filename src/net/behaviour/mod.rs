@@ -32,6 +32,7 @@ use crate::net::protocols::{
     BehaviourConfig, Protocols, ProtocolsEvent, scope_provider_key, scope_topic,
 };
 use crate::net::relay::RelayAdmission;
+use crate::net::relaying::Relaying;
 use crate::proto::Output;
 use crate::proto::messages::{SyncGroup, Version};
 use crate::vocab::error::{Error, Result};
@@ -247,7 +248,7 @@ pub struct Behaviour {
     allowed: Option<hashbrown::HashSet<PeerId>>,
     /// See [`BehaviourConfig::max_known_peers`].
     max_known_peers: usize,
-    relaying: relay::Relaying,
+    relaying: Relaying,
 }
 
 impl Behaviour {
@@ -320,7 +321,7 @@ impl Behaviour {
             shutdown: None,
             allowed: config.allowed,
             max_known_peers: config.behaviour.max_known_peers,
-            relaying: relay::Relaying::new(&config.behaviour.relay, admission),
+            relaying: Relaying::new(&config.behaviour.relay, admission),
         };
         let named: Vec<Multiaddr> = net.relaying.named().cloned().collect();
         for addr in config.bootstrap.into_iter().chain(named) {

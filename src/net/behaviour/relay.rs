@@ -3,9 +3,8 @@
 //! once a direct one is up), and the events of the relay, hole-punching and AutoNAT protocols
 //! (net/relay.rs has their settings).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::num::NonZeroU8;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,8 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{CloseConnection, ConnectionId, ListenOpts, ToSwarm};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, autonat, dcutr, relay};
 
-use crate::net::relay::{RelayAdmission, RelayConfig, RelayServer, is_relayed, peer_of};
+use crate::net::relay::is_relayed;
+use crate::net::relaying::Reservation;
 
 use super::Behaviour;
 
@@ -26,92 +26,6 @@ pub(crate) const RESERVATION_RETRY: Duration = Duration::from_millis(500);
 pub(crate) const RESERVATION_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Relayed addresses tried at once when a peer cannot be dialed directly.
 pub(crate) const MAX_RELAYED_CANDIDATES: usize = 4;
-
-/// One relay's reservation, as this node asked for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reservation {
-    /// Asked for through the listener `listener`; not yet accepted. `backoff` is the wait
-    /// that preceded it.
-    Asked {
-        listener: ListenerId,
-        backoff: Duration,
-    },
-    /// Accepted: the relay forwards circuits to this node.
-    Held { listener: ListenerId },
-    /// Refused or lost; asked for again at `at` if the relay is still connected then.
-    Retry { at: Instant, backoff: Duration },
-}
-
-/// What the behaviour keeps for relaying: the relays it knows of, its reservations, and its
-/// dials through relays.
-pub(super) struct Relaying {
-    /// The relay client is in place (the swarm handed it over).
-    pub(super) client: bool,
-    /// This node relays without waiting for AutoNAT: its listen addresses are its external
-    /// addresses (a relay gives them in its reservations, and gives none without them).
-    declares_listen_addrs: bool,
-    /// Reservations at relays the node finds on its own, at most.
-    reservations_wanted: usize,
-    /// Relays the application named, by peer.
-    named: HashMap<PeerId, Multiaddr>,
-    /// Peers whose identify info lists the relay protocol.
-    capable: HashSet<PeerId>,
-    reservations: HashMap<PeerId, Reservation>,
-    listeners: HashMap<ListenerId, PeerId>,
-    /// Dials through relays in flight: their failure is the end of the attempt.
-    pub(super) relayed_dials: HashSet<ConnectionId>,
-    /// Who may use this node as a relay.
-    pub(super) admission: Arc<RelayAdmission>,
-}
-
-impl Relaying {
-    pub(super) fn new(config: &RelayConfig, admission: Arc<RelayAdmission>) -> Self {
-        Relaying {
-            client: false,
-            declares_listen_addrs: matches!(
-                config.server,
-                RelayServer::ScopePeers | RelayServer::Anyone
-            ),
-            reservations_wanted: config.reservations,
-            named: config
-                .relays
-                .iter()
-                .filter_map(|a| Some((peer_of(a)?, a.clone())))
-                .collect(),
-            capable: HashSet::new(),
-            reservations: HashMap::new(),
-            listeners: HashMap::new(),
-            relayed_dials: HashSet::new(),
-            admission,
-        }
-    }
-
-    /// A relay with no connection left is no relay of ours until it is back.
-    pub(super) fn forget_relay(&mut self, peer: &PeerId) {
-        self.capable.remove(peer);
-    }
-
-    pub(super) fn named(&self) -> impl Iterator<Item = &Multiaddr> {
-        self.named.values()
-    }
-
-    /// Reservations accepted by relays.
-    pub(super) fn held(&self) -> usize {
-        self.reservations
-            .values()
-            .filter(|r| matches!(r, Reservation::Held { .. }))
-            .count()
-    }
-
-    fn found_reservations(&self) -> usize {
-        self.reservations
-            .iter()
-            .filter(|(peer, r)| {
-                !self.named.contains_key(peer) && !matches!(r, Reservation::Retry { .. })
-            })
-            .count()
-    }
-}
 
 impl Behaviour {
     /// Hands the behaviour the relay client that the swarm's transport was built with
