@@ -349,7 +349,7 @@ async fn broadcasts(group: &str, path: &str, xpg: &Instance, me: Pid, y: &NsNode
     });
     let t0 = Instant::now();
     for i in 0..BROADCASTS as u64 {
-        let targeted = xpg.broadcast(group, TOPIC, &i).expect("broadcast");
+        let targeted = xpg.broadcast(group, TOPIC, &i).expect("broadcast").slots();
         assert_eq!(
             targeted, 1,
             "{path}: broadcast {i} targeted {targeted} slots"
