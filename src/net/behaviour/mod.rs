@@ -208,7 +208,9 @@ pub enum Event {
 ///   `max_retries` and `retry_max_delay`, the shortest `retry_base_delay`, the fewest
 ///   `circuit_breaker_failures` and the longest `circuit_breaker_reset_time` (most nodes host
 ///   one scope, for which these are exactly its settings). A retried batch keeps its
-///   sequence number; the receiver delivers each (sender incarnation, sequence) once.
+///   sequence number; the receiver delivers each (sender incarnation, sequence) once. The
+///   caller's `Delivery` resolves when the batch carrying its frame is acknowledged, or fails
+///   with the reason when the frame is given up.
 /// - **Kademlia** (when bootstrap addresses are given): the node provides a key per scope and
 ///   looks up its providers `KAD_FIRST` after its first connection, then at doubling
 ///   intervals up to every `KAD_MAX`, and dials the providers it finds.
