@@ -158,34 +158,12 @@ impl Behaviour {
     }
 
     pub(super) fn on_listen_addr(&mut self, address: &Multiaddr, added: bool) {
-        let mut addrs = self
-            .shared
-            .listen_addrs
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        if added {
-            if !addrs.contains(address) {
-                addrs.push(address.clone());
-            }
-        } else {
-            addrs.retain(|a| a != address);
-        }
+        update_addrs(&self.shared.listen_addrs, address, added);
     }
 
     /// An address others can reach this node at ([`Node::external_addrs`](crate::Node::external_addrs)).
     pub(super) fn note_external_addr(&mut self, address: &Multiaddr, added: bool) {
-        let mut addrs = self
-            .shared
-            .external_addrs
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        if added {
-            if !addrs.contains(address) {
-                addrs.push(address.clone());
-            }
-        } else {
-            addrs.retain(|a| a != address);
-        }
+        update_addrs(&self.shared.external_addrs, address, added);
     }
 
     /// Origins whose members we hold but to which we have no connection (their deltas came
@@ -274,5 +252,17 @@ impl Behaviour {
                 .build();
             self.pending.push_back(ToSwarm::Dial { opts });
         }
+    }
+}
+
+/// Adds `address` to `list` (once) or removes it.
+fn update_addrs(list: &std::sync::RwLock<Vec<Multiaddr>>, address: &Multiaddr, added: bool) {
+    let mut addrs = list.write().unwrap_or_else(|e| e.into_inner());
+    if added {
+        if !addrs.contains(address) {
+            addrs.push(address.clone());
+        }
+    } else {
+        addrs.retain(|a| a != address);
     }
 }
