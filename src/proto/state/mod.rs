@@ -28,6 +28,8 @@ mod meta;
 mod names;
 mod publish;
 mod remote;
+#[cfg(test)]
+mod tests;
 
 const LOCAL: u32 = 0;
 /// Rough CBOR size of one op, to cut deltas below the transmit limit.
