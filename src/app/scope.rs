@@ -509,6 +509,9 @@ impl Scope {
             stats.purges = core.purges;
             stats.slots_refused = core.slots_refused;
             stats.leaves_unmatched = core.leaves_unmatched;
+            stats.updates_unmatched = core.updates_unmatched;
+            stats.meta_refused = core.meta_refused;
+            stats.names_lost = core.names_lost;
         }
         self.counters.fill(&mut stats);
         stats.deltas_rejected += self.counters.net.deltas_rejected.load(Ordering::Relaxed);
