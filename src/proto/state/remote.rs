@@ -465,13 +465,17 @@ impl ScopeCore {
     /// `peer` is down: remove all its members (emitting the leaves) and apply none of its
     /// deltas until a sync shows it alive again.
     pub(super) fn on_peer_down(&mut self, peer: PeerId) {
-        let Some(node) = self.node_index.get(&peer).copied() else {
-            return;
-        };
-        if node == LOCAL {
+        if peer == self.local_peer() {
             return;
         }
+        // A peer taken for down before any of its input came is marked purged all the same:
+        // a delta of it that arrives late (relayed by a slow peer) must wait for a sync from
+        // it, not apply to an empty state as a first delta would.
+        let node = self.intern(peer);
         let Some(mut origin) = self.origins.remove(&node) else {
+            let mut origin = self.take_origin(node);
+            origin.alive = false;
+            self.origins.insert(node, origin);
             return;
         };
         for name in origin.groups.drain() {
