@@ -118,7 +118,7 @@ fn scope_counts(pg: &Instance) -> BTreeMap<String, Counts> {
 
 /// Calls every method of `pg` (on group "g", topic "t"), each labelled with its permission, in
 /// the order of `Permission::ALL` (after `Open`).
-fn call_every_method(pg: &Instance) -> Vec<(Permission, Result<()>)> {
+async fn call_every_method(pg: &Instance) -> Vec<(Permission, Result<()>)> {
     vec![
         (Permission::Join, pg.join("g")),
         (Permission::Leave, pg.leave("g")),
@@ -142,12 +142,21 @@ fn call_every_method(pg: &Instance) -> Vec<(Permission, Result<()>)> {
         ),
         (Permission::Monitor, pg.monitor("g").map(drop)),
         (Permission::Events, pg.events().map(drop)),
+        (
+            Permission::MultiCall,
+            pg.multi_call("g", "t", &0u8, std::time::Duration::ZERO)
+                .await
+                .map(drop),
+        ),
+        (
+            Permission::SendToOne,
+            pg.send_to_one("g", "t", &0u8).map(drop),
+        ),
     ]
 }
 
-#[track_caller]
-fn assert_every_method_fails(pg: &Instance, kind: ErrorKind) {
-    for (method, result) in call_every_method(pg) {
+async fn assert_every_method_fails(pg: &Instance, kind: ErrorKind) {
+    for (method, result) in call_every_method(pg).await {
         assert_eq!(result.map_err(|e| e.kind()), Err(kind), "{method}");
     }
 }
@@ -482,8 +491,8 @@ async fn check_exit(exit: impl FnOnce(Process)) -> Result<()> {
             .expect("inbox ends")
             .is_none()
     );
-    assert_every_method_fails(&pg, ErrorKind::Invalid);
-    assert_every_method_fails(&pg_other, ErrorKind::Invalid);
+    assert_every_method_fails(&pg, ErrorKind::Invalid).await;
+    assert_every_method_fails(&pg_other, ErrorKind::Invalid).await;
     assert_eq!(err_kind(watcher.send(&pid, "t", &1u8)), ErrorKind::NotFound);
     Ok(())
 }
@@ -565,7 +574,7 @@ async fn release_frees_the_instance_only() -> Result<()> {
 
     pg.release();
     pg.release();
-    assert_every_method_fails(&pg, ErrorKind::Invalid);
+    assert_every_method_fails(&pg, ErrorKind::Invalid).await;
 
     // The memberships belong to the process.
     assert_eq!(qpg.get_members("g")?.to_vec(), vec![p.pid()]);
@@ -892,7 +901,7 @@ async fn each_permission_guards_exactly_its_method() -> Result<()> {
         armed.store(true, Ordering::SeqCst);
 
         let mut results = vec![(Permission::Open, p.open(SCOPE).map(drop))];
-        results.extend(call_every_method(&pg));
+        results.extend(call_every_method(&pg).await);
         let methods: Vec<Permission> = results.iter().map(|(m, _)| *m).collect();
         assert_eq!(methods, Permission::ALL);
         for (method, result) in results {
@@ -1025,7 +1034,7 @@ async fn shutdown_removes_members_and_refuses_calls() -> Result<()> {
     );
 
     assert_eq!(err_kind(p.open(SCOPE)), ErrorKind::Unavailable);
-    assert_every_method_fails(&pg, ErrorKind::Unavailable);
+    assert_every_method_fails(&pg, ErrorKind::Unavailable).await;
     assert_eq!(
         err_kind(node.spawn_process().open(SCOPE)),
         ErrorKind::Unavailable

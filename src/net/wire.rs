@@ -2,7 +2,8 @@
 //! gossipsub as a CBOR [`Delta`]).
 //!
 //! Two protocols: `/procgroups/sync/1` (membership: Discover, Sync pages, Goodbye) and
-//! `/procgroups/deliver/1` (message batches of `broadcast` and `send`).
+//! `/procgroups/deliver/1` (message batches of `broadcast` and `send`, and the requests and
+//! replies of `multi_call`, tagged with their [`CallTag`]).
 
 use std::sync::Arc;
 
@@ -91,13 +92,35 @@ pub struct Frame {
     pub payload: Bytes,
     /// Process ids on the receiver, once per slot.
     pub targets: Arc<[u64]>,
+    /// For the request of a call and its replies: which call. Absent from the encoding of a
+    /// plain message (so that it reads as before this field existed), and ignored by a
+    /// receiver that does not know it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<CallTag>,
 }
 
 impl Frame {
     /// A generous estimate of the frame's encoded size.
     pub fn encoded_len(&self) -> usize {
-        16 + self.topic.len() + self.payload.len() + 9 * self.targets.len()
+        let call = if self.call.is_some() { 24 } else { 0 };
+        16 + self.topic.len() + self.payload.len() + 9 * self.targets.len() + call
     }
+}
+
+/// What a frame of a call is: the request (to each of its targets, who may answer once) or
+/// one target's reply (to the calling process, its only target).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CallTag {
+    /// A request of the call `id` of the sending process.
+    Request {
+        /// The call, numbered by the calling node.
+        id: u64,
+    },
+    /// The sending process's reply to the call `id` of the target.
+    Reply {
+        /// The call, as its request named it.
+        id: u64,
+    },
 }
 
 /// A batch of frames from one node to another, in order.

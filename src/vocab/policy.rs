@@ -32,11 +32,15 @@ pub enum Permission {
     Monitor,
     /// `pg.events`
     Events,
+    /// `pg.multi_call`
+    MultiCall,
+    /// `pg.send_to_one`
+    SendToOne,
 }
 
 impl Permission {
     /// Every permission, in a fixed order.
-    pub const ALL: [Permission; 11] = [
+    pub const ALL: [Permission; 13] = [
         Permission::Open,
         Permission::Join,
         Permission::Leave,
@@ -48,6 +52,8 @@ impl Permission {
         Permission::BroadcastLocal,
         Permission::Monitor,
         Permission::Events,
+        Permission::MultiCall,
+        Permission::SendToOne,
     ];
 
     /// The name of the permission, e.g. `"pg.join"`.
@@ -64,6 +70,8 @@ impl Permission {
             Permission::BroadcastLocal => "pg.broadcast_local",
             Permission::Monitor => "pg.monitor",
             Permission::Events => "pg.events",
+            Permission::MultiCall => "pg.multi_call",
+            Permission::SendToOne => "pg.send_to_one",
         }
     }
 }
