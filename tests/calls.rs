@@ -196,6 +196,13 @@ async fn a_slow_member_is_bad_at_the_timeout_and_its_late_reply_counted() {
         a.node_stats().call_replies_rejected,
         before.call_replies_rejected
     );
+    // And in the metrics.
+    let mut registry = prometheus_client::registry::Registry::default();
+    a.register_metrics(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("the metrics");
+    let late = r#"procgroups_call_replies_dropped_total{reason="late"} 2"#;
+    assert!(text.contains(late), "{text}");
 }
 
 #[tokio::test]

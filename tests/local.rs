@@ -897,7 +897,8 @@ async fn each_permission_guards_exactly_its_method() -> Result<()> {
         };
         let node = node_with(ScopeConfig::default(), policy).await;
         let (p, pg) = spawn(&node);
-        pg.join("g")?; // so that a leave has something to leave
+        // So that a leave has something to leave, and a send_to_one a member after it.
+        pg.join(["g", "g"])?;
         armed.store(true, Ordering::SeqCst);
 
         let mut results = vec![(Permission::Open, p.open(SCOPE).map(drop))];

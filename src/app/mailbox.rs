@@ -445,3 +445,137 @@ impl InboxSink for Mailroom {
         count
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::vocab::error::ErrorKind;
+
+    /// A reply route that records what it is asked to send.
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<(CallRef, Bytes)>>);
+
+    impl ReplyRoute for Recorded {
+        fn reply(&self, to: &CallRef, _topic: Arc<str>, payload: Bytes) -> Result<Delivery> {
+            self.0.lock().unwrap().push((*to, payload));
+            Ok(Delivery::local(1))
+        }
+    }
+
+    struct Rig {
+        room: Mailroom,
+        calls: Arc<Calls>,
+        route: Arc<Recorded>,
+        me: PeerId,
+        dropped: AtomicU64,
+        processes: Vec<Arc<ProcessShared>>,
+    }
+
+    fn rig(ids: &[u64]) -> Rig {
+        let me = PeerId::random();
+        let table: Arc<ProcessTable> = Arc::default();
+        let processes: Vec<Arc<ProcessShared>> = ids
+            .iter()
+            .map(|id| Arc::new(ProcessShared::new(Pid::new(me, *id))))
+            .collect();
+        for p in &processes {
+            table.write().unwrap().insert(p.pid.id(), p.clone());
+        }
+        let calls = Arc::new(Calls::new(1));
+        let room = Mailroom::new(table, calls.clone(), me);
+        let route = Arc::new(Recorded::default());
+        room.set_route(Arc::downgrade(&route) as Weak<dyn ReplyRoute>);
+        Rig {
+            room,
+            calls,
+            route,
+            me,
+            dropped: AtomicU64::new(0),
+            processes,
+        }
+    }
+
+    fn frame(from: u64, targets: &[u64], call: Option<CallTag>) -> Frame {
+        Frame {
+            from,
+            topic: "t".into(),
+            payload: Bytes::from_static(b"\x05"),
+            targets: targets.into(),
+            call,
+        }
+    }
+
+    #[test]
+    fn each_recipient_of_a_request_holds_its_own_and_replies_once() {
+        let rig = rig(&[1, 2, 3]);
+        let mut inboxes: Vec<Inbox> = rig.processes[..2]
+            .iter()
+            .map(|p| p.listen("t", 8))
+            .collect();
+        let caller = PeerId::random();
+        let request = frame(9, &[1, 2, 3, 4], Some(CallTag::Request { id: 70 }));
+        let count = rig.room.deliver_batch(caller, vec![request], &rig.dropped);
+        assert_eq!(count, 4);
+        // 3 does not listen to the topic; 4 does not exist.
+        assert_eq!(rig.dropped.load(Ordering::Relaxed), 1);
+        let got: Vec<Message> = inboxes.iter_mut().map(|i| i.try_recv().unwrap()).collect();
+        assert_ne!(got[0], got[1], "one envelope per recipient");
+        for (message, id) in got.iter().zip([1, 2]) {
+            assert!(message.is_request());
+            assert_eq!(message.from(), Pid::new(caller, 9));
+            let copy = message.clone();
+            message.reply(&6u8).expect("the first reply");
+            let again = copy.reply(&7u8).unwrap_err();
+            assert_eq!(again.kind(), ErrorKind::Invalid);
+            assert!(matches!(again, Error::AlreadyReplied { .. }), "{again}");
+            let sent = rig.route.0.lock().unwrap().last().unwrap().0;
+            let expected = CallRef {
+                call: 70,
+                caller: Pid::new(caller, 9),
+                replier: Pid::new(rig.me, id),
+            };
+            assert_eq!(sent, expected);
+        }
+        assert_eq!(rig.route.0.lock().unwrap().len(), 2);
+
+        let plain = frame(9, &[1], None);
+        rig.room.deliver_batch(caller, vec![plain], &rig.dropped);
+        let message = inboxes[0].try_recv().unwrap();
+        assert!(!message.is_request());
+        let err = message.reply(&1u8).unwrap_err();
+        assert!(matches!(err, Error::NotARequest { .. }), "{err}");
+        assert_eq!(err.kind(), ErrorKind::Invalid);
+    }
+
+    #[tokio::test]
+    async fn replies_from_other_nodes_go_to_the_pending_call_and_strays_are_counted() {
+        let rig = rig(&[1]);
+        let peer = PeerId::random();
+        let call = rig.calls.open(1, [Pid::new(peer, 5)]);
+        let reply =
+            |from, targets: &[u64]| frame(from, targets, Some(CallTag::Reply { id: call.id }));
+        let stray = frame(5, &[1], Some(CallTag::Reply { id: call.id + 1 }));
+        let frames = vec![
+            reply(6, &[1]),    // not asked
+            reply(5, &[1, 1]), // names no single caller
+            reply(5, &[2]),    // to another process than the caller
+            stray,             // to no call this node knows
+            reply(5, &[1]),
+        ];
+        rig.room.deliver_batch(peer, frames, &rig.dropped);
+        let results = call.gather(Vec::new(), Duration::from_secs(60)).await;
+        assert_eq!(results.bad, []);
+        let from: Vec<Pid> = results.replies.iter().map(|r| r.from()).collect();
+        assert_eq!(from, [Pid::new(peer, 5)]);
+        assert_eq!(results.replies[0].payload(), &Bytes::from_static(b"\x05"));
+        assert_eq!(rig.calls.replies_rejected.load(Ordering::Relaxed), 3);
+        assert_eq!(rig.calls.replies_late.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            rig.dropped.load(Ordering::Relaxed),
+            0,
+            "no reply reaches an inbox"
+        );
+    }
+}

@@ -102,7 +102,8 @@ pub struct Frame {
 impl Frame {
     /// A generous estimate of the frame's encoded size.
     pub fn encoded_len(&self) -> usize {
-        let call = if self.call.is_some() { 24 } else { 0 };
+        // `"call": {"Request": {"id": u64}}`: 27 bytes at most.
+        let call = if self.call.is_some() { 28 } else { 0 };
         16 + self.topic.len() + self.payload.len() + 9 * self.targets.len() + call
     }
 }
@@ -140,4 +141,64 @@ pub struct DeliverBatch {
 pub struct DeliverAck {
     /// `seq` of the batch.
     pub seq: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(call: Option<CallTag>) -> Frame {
+        Frame {
+            from: 1,
+            topic: "t".into(),
+            payload: Bytes::from_static(b"\x01"),
+            targets: vec![2, 3].into(),
+            call,
+        }
+    }
+
+    fn cbor<T: Serialize>(value: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(value, &mut out).expect("encode");
+        out
+    }
+
+    /// The frame as it was before calls: what nodes that do not know them send and read.
+    #[derive(Serialize, Deserialize)]
+    struct PlainFrame {
+        from: u64,
+        topic: String,
+        payload: Bytes,
+        targets: Vec<u64>,
+    }
+
+    #[test]
+    fn a_plain_frame_reads_and_writes_as_before_calls_and_a_call_tag_round_trips() {
+        let plain = PlainFrame {
+            from: 1,
+            topic: "t".into(),
+            payload: Bytes::from_static(b"\x01"),
+            targets: vec![2, 3],
+        };
+        assert_eq!(cbor(&frame(None)), cbor(&plain), "no call key");
+        let read: Frame = ciborium::from_reader(&cbor(&plain)[..]).expect("decode");
+        assert_eq!(read, frame(None));
+        for tag in [CallTag::Request { id: 7 }, CallTag::Reply { id: u64::MAX }] {
+            let tagged = frame(Some(tag));
+            let bytes = cbor(&tagged);
+            let (more, estimated) = (
+                bytes.len() - cbor(&plain).len(),
+                tagged.encoded_len() - frame(None).encoded_len(),
+            );
+            assert!(
+                more <= estimated,
+                "the tag takes {more} bytes, estimated {estimated}"
+            );
+            let read: Frame = ciborium::from_reader(&bytes[..]).expect("decode");
+            assert_eq!(read, tagged);
+            // A node that does not know calls reads the frame as a plain message.
+            let old: PlainFrame = ciborium::from_reader(&bytes[..]).expect("decode");
+            assert_eq!(old.targets, [2, 3]);
+        }
+    }
 }
