@@ -20,7 +20,7 @@ use crate::vocab::delivery::Delivery;
 use crate::vocab::error::{Error, Result};
 
 /// How long a [`multi_call`](crate::Instance::multi_call) waits for its replies when the
-/// caller gives no timeout (`None`): 5 seconds, as syn's `multi_call`.
+/// caller gives no timeout (`None`): 5 seconds.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A call's timeout when `Instant + timeout` overflows: about thirty years.

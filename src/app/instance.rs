@@ -345,7 +345,8 @@ impl Instance {
     ///     }
     /// });
     ///
-    /// let pg = node.spawn_process().open("app:pg")?;
+    /// let caller = node.spawn_process();
+    /// let pg = caller.open("app:pg")?;
     /// let results = pg.multi_call("servers", "load", &(), Duration::from_millis(200)).await?;
     /// assert_eq!(results.replies.len(), 1);
     /// assert_eq!(results.replies[0].from(), answering.pid());
@@ -433,7 +434,8 @@ impl Instance {
     /// let mut jobs = worker.listen("job");
     /// worker.open("app:pg")?.join("workers")?;
     ///
-    /// let pg = node.spawn_process().open("app:pg")?;
+    /// let sender = node.spawn_process();
+    /// let pg = sender.open("app:pg")?;
     /// pg.send_to_one("workers", "job", "resize")?;
     /// assert_eq!(jobs.recv().await.unwrap().decode::<String>()?, "resize");
     /// let err = pg.send_to_one("idle", "job", "resize").unwrap_err();
