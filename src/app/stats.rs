@@ -78,8 +78,8 @@ pub struct ScopeStats {
     pub delivered_local: u64,
     /// Slots on other nodes targeted by those broadcasts.
     pub delivered_remote: u64,
-    /// Frames (one per other node and broadcast) handed to the outboxes. What becomes of
-    /// them is per node, in [`NodeStats`].
+    /// Frames (one per other node and broadcast, or `multi_call` request) handed to the
+    /// outboxes. What becomes of them is per node, in [`NodeStats`].
     pub frames_queued: u64,
     /// Events dropped because a subscription was full (`monitor_buffer`).
     pub events_dropped: u64,
