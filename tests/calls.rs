@@ -370,3 +370,18 @@ async fn send_to_one_from_a_node_without_members_spreads_over_the_nodes() {
     }
     assert_eq!(a.node_stats().frames_lost, 0);
 }
+
+#[test]
+fn a_call_outside_a_tokio_runtime_is_unavailable_and_sends_nothing() {
+    let (node, p, pg) = support::block_on(async {
+        let node = node().await;
+        let (p, pg) = spawn(&node, SCOPE);
+        pg.join("g").expect("join");
+        (node, p, pg)
+    });
+    let mut inbox = p.listen("t");
+    let call = futures::executor::block_on(pg.multi_call("g", "t", &(), None));
+    assert_eq!(call.map_err(|e| e.kind()), Err(ErrorKind::Unavailable));
+    assert!(inbox.try_recv().is_none(), "the member was not asked");
+    drop((pg, p, node));
+}

@@ -318,8 +318,9 @@ impl Instance {
     /// whose node failed (its frame given up: retries used up, breaker open, queue full; known
     /// as soon as the outbox gives up, without waiting for the timeout), or whose inbox for
     /// `topic` is missing or full on this node. The call returns once every member answered or
-    /// is known bad, and never waits past `timeout` (a tokio timer: it needs a tokio runtime
-    /// with time enabled). A reply after the call returned, or one the call did not ask for,
+    /// is known bad, and never waits past `timeout` (a tokio timer: it runs on a tokio runtime
+    /// with time enabled, and is `Unavailable` outside any). A reply after the call returned,
+    /// or one the call did not ask for,
     /// is dropped and counted ([`NodeStats`](crate::NodeStats)'s `call_replies_late` and
     /// `call_replies_rejected`). Dropping the future ends the call.
     ///
@@ -367,6 +368,12 @@ impl Instance {
             return Err(Error::EmptyTopic);
         }
         let timeout = timeout.into().unwrap_or(DEFAULT_CALL_TIMEOUT);
+        if tokio::runtime::Handle::try_current().is_err() {
+            // Checked before anything is sent: the timer would panic outside a runtime.
+            return Err(Error::unavailable(
+                "multi_call runs on a tokio runtime (its timer)",
+            ));
+        }
         let (all, local) = self.scope.targets(group);
         if all.is_empty() {
             return Ok(CallResults::default());
