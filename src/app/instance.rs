@@ -320,9 +320,9 @@ impl Instance {
     /// `topic` is missing or full on this node. The call returns once every member answered or
     /// is known bad, and never waits past `timeout` (a tokio timer: it runs on a tokio runtime
     /// with time enabled, and is `Unavailable` outside any). A reply after the call returned,
-    /// or one the call did not ask for,
-    /// is dropped and counted ([`NodeStats`](crate::NodeStats)'s `call_replies_late` and
-    /// `call_replies_rejected`). Dropping the future ends the call.
+    /// or one the call did not ask for, is dropped and counted
+    /// ([`NodeStats`](crate::NodeStats)'s `call_replies_late` and `call_replies_rejected`).
+    /// Dropping the future ends the call.
     ///
     /// An empty group gives empty results at once. `Unavailable` when `MAX_QUEUED_FRAMES`
     /// (src/net/outbox.rs) frames already wait for the network, as for a broadcast.
