@@ -74,6 +74,7 @@ pub use net::{codec, wire};
 pub use testing::fuzzing;
 pub use vocab::config;
 
+pub use app::calls::{CallResults, DEFAULT_CALL_TIMEOUT, Reply};
 pub use app::health::{HealthProblem, HealthStatus, PeerPaths, ScopeHealth};
 pub use app::instance::{GroupNames, Instance};
 pub use app::mailbox::{Inbox, Message};

@@ -18,7 +18,10 @@
 
 use std::time::{Duration, Instant};
 
-use procgroups::wire::{Delta, Op, SyncGroup, SyncMember, SyncRequest, SyncResponse, Version};
+use procgroups::wire::{
+    CallTag, DeliverBatch, Delta, Frame, Op, SyncGroup, SyncMember, SyncRequest, SyncResponse,
+    Version,
+};
 use procgroups::{EventKind, Instance, Node, Pid, Process, ScopeConfig, ScopeStats};
 
 mod support;
@@ -1138,4 +1141,120 @@ async fn peer_exchange_answers_are_bounded_by_max_known_peers() {
     eprintln!("max_known_peers: most known {most_known}, A node {n0:?}\n  -> {n1:?}");
     drop((pa, pb, pb2));
     finish(vec![a, b], vec![h]).await;
+}
+
+/// 11. Replies to a call: the hostile peer's member is asked (one request frame for its node),
+/// and the peer answers with replies the call did not ask for: from a process it did not
+/// ask, naming two callers, to another process than the caller, to a call the node never
+/// made; then the genuine reply, and the same again once the call has ended. Only the
+/// genuine one is a reply; the others are counted, rejected or late, and reach no inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stray_replies_to_a_call_are_not_replies_and_are_counted() {
+    let a = honest(ScopeConfig::default()).await;
+    let (pa, ga) = spawn(&a);
+    let h = Hostile::new(SCOPE);
+    attach(&h, &[&a]).await;
+    h.publish_delta(&h.delta(&[("w", 1, 1)], true))
+        .await
+        .unwrap();
+    let h1 = Pid::new(h.peer_id, 1);
+    converge("the hostile member", &[&ga], &truth(&[("w", &[h1])])).await;
+    let before = a.node_stats();
+
+    let call = tokio::spawn(async move {
+        let results = ga
+            .multi_call("w", "ask", &1u32, Duration::from_secs(30))
+            .await;
+        (ga, results)
+    });
+    let mut request = None;
+    eventually("the request reached the hostile peer", WAIT, || {
+        request = h.seen().batches.iter().find_map(|(_, batch)| {
+            batch
+                .frames
+                .iter()
+                .find(|f| matches!(f.call, Some(CallTag::Request { .. })))
+                .cloned()
+        });
+        request.is_some()
+    })
+    .await;
+    let request = request.unwrap();
+    let Some(CallTag::Request { id }) = request.call else {
+        unreachable!()
+    };
+    assert_eq!(
+        (request.from, &request.targets[..]),
+        (pa.pid().id(), &[1][..])
+    );
+    let reply = |from: u64, to: &[u64], id: u64| Frame {
+        from,
+        topic: "ask".into(),
+        payload: cbor(&7u32).into(),
+        targets: to.into(),
+        call: Some(CallTag::Reply { id }),
+    };
+    let caller = pa.pid().id();
+    let incarnation = h.own().incarnation;
+    let strays = DeliverBatch {
+        incarnation,
+        seq: 1,
+        frames: vec![
+            reply(2, &[caller], id),
+            reply(1, &[caller, caller], id),
+            reply(1, &[caller + 1], id),
+            reply(1, &[caller], id.wrapping_add(1000)),
+            reply(1, &[caller], id),
+        ],
+    };
+    let acked = h.request(Proto::Deliver, a.peer_id(), frame(&strays)).await;
+    assert!(acked.is_ok(), "{acked:?}");
+    let (ga, results) = tokio::time::timeout(WAIT, call)
+        .await
+        .expect("the call returns once its one member answered")
+        .unwrap();
+    let results = results.unwrap();
+    assert!(results.bad.is_empty(), "{results:?}");
+    let got: Vec<(Pid, u32)> = results
+        .replies
+        .iter()
+        .map(|r| (r.from(), r.decode().unwrap()))
+        .collect();
+    assert_eq!(got, [(h1, 7)]);
+    let again = DeliverBatch {
+        incarnation,
+        seq: 2,
+        frames: vec![reply(1, &[caller], id)],
+    };
+    assert!(
+        h.request(Proto::Deliver, a.peer_id(), frame(&again))
+            .await
+            .is_ok()
+    );
+    let after = a.node_stats();
+    assert_eq!(
+        after.call_replies_rejected,
+        before.call_replies_rejected + 3,
+        "{after:?}"
+    );
+    assert_eq!(
+        after.call_replies_late,
+        before.call_replies_late + 2,
+        "{after:?}"
+    );
+    assert_eq!(
+        (pa.dropped(), after.messages_dropped),
+        (0, before.messages_dropped)
+    );
+
+    // The node keeps working.
+    assert!(
+        ga.multi_call("nobody", "ask", &(), None)
+            .await
+            .unwrap()
+            .replies
+            .is_empty()
+    );
+    drop((pa, ga));
+    finish(vec![a], vec![h]).await;
 }

@@ -119,7 +119,7 @@ fn scope_counts(pg: &Instance) -> BTreeMap<String, Counts> {
 
 /// Calls every method of `pg` (on group "g", topic "t"), each labelled with its permission, in
 /// the order of `Permission::ALL` (after `Open`).
-fn call_every_method(pg: &Instance) -> Vec<(Permission, Result<()>)> {
+async fn call_every_method(pg: &Instance) -> Vec<(Permission, Result<()>)> {
     vec![
         (Permission::Join, pg.join("g")),
         (Permission::Leave, pg.leave("g")),
@@ -145,12 +145,21 @@ fn call_every_method(pg: &Instance) -> Vec<(Permission, Result<()>)> {
         (Permission::Events, pg.events().map(drop)),
         (Permission::Register, pg.register("name", &())),
         (Permission::Whereis, pg.whereis("name").map(drop)),
+        (
+            Permission::MultiCall,
+            pg.multi_call("g", "t", &0u8, std::time::Duration::ZERO)
+                .await
+                .map(drop),
+        ),
+        (
+            Permission::SendToOne,
+            pg.send_to_one("g", "t", &0u8).map(drop),
+        ),
     ]
 }
 
-#[track_caller]
-fn assert_every_method_fails(pg: &Instance, kind: ErrorKind) {
-    for (method, result) in call_every_method(pg) {
+async fn assert_every_method_fails(pg: &Instance, kind: ErrorKind) {
+    for (method, result) in call_every_method(pg).await {
         assert_eq!(result.map_err(|e| e.kind()), Err(kind), "{method}");
     }
 }
@@ -485,8 +494,8 @@ async fn check_exit(exit: impl FnOnce(Process)) -> Result<()> {
             .expect("inbox ends")
             .is_none()
     );
-    assert_every_method_fails(&pg, ErrorKind::Invalid);
-    assert_every_method_fails(&pg_other, ErrorKind::Invalid);
+    assert_every_method_fails(&pg, ErrorKind::Invalid).await;
+    assert_every_method_fails(&pg_other, ErrorKind::Invalid).await;
     assert_eq!(err_kind(watcher.send(&pid, "t", &1u8)), ErrorKind::NotFound);
     Ok(())
 }
@@ -568,7 +577,7 @@ async fn release_frees_the_instance_only() -> Result<()> {
 
     pg.release();
     pg.release();
-    assert_every_method_fails(&pg, ErrorKind::Invalid);
+    assert_every_method_fails(&pg, ErrorKind::Invalid).await;
 
     // The memberships belong to the process.
     assert_eq!(qpg.get_members("g")?.to_vec(), vec![p.pid()]);
@@ -891,11 +900,12 @@ async fn each_permission_guards_exactly_its_method() -> Result<()> {
         };
         let node = node_with(ScopeConfig::default(), policy).await;
         let (p, pg) = spawn(&node);
-        pg.join("g")?; // so that a leave has something to leave
+        // So that a leave has something to leave, and a send_to_one a member after it.
+        pg.join(["g", "g"])?;
         armed.store(true, Ordering::SeqCst);
 
         let mut results = vec![(Permission::Open, p.open(SCOPE).map(drop))];
-        results.extend(call_every_method(&pg));
+        results.extend(call_every_method(&pg).await);
         let methods: Vec<Permission> = results.iter().map(|(m, _)| *m).collect();
         assert_eq!(methods, Permission::ALL);
         for (method, result) in results {
@@ -1029,7 +1039,7 @@ async fn shutdown_removes_members_and_refuses_calls() -> Result<()> {
     );
 
     assert_eq!(err_kind(p.open(SCOPE)), ErrorKind::Unavailable);
-    assert_every_method_fails(&pg, ErrorKind::Unavailable);
+    assert_every_method_fails(&pg, ErrorKind::Unavailable).await;
     assert_eq!(
         err_kind(node.spawn_process().open(SCOPE)),
         ErrorKind::Unavailable

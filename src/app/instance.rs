@@ -3,13 +3,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::app::mailbox::{Message, ProcessShared, encode_payload};
+use crate::app::calls::{CallResults, DEFAULT_CALL_TIMEOUT};
+use crate::app::mailbox::{Ask, Message, ProcessShared, encode_payload};
 use crate::app::scope::Scope;
 use crate::app::shared::NodeShared;
-use crate::net::wire::Frame;
+use crate::net::wire::{CallTag, Frame};
 use crate::proto::groups::group_name_problem;
 use crate::proto::registry::name_problem;
 use crate::vocab::delivery::{Delivery, Tracking};
@@ -465,6 +467,7 @@ impl Instance {
                 topic: message.topic_shared(),
                 payload: message.payload().clone(),
                 targets,
+                call: None,
             };
             // A refusal has failed the node's ticket with its reason.
             match self.node.deliver_remote(node, frame, tracking.ticket(node)) {
@@ -475,6 +478,173 @@ impl Instance {
             }
         }
         Ok(tracking.finish(all.len()))
+    }
+
+    /// Asks every member of `group` under `topic` and gathers their answers: each member
+    /// process gets `request` (encoded with CBOR once) as a [`Message`] in its inbox for
+    /// `topic`, and answers with [`Message::reply`]. Each member process is asked once,
+    /// however many slots it holds (a process that joined twice answers once), the caller
+    /// too if it is a member (it must then reply from another task). As a
+    /// [`broadcast`](Self::broadcast), local members are served in place and each other node
+    /// with members gets one frame, for all of its members, through its outbox.
+    ///
+    /// Returns [`CallResults`]: the replies, each with the [`Pid`] that sent it, and in `bad`
+    /// the members that did not answer within `timeout` (`None`: [`DEFAULT_CALL_TIMEOUT`]),
+    /// whose node failed (its frame given up: retries used up, breaker open, queue full; known
+    /// as soon as the outbox gives up, without waiting for the timeout), or whose inbox for
+    /// `topic` is missing or full on this node. The call returns once every member answered or
+    /// is known bad, and never waits past `timeout` (a tokio timer: it runs on a tokio runtime
+    /// with time enabled, and is `Unavailable` outside any). A reply after the call returned,
+    /// or one the call did not ask for, is dropped and counted
+    /// ([`NodeStats`](crate::NodeStats)'s `call_replies_late` and `call_replies_rejected`).
+    /// Dropping the future ends the call.
+    ///
+    /// An empty group gives empty results at once. `Unavailable` when `MAX_QUEUED_FRAMES`
+    /// (src/net/outbox.rs) frames already wait for the network, as for a broadcast.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> procgroups::Result<()> {
+    /// use std::time::Duration;
+    /// use procgroups::{Node, ScopeConfig};
+    /// # let node = Node::builder().mdns(false)
+    /// #     .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+    /// #     .scope("app:pg", ScopeConfig::default()).build().await?;
+    /// let (answering, silent) = (node.spawn_process(), node.spawn_process());
+    /// let mut asks = answering.listen("load");
+    /// let _deaf = silent.listen("load");
+    /// answering.open("app:pg")?.join("servers")?;
+    /// silent.open("app:pg")?.join("servers")?;
+    /// tokio::spawn(async move {
+    ///     while let Some(ask) = asks.recv().await {
+    ///         ask.reply(&0.25f64).expect("replied");
+    ///     }
+    /// });
+    ///
+    /// let caller = node.spawn_process();
+    /// let pg = caller.open("app:pg")?;
+    /// let results = pg.multi_call("servers", "load", &(), Duration::from_millis(200)).await?;
+    /// assert_eq!(results.replies.len(), 1);
+    /// assert_eq!(results.replies[0].from(), answering.pid());
+    /// assert_eq!(results.replies[0].decode::<f64>()?, 0.25);
+    /// assert_eq!(results.bad, [silent.pid()]); // no answer within 200 ms
+    /// assert!(pg.multi_call("nobody", "load", &(), None).await?.replies.is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub async fn multi_call<T: Serialize + ?Sized>(
+        &self,
+        group: &str,
+        topic: &str,
+        request: &T,
+        timeout: impl Into<Option<Duration>>,
+    ) -> Result<CallResults> {
+        self.group(group, Permission::MultiCall)?;
+        if topic.is_empty() {
+            return Err(Error::EmptyTopic);
+        }
+        let timeout = timeout.into().unwrap_or(DEFAULT_CALL_TIMEOUT);
+        if tokio::runtime::Handle::try_current().is_err() {
+            // Checked before anything is sent: the timer would panic outside a runtime.
+            return Err(Error::unavailable(
+                "multi_call runs on a tokio runtime (its timer)",
+            ));
+        }
+        let (all, local) = self.scope.targets(group);
+        if all.is_empty() {
+            return Ok(CallResults::default());
+        }
+        if all.len() > local.len() {
+            self.node.check_network_room()?;
+        }
+        let payload = encode_payload(request)?;
+        let topic: Arc<str> = topic.into();
+        let me = self.node.peer_id;
+        let mut call = self.node.calls.open(self.process.pid.id(), all.unique());
+        let ask = Ask {
+            caller: self.process.pid,
+            topic: &topic,
+            payload: &payload,
+            call: call.id,
+        };
+        if let Some((_, ids)) = local.node_processes().next() {
+            let dropped = &self.node.net.shared.stats.messages_dropped;
+            let missed = self.node.mailroom.deliver_requests(&ask, &ids, dropped);
+            let missed: Vec<Pid> = missed.into_iter().map(|id| Pid::new(me, id)).collect();
+            call.give_up(&missed);
+        }
+        let mut deliveries = Vec::new();
+        for (node, targets) in all.node_processes().filter(|(n, _)| *n != me) {
+            let slots = targets.len();
+            let frame = Frame {
+                from: self.process.pid.id(),
+                topic: topic.clone(),
+                payload: payload.clone(),
+                targets,
+                call: Some(CallTag::Request { id: call.id }),
+            };
+            let tracking = Tracking::new();
+            // A refusal has failed the node's ticket: its members are bad at once.
+            match self.node.deliver_remote(node, frame, tracking.ticket(node)) {
+                Ok(()) => {
+                    self.scope
+                        .counters
+                        .frames_queued
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => tracing::debug!(%node, %e, "call frame refused"),
+            }
+            deliveries.push((node, tracking.finish(slots)));
+        }
+        Ok(call.gather(deliveries, timeout).await)
+    }
+
+    /// Sends `payload` under `topic` to one member process of `group`: a local one if the
+    /// group has any (at random among them), else one at random by node (a node with
+    /// members, uniformly, then one of its member processes, uniformly), so that the
+    /// messages spread evenly over the nodes whatever their number of members. The message
+    /// goes as a [`Process::send`](crate::Process::send) would, and the [`Delivery`] tells
+    /// its fate. [`NoMembers`](Error::NoMembers) (`NotFound`) for an empty group.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> procgroups::Result<()> {
+    /// use procgroups::{ErrorKind, Node, ScopeConfig};
+    /// # let node = Node::builder().mdns(false)
+    /// #     .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+    /// #     .scope("app:pg", ScopeConfig::default()).build().await?;
+    /// let worker = node.spawn_process();
+    /// let mut jobs = worker.listen("job");
+    /// worker.open("app:pg")?.join("workers")?;
+    ///
+    /// let sender = node.spawn_process();
+    /// let pg = sender.open("app:pg")?;
+    /// pg.send_to_one("workers", "job", "resize")?;
+    /// assert_eq!(jobs.recv().await.unwrap().decode::<String>()?, "resize");
+    /// let err = pg.send_to_one("idle", "job", "resize").unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::NotFound);
+    /// # Ok(()) }
+    /// ```
+    pub fn send_to_one<T: Serialize + ?Sized>(
+        &self,
+        group: &str,
+        topic: &str,
+        payload: &T,
+    ) -> Result<Delivery> {
+        self.group(group, Permission::SendToOne)?;
+        if topic.is_empty() {
+            return Err(Error::EmptyTopic);
+        }
+        let (all, local) = self.scope.targets(group);
+        let mut rng = rand::thread_rng();
+        let target = local
+            .pick_by_node(&mut rng)
+            .or_else(|| all.pick_by_node(&mut rng))
+            .ok_or_else(|| Error::NoMembers {
+                scope: self.scope.id.to_string(),
+                group: group.to_owned(),
+            })?;
+        let payload = encode_payload(payload)?;
+        self.node.send_to(self.process.pid, &target, topic, payload)
     }
 
     /// Subscribes to the joins and leaves of `group` and returns its current members, in one

@@ -387,6 +387,19 @@ impl Collector for NodeCollector {
                 ],
             ),
         )?;
+        family(
+            e,
+            "call_replies_dropped",
+            "Replies to this node's multi_calls dropped: late (the call had ended or given the \
+             process up, or was unknown) or rejected (not awaited from that process).",
+            node_counters(
+                "reason",
+                &[
+                    ("late", node_stats.call_replies_late),
+                    ("rejected", node_stats.call_replies_rejected),
+                ],
+            ),
+        )?;
         single(
             e,
             "messages_dropped",

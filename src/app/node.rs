@@ -12,8 +12,9 @@ use libp2p::pnet::PreSharedKey;
 use libp2p::{Multiaddr, PeerId};
 use prometheus_client::registry::Registry;
 
+use crate::app::calls::{Calls, ReplyRoute};
 use crate::app::health::ScopeHealth;
-use crate::app::mailbox::{ProcessShared, ProcessTable};
+use crate::app::mailbox::{Mailroom, ProcessShared, ProcessTable};
 use crate::app::metrics::{MetricsSource, NodeCollector};
 use crate::app::process::Process;
 use crate::app::scope::Scope;
@@ -321,6 +322,14 @@ impl NodeBuilder {
         if let Some(t) = ordered.iter().map(|s| s.config.protocol_timeout()).max() {
             network.sync_timeout = t;
         }
+        // Ids of a new incarnation start at its start time in nanoseconds: above every id an
+        // earlier incarnation handed out (see `Pid`); call ids too, so that a late reply to
+        // an earlier incarnation's call matches no new one.
+        let first_id = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        let calls = Arc::new(Calls::new(first_id));
+        let mailroom = Arc::new(Mailroom::new(processes.clone(), calls.clone(), peer_id));
         let (behaviour, net) = crate::net::behaviour::build(
             NetConfig {
                 keypair: keypair.clone(),
@@ -334,20 +343,17 @@ impl NodeBuilder {
                 .iter()
                 .map(|s| s.clone() as Arc<dyn ScopeHost>)
                 .collect(),
-            processes.clone(),
+            mailroom.clone(),
             net_shared,
         )?;
-        // Ids of a new incarnation start at its start time in nanoseconds: above every id an
-        // earlier incarnation handed out (see `Pid`).
-        let first_id = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
         let node = Node {
             shared: Arc::new(NodeShared {
                 peer_id,
                 incarnation,
                 scopes: table,
                 processes,
+                calls,
+                mailroom: mailroom.clone(),
                 net,
                 next_pid: AtomicU64::new(first_id),
                 policy: self.policy,
@@ -355,6 +361,8 @@ impl NodeBuilder {
                 running: AtomicBool::new(true),
             }),
         };
+        // Before the behaviour runs: no request arrives without its route.
+        mailroom.set_route(Arc::downgrade(&node.shared) as Weak<dyn ReplyRoute>);
         Ok((node, behaviour, keypair))
     }
 }

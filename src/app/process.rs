@@ -6,12 +6,12 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 
 use crate::app::shared::NodeShared;
-use crate::vocab::delivery::{Delivery, Tracking};
+use crate::vocab::delivery::Delivery;
 use crate::vocab::error::{Error, Result};
 use crate::vocab::policy::Permission;
 use crate::{Instance, Pid};
 
-use crate::app::mailbox::{Inbox, Message, ProcessShared, encode_payload};
+use crate::app::mailbox::{Inbox, ProcessShared, encode_payload};
 /// A process: a local, addressable mailbox owned by the application, and the member of groups.
 ///
 /// Dropping it (or calling [`exit`](Self::exit)) is the process's exit: it leaves every group
@@ -113,26 +113,7 @@ impl Process {
             return Err(Error::EmptyTopic);
         }
         let payload = encode_payload(payload)?;
-        if to.node() != self.node.peer_id {
-            let frame = crate::net::wire::Frame {
-                from: self.pid().id(),
-                topic: topic.into(),
-                payload,
-                targets: Arc::new([to.id()]),
-            };
-            let tracking = Tracking::new();
-            self.node
-                .deliver_remote(to.node(), frame, tracking.ticket(to.node()))?;
-            return Ok(tracking.finish(1));
-        }
-        let message = Message::new(self.pid(), topic, payload);
-        if self.node.deliver_local(to.id(), message) {
-            Ok(Delivery::local(1))
-        } else {
-            Err(Error::ProcessNotFound {
-                pid: to.to_string(),
-            })
-        }
+        self.node.send_to(self.pid(), to, topic, payload)
     }
 
     /// Messages to this process that were dropped: nobody listened to their topic, or the

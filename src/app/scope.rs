@@ -423,10 +423,13 @@ impl Scope {
                 winner,
             };
             match encode_payload(&payload) {
-                Ok(bytes) => p.deliver(
-                    Message::new(winner, NAME_LOST_TOPIC, bytes),
-                    &self.net.stats.messages_dropped,
-                ),
+                Ok(bytes) => {
+                    // Not listening to the topic drops it, counted like any message.
+                    p.deliver(
+                        Message::new(winner, NAME_LOST_TOPIC, bytes),
+                        &self.net.stats.messages_dropped,
+                    );
+                }
                 Err(e) => tracing::warn!(%e, "a NameLost does not encode"),
             }
         }

@@ -8,15 +8,18 @@ use std::time::Duration;
 use hashbrown::HashMap;
 use libp2p::PeerId;
 
+use bytes::Bytes;
+
+use crate::app::calls::{CallRef, Calls, ReplyRoute};
 use crate::app::health::{HealthProblem, PeerPaths, ScopeHealth};
-use crate::app::mailbox::{Message, ProcessShared, ProcessTable};
+use crate::app::mailbox::{Mailroom, Message, ProcessShared, ProcessTable};
 use crate::app::metrics::MetricsSource;
 use crate::app::scope::Scope;
 use crate::app::stats::{NodeStats, ScopeStats};
 use crate::net::NetHandle;
 use crate::net::relay::Reach;
-use crate::net::wire::Frame;
-use crate::vocab::delivery::Ticket;
+use crate::net::wire::{CallTag, Frame};
+use crate::vocab::delivery::{Delivery, Ticket, Tracking};
 use crate::vocab::error::{Error, Result};
 use crate::vocab::policy::{Permission, Policy, Request};
 use crate::{Members, Pid};
@@ -27,6 +30,10 @@ pub(crate) struct NodeShared {
     pub(crate) incarnation: u64,
     pub(crate) scopes: HashMap<Arc<str>, Arc<Scope>>,
     pub(crate) processes: Arc<ProcessTable>,
+    /// The calls this node's processes wait on.
+    pub(crate) calls: Arc<Calls>,
+    /// Delivers requests of calls to this node's processes (and other nodes' frames).
+    pub(crate) mailroom: Arc<Mailroom>,
     pub(crate) net: NetHandle,
     /// The next process id (see `Pid`: ids of an incarnation start at its start time).
     pub(crate) next_pid: AtomicU64,
@@ -89,6 +96,8 @@ impl NodeShared {
             messages_dropped: read(&net.stats.messages_dropped),
             peers_refused: read(&net.stats.peers_refused),
             peers_ignored: read(&net.stats.peers_ignored),
+            call_replies_late: read(&self.calls.replies_late),
+            call_replies_rejected: read(&self.calls.replies_rejected),
         }
     }
 
@@ -212,6 +221,37 @@ impl NodeShared {
         self.net.deliver(peer, frame, Some(ticket))
     }
 
+    /// Sends a message from this node's process `from` to `to`, wherever it runs (see
+    /// `Process::send`): a local target that does not exist is `NotFound`.
+    pub(crate) fn send_to(
+        &self,
+        from: Pid,
+        to: &Pid,
+        topic: &str,
+        payload: Bytes,
+    ) -> Result<Delivery> {
+        if to.node() != self.peer_id {
+            let frame = Frame {
+                from: from.id(),
+                topic: topic.into(),
+                payload,
+                targets: Arc::new([to.id()]),
+                call: None,
+            };
+            let tracking = Tracking::new();
+            self.deliver_remote(to.node(), frame, tracking.ticket(to.node()))?;
+            return Ok(tracking.finish(1));
+        }
+        let message = Message::new(from, topic, payload);
+        if self.deliver_local(to.id(), message) {
+            Ok(Delivery::local(1))
+        } else {
+            Err(Error::ProcessNotFound {
+                pid: to.to_string(),
+            })
+        }
+    }
+
     /// The exit of a process: idempotent.
     pub(crate) fn exit_process(&self, process: &ProcessShared) {
         if !process.mark_dead() {
@@ -226,6 +266,28 @@ impl NodeShared {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
         process.close_inboxes();
+    }
+}
+
+impl ReplyRoute for NodeShared {
+    fn reply(&self, to: &CallRef, topic: Arc<str>, payload: Bytes) -> Result<Delivery> {
+        self.check_running()?;
+        if to.caller.node() == self.peer_id {
+            // Late or not, the table has counted it.
+            self.calls
+                .on_reply(to.call, to.caller.id(), to.replier, payload);
+            return Ok(Delivery::local(1));
+        }
+        let frame = Frame {
+            from: to.replier.id(),
+            topic,
+            payload,
+            targets: Arc::new([to.caller.id()]),
+            call: Some(CallTag::Reply { id: to.call }),
+        };
+        let tracking = Tracking::new();
+        self.deliver_remote(to.caller.node(), frame, tracking.ticket(to.caller.node()))?;
+        Ok(tracking.finish(1))
     }
 }
 

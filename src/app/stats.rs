@@ -87,8 +87,8 @@ pub struct ScopeStats {
     pub delivered_local: u64,
     /// Slots on other nodes targeted by those broadcasts.
     pub delivered_remote: u64,
-    /// Frames (one per other node and broadcast) handed to the outboxes. What becomes of
-    /// them is per node, in [`NodeStats`].
+    /// Frames (one per other node and broadcast, or `multi_call` request) handed to the
+    /// outboxes. What becomes of them is per node, in [`NodeStats`].
     pub frames_queued: u64,
     /// Events dropped because a subscription was full (`monitor_buffer`).
     pub events_dropped: u64,
@@ -145,6 +145,15 @@ pub struct NodeStats {
     /// Peers named by peer exchange and ignored because the node already knew
     /// [`BehaviourConfig::max_known_peers`](crate::net::protocols::BehaviourConfig::max_known_peers).
     pub peers_ignored: u64,
+    /// Replies to this node's calls ([`multi_call`](crate::Instance::multi_call)) dropped
+    /// because they came late: after their call ended (its timeout passed, or it was
+    /// cancelled), after the call gave their process up (the request to its node failed), or
+    /// for a call this node does not know.
+    pub call_replies_late: u64,
+    /// Replies to this node's calls dropped because the call did not wait for them: from a
+    /// process it did not ask, a second reply of one, or addressed to another process than
+    /// the caller.
+    pub call_replies_rejected: u64,
 }
 
 impl ScopeCounters {

@@ -451,6 +451,7 @@ mod tests {
             topic: "t".into(),
             payload: bytes::Bytes::from_static(&[0; 100]),
             targets: vec![1].into(),
+            call: None,
         }
     }
 

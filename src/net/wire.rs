@@ -2,7 +2,8 @@
 //! gossipsub as a CBOR [`Delta`]).
 //!
 //! Two protocols: `/procgroups/sync/1` (membership: Discover, Sync pages, Goodbye) and
-//! `/procgroups/deliver/1` (message batches of `broadcast` and `send`).
+//! `/procgroups/deliver/1` (message batches of `broadcast` and `send`, and the requests and
+//! replies of `multi_call`, tagged with their [`CallTag`]).
 
 use std::sync::Arc;
 
@@ -91,13 +92,36 @@ pub struct Frame {
     pub payload: Bytes,
     /// Process ids on the receiver, once per slot.
     pub targets: Arc<[u64]>,
+    /// For the request of a call and its replies: which call. Absent from the encoding of a
+    /// plain message (so that it reads as before this field existed), and ignored by a
+    /// receiver that does not know it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<CallTag>,
 }
 
 impl Frame {
     /// A generous estimate of the frame's encoded size.
     pub fn encoded_len(&self) -> usize {
-        16 + self.topic.len() + self.payload.len() + 9 * self.targets.len()
+        // `"call": {"Request": {"id": u64}}`: 27 bytes at most.
+        let call = if self.call.is_some() { 28 } else { 0 };
+        16 + self.topic.len() + self.payload.len() + 9 * self.targets.len() + call
     }
+}
+
+/// What a frame of a call is: the request (to each of its targets, who may answer once) or
+/// one target's reply (to the calling process, its only target).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CallTag {
+    /// A request of the call `id` of the sending process.
+    Request {
+        /// The call, numbered by the calling node.
+        id: u64,
+    },
+    /// The sending process's reply to the call `id` of the target.
+    Reply {
+        /// The call, as its request named it.
+        id: u64,
+    },
 }
 
 /// A batch of frames from one node to another, in order.
@@ -117,4 +141,64 @@ pub struct DeliverBatch {
 pub struct DeliverAck {
     /// `seq` of the batch.
     pub seq: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(call: Option<CallTag>) -> Frame {
+        Frame {
+            from: 1,
+            topic: "t".into(),
+            payload: Bytes::from_static(b"\x01"),
+            targets: vec![2, 3].into(),
+            call,
+        }
+    }
+
+    fn cbor<T: Serialize>(value: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(value, &mut out).expect("encode");
+        out
+    }
+
+    /// The frame as it was before calls: what nodes that do not know them send and read.
+    #[derive(Serialize, Deserialize)]
+    struct PlainFrame {
+        from: u64,
+        topic: String,
+        payload: Bytes,
+        targets: Vec<u64>,
+    }
+
+    #[test]
+    fn a_plain_frame_reads_and_writes_as_before_calls_and_a_call_tag_round_trips() {
+        let plain = PlainFrame {
+            from: 1,
+            topic: "t".into(),
+            payload: Bytes::from_static(b"\x01"),
+            targets: vec![2, 3],
+        };
+        assert_eq!(cbor(&frame(None)), cbor(&plain), "no call key");
+        let read: Frame = ciborium::from_reader(&cbor(&plain)[..]).expect("decode");
+        assert_eq!(read, frame(None));
+        for tag in [CallTag::Request { id: 7 }, CallTag::Reply { id: u64::MAX }] {
+            let tagged = frame(Some(tag));
+            let bytes = cbor(&tagged);
+            let (more, estimated) = (
+                bytes.len() - cbor(&plain).len(),
+                tagged.encoded_len() - frame(None).encoded_len(),
+            );
+            assert!(
+                more <= estimated,
+                "the tag takes {more} bytes, estimated {estimated}"
+            );
+            let read: Frame = ciborium::from_reader(&bytes[..]).expect("decode");
+            assert_eq!(read, tagged);
+            // A node that does not know calls reads the frame as a plain message.
+            let old: PlainFrame = ciborium::from_reader(&bytes[..]).expect("decode");
+            assert_eq!(old.targets, [2, 3]);
+        }
+    }
 }

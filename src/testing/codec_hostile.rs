@@ -189,7 +189,7 @@ fn decode_one<T: Serialize + DeserializeOwned + PartialEq + Debug>(data: &[u8]) 
 /// Valid frames and messages to start fuzzing from: `(name, selector byte + stream)` for
 /// [`read_checked`] and `(name, CBOR)` for [`decode_checked`].
 pub(crate) fn seeds() -> (Seeds, Seeds) {
-    use crate::net::wire::{Frame, SyncGroup, Version};
+    use crate::net::wire::{CallTag, Frame, SyncGroup, Version};
     use crate::testing::harness::{Mode, Session, cbor, peer};
 
     let version = Version {
@@ -254,12 +254,35 @@ pub(crate) fn seeds() -> (Seeds, Seeds) {
                 topic: "workers".into(),
                 payload: cbor(&("hello", 42u32)).into(),
                 targets: vec![4, 4, 5].into(),
+                call: None,
             },
             Frame {
                 from: 2,
                 topic: "".into(),
                 payload: Vec::new().into(),
                 targets: Vec::new().into(),
+                call: None,
+            },
+        ],
+    };
+    // A call's request to two processes and one process's reply.
+    let calls = DeliverBatch {
+        incarnation: 0xa1,
+        seq: 4,
+        frames: vec![
+            Frame {
+                from: 1,
+                topic: "load".into(),
+                payload: cbor(&()).into(),
+                targets: vec![4, 5].into(),
+                call: Some(CallTag::Request { id: 0x17 }),
+            },
+            Frame {
+                from: 4,
+                topic: "load".into(),
+                payload: cbor(&0.25f64).into(),
+                targets: vec![1].into(),
+                call: Some(CallTag::Reply { id: 0x17 }),
             },
         ],
     };
@@ -288,6 +311,7 @@ pub(crate) fn seeds() -> (Seeds, Seeds) {
         add(format!("sync-response-{i}"), 1, r);
     }
     add("deliver-batch".into(), 2, &batch);
+    add("deliver-batch-calls".into(), 2, &calls);
     add("deliver-ack".into(), 3, &ack);
     // The core's own messages, as the decoder sees them (the body of each session's step).
     for (name, step) in Session::seeds(Mode::Syncs) {

@@ -10,7 +10,7 @@ pub enum ErrorKind {
     /// A missing, empty or malformed argument, a leave of a group the process is not in, or a
     /// released instance / exited process.
     Invalid,
-    /// The scope (or the local process) does not exist.
+    /// The scope (or the local process) does not exist, or a group has no member to send to.
     NotFound,
     /// A configured limit (`max_groups`, `max_members_per_group`, …) would be exceeded.
     LimitReached,
@@ -180,6 +180,26 @@ pub enum Error {
     /// A configuration value or file is invalid.
     #[error("invalid configuration: {0}")]
     Config(#[from] crate::vocab::config::ConfigError),
+    /// The group has no member to send to (`send_to_one`).
+    #[error("group {group:?} of scope {scope:?} has no member")]
+    NoMembers {
+        /// The scope.
+        scope: String,
+        /// The group.
+        group: String,
+    },
+    /// `reply` on a message that is not the request of a call.
+    #[error("the message under topic {topic:?} is not a request: there is nobody to reply to")]
+    NotARequest {
+        /// The message's topic.
+        topic: String,
+    },
+    /// `reply` on a request that was answered already (by this handle or a clone of it).
+    #[error("the request under topic {topic:?} was answered already")]
+    AlreadyReplied {
+        /// The request's topic.
+        topic: String,
+    },
 }
 
 impl Error {
@@ -202,10 +222,14 @@ impl Error {
             | Error::InvalidScopeId { .. }
             | Error::Payload { .. }
             | Error::InvalidName { .. }
-            | Error::Config(_) => ErrorKind::Invalid,
+            | Error::Config(_)
+            | Error::NotARequest { .. }
+            | Error::AlreadyReplied { .. } => ErrorKind::Invalid,
             Error::NameTaken { .. } => ErrorKind::AlreadyExists,
-            Error::NotRegistered { .. } => ErrorKind::NotFound,
-            Error::ScopeNotFound { .. } | Error::ProcessNotFound { .. } => ErrorKind::NotFound,
+            Error::ScopeNotFound { .. }
+            | Error::ProcessNotFound { .. }
+            | Error::NotRegistered { .. }
+            | Error::NoMembers { .. } => ErrorKind::NotFound,
             Error::LimitReached { .. } => ErrorKind::LimitReached,
             Error::Unavailable { .. } => ErrorKind::Unavailable,
         }

@@ -105,6 +105,28 @@ impl Members {
             })
     }
 
+    /// The distinct processes of each node: each node once, with each of its processes once
+    /// (a process that joined twice is listed once).
+    pub(crate) fn node_processes(&self) -> impl Iterator<Item = (PeerId, Arc<[u64]>)> + '_ {
+        self.node_runs().map(|(node, mut ids)| {
+            if ids.windows(2).any(|w| w[0] == w[1]) {
+                let mut unique = ids.to_vec();
+                unique.dedup();
+                ids = unique.into();
+            }
+            (node, ids)
+        })
+    }
+
+    /// One process, at random by node: a node among those with slots, uniformly, then one
+    /// of its processes, uniformly (however many slots each holds). `None` when empty.
+    pub(crate) fn pick_by_node(&self, rng: &mut impl rand::Rng) -> Option<Pid> {
+        use rand::seq::SliceRandom;
+        let nodes: Vec<(PeerId, Arc<[u64]>)> = self.node_processes().collect();
+        let (node, ids) = nodes.choose(rng)?;
+        Some(Pid::new(*node, *ids.choose(rng)?))
+    }
+
     /// The process ids of the slots, without their nodes: for snapshots of one node.
     pub(crate) fn ids(&self) -> impl Iterator<Item = u64> + '_ {
         self.slots().iter().map(|(_, id)| *id)
@@ -217,5 +239,38 @@ mod tests {
             Members::default(),
             Members::from_slots(vec![].into(), vec![])
         );
+        let by_node: Vec<(PeerId, Vec<u64>)> = m
+            .node_processes()
+            .map(|(n, ids)| (n, ids.to_vec()))
+            .collect();
+        assert_eq!(
+            by_node,
+            [(lo, vec![2, 9]), (hi, vec![1])],
+            "each process once"
+        );
+    }
+
+    #[test]
+    fn a_pick_by_node_is_uniform_over_nodes_then_processes() {
+        use rand::SeedableRng;
+        let (x, y) = (PeerId::random(), PeerId::random());
+        let nodes: Arc<[PeerId]> = vec![x, y].into();
+        // x has three processes (one with many slots), y one: each node half of the picks.
+        let slots = vec![(0, 1), (0, 2), (0, 3), (0, 3), (0, 3), (0, 3), (1, 7)];
+        let m = Members::from_slots(nodes, slots);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+        let mut picks = std::collections::HashMap::new();
+        for _ in 0..6000 {
+            *picks
+                .entry(m.pick_by_node(&mut rng).expect("a member"))
+                .or_insert(0) += 1;
+        }
+        let y_picks = picks[&Pid::new(y, 7)];
+        assert!((2700..3300).contains(&y_picks), "{picks:?}");
+        for id in [1, 2, 3] {
+            let n = picks[&Pid::new(x, id)];
+            assert!((800..1200).contains(&n), "{id}: {picks:?}");
+        }
+        assert_eq!(Members::default().pick_by_node(&mut rng), None);
     }
 }

@@ -37,11 +37,15 @@ pub enum Permission {
     Register,
     /// `pg.whereis`: look a registered name up (checked on the name).
     Whereis,
+    /// `pg.multi_call`
+    MultiCall,
+    /// `pg.send_to_one`
+    SendToOne,
 }
 
 impl Permission {
     /// Every permission, in a fixed order.
-    pub const ALL: [Permission; 13] = [
+    pub const ALL: [Permission; 15] = [
         Permission::Open,
         Permission::Join,
         Permission::Leave,
@@ -55,6 +59,8 @@ impl Permission {
         Permission::Events,
         Permission::Register,
         Permission::Whereis,
+        Permission::MultiCall,
+        Permission::SendToOne,
     ];
 
     /// The name of the permission, e.g. `"pg.join"`.
@@ -73,6 +79,8 @@ impl Permission {
             Permission::Events => "pg.events",
             Permission::Register => "pg.register",
             Permission::Whereis => "pg.whereis",
+            Permission::MultiCall => "pg.multi_call",
+            Permission::SendToOne => "pg.send_to_one",
         }
     }
 }

@@ -388,6 +388,7 @@ async fn a_delivery_batch_is_delivered_once() {
             topic: "t".into(),
             payload: bytes::Bytes::from_static(b"\x01"),
             targets: vec![5, 5, 6].into(),
+            call: None,
         }],
     };
     rig.behaviour.on_batch(peer, batch.clone());
@@ -672,6 +673,7 @@ impl Rig {
             topic: "t".into(),
             payload: bytes::Bytes::from_static(b"\x01"),
             targets: vec![5].into(),
+            call: None,
         };
         self.handle
             .deliver(peer, frame, Some(tracking.ticket(peer)))
@@ -819,6 +821,7 @@ async fn stopping_fails_what_waits_as_a_shutdown() {
         topic: "t".into(),
         payload: bytes::Bytes::from_static(b"\x02"),
         targets: vec![5].into(),
+        call: None,
     };
     rig.handle
         .deliver(peer, frame.clone(), Some(tracking.ticket(peer)))
