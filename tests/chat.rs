@@ -6,6 +6,12 @@
 //!   the others, nicks are unique (at start and on `/nick`), a scope file without the chat's
 //!   scopes is refused, and quitting (end of input, Ctrl-C, `/quit`) shows as a leave at the
 //!   others at once (the goodbye), well before `node_down_grace`.
+//! - A line over the chat's `MAX_LINE_BYTES` is refused whole, with a message, in a pipe as in
+//!   a terminal: nothing of it reaches the others.
+//! - In a terminal (tmux, `support::tmux`): the prompt names the current room, lines that
+//!   arrive while the user types show above the line being typed and leave it intact, a line
+//!   said shows once (as the others see it, not also as typed), the up key brings the last
+//!   line back, and Ctrl-D leaves.
 //! - On a LAN of three network namespaces (see `support::netns`), with mDNS on and nothing to
 //!   dial: the users find each other by mDNS alone, and the same checks pass. Run as root,
 //!   these tests make the namespaces themselves; run by anyone else, they run inside a user
@@ -21,8 +27,9 @@ mod support;
 use std::path::Path;
 use std::time::Instant;
 
-use support::chat::{LIMIT, PROMPT, Place, User, chat_binary, converse, strs};
+use support::chat::{LIMIT, MAX_LINE_BYTES, PROMPT, Place, User, chat_binary, converse, strs};
 use support::netns::{Lan, as_root};
+use support::tmux::Tmux;
 
 #[test]
 fn three_users_over_loopback() {
@@ -92,6 +99,24 @@ fn three_users_over_loopback() {
         "no clear error for a missing scope"
     );
     drop(misconfigured);
+
+    // A line over the limit is refused whole; nothing of it reaches the others.
+    let (alice_mark, bob_mark) = (alice.mark(), bob.mark());
+    let long = "y".repeat(MAX_LINE_BYTES + 904);
+    bob.send(&long);
+    bob.expect(
+        bob_mark,
+        &format!(
+            "! a line has at most {MAX_LINE_BYTES} bytes; this one has {}: not sent",
+            long.len()
+        ),
+    );
+    let fits = "z".repeat(MAX_LINE_BYTES - "/msg alice ".len());
+    bob.send(&format!("/msg alice {fits}"));
+    alice.expect(alice_mark, &format!("[dm] <bob> {fits}"));
+    bob.send("after the long line");
+    alice.expect(alice_mark, "[lobby] <bob> after the long line");
+    assert!(!alice.printed("yyyy"), "a part of the refused line arrived");
 
     converse(&mut alice, &mut bob, &mut carol);
 
@@ -194,4 +219,119 @@ fn three_users_on_one_host() {
         converse(alice, bob, carol);
     }
     lan.delete();
+}
+
+/// The chat in a terminal of 120 x 30: alice in tmux, bob in a pipe, over loopback.
+#[test]
+fn a_chat_in_a_terminal_keeps_the_line_being_typed() {
+    let local = ["--listen", "/ip4/127.0.0.1/tcp/0"];
+    let mut bob = User::join("bob", &local, Place::Loopback);
+    let dial = bob.addrs[0].clone();
+    let bin = chat_binary();
+    let alice = Tmux::start(
+        "alice",
+        120,
+        30,
+        &bin,
+        &[
+            "--nick",
+            "alice",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--dial",
+            &dial,
+        ],
+    );
+    // The prompt names the room (capture-pane drops its trailing space).
+    alice.wait("alice in the lobby, behind its prompt", |s| {
+        s.find("* alice is in lobby").is_some() && s.last_row() == "[lobby]>"
+    });
+    bob.who_until("lobby", &["alice", "bob"]);
+
+    // Lines that arrive while alice types show above her line, which stays as typed.
+    alice.type_text("half a thou");
+    alice.wait("the partial line", |s| {
+        s.last_row() == "[lobby]> half a thou"
+    });
+    bob.send("hello alice");
+    bob.send("are you there?");
+    let screen = alice.wait("bob's lines", |s| {
+        s.find("[lobby] <bob> are you there?").is_some()
+    });
+    let (prompt_at, prompt) = screen.last().expect("a prompt");
+    assert_eq!(
+        prompt, "[lobby]> half a thou",
+        "the typed line was broken:\n{screen}"
+    );
+    let hello = screen.find("[lobby] <bob> hello alice");
+    let there = screen.find("[lobby] <bob> are you there?");
+    assert!(
+        matches!((hello, there), (Some(h), Some(t)) if h < t && t < prompt_at),
+        "bob's lines are not above the prompt, in order:\n{screen}"
+    );
+
+    // Enter: bob gets the whole line; alice sees it once, as bob sees it.
+    let mark = bob.mark();
+    alice.type_text("ght");
+    alice.keys(&["Enter"]);
+    bob.expect(mark, "[lobby] <alice> half a thought");
+    let screen = alice.wait("alice's own line", |s| {
+        s.find("[lobby] <alice> half a thought").is_some() && s.last_row() == "[lobby]>"
+    });
+    assert_eq!(
+        screen.count("half a thought"),
+        1,
+        "the line shows more than once:\n{screen}"
+    );
+
+    // History: the up key brings the line back; Ctrl-U clears it.
+    alice.keys(&["Up"]);
+    alice.wait("the line from the history", |s| {
+        s.last_row() == "[lobby]> half a thought"
+    });
+    alice.keys(&["C-u"]);
+    alice.wait("an empty prompt", |s| s.last_row() == "[lobby]>");
+
+    // The prompt follows the current room.
+    alice.type_text("/join den");
+    alice.keys(&["Enter"]);
+    alice.wait("the prompt in den", |s| {
+        s.find("* alice is in den").is_some() && s.last_row() == "[den]>"
+    });
+    alice.type_text("/leave den");
+    alice.keys(&["Enter"]);
+    alice.wait("the prompt back in the lobby", |s| {
+        s.find("* you left den; now in lobby").is_some() && s.last_row() == "[lobby]>"
+    });
+
+    // A paste over the limit is refused whole: bob gets nothing of it.
+    let long = "x".repeat(MAX_LINE_BYTES + 100);
+    // tmux writes the keys of one command before those of the next: Enter comes last.
+    alice.type_text(&long);
+    alice.keys(&["Enter"]);
+    let refused = format!(
+        "! a line has at most {MAX_LINE_BYTES} bytes; this one has {}: not sent",
+        long.len()
+    );
+    alice.wait("the refusal", |s| {
+        s.find(&refused).is_some() && s.last_row() == "[lobby]>"
+    });
+    let mark = bob.mark();
+    alice.type_text("after the paste");
+    alice.keys(&["Enter"]);
+    bob.expect(mark, "[lobby] <alice> after the paste");
+    assert!(!bob.printed("xxxx"), "bob got a part of the refused paste");
+
+    // Ctrl-D leaves: bob sees alice go at once, alice's chat says bye and exits cleanly.
+    let mark = bob.mark();
+    alice.keys(&["C-d"]);
+    bob.expect(mark, "* alice left lobby");
+    assert_eq!(
+        alice.wait_exit(),
+        0,
+        "alice's chat failed:\n{}",
+        alice.screen()
+    );
+    alice.wait("the goodbye", |s| s.find("* bye").is_some());
 }

@@ -43,6 +43,17 @@
 //!   `examples/procgroups.toml`) instead of the built-in ones; it must define `chat:rooms` and
 //!   `chat:users`.
 //!
+//! In a terminal (stdin and stdout both), the chat is a line editor (`term.rs`): the prompt
+//! names the current room (`[lobby]> `), the up and down keys go through the lines typed
+//! before, and what arrives while a line is typed is printed above it, never into it. A line
+//! sent is replaced on the screen by what it did: a line said shows once, as the others see
+//! it (`[lobby] <alice> hello`). In a pipe (not a terminal) the chat reads plain lines and
+//! prints plain lines, one per thing, so that scripts and `tests/chat.rs` can drive it.
+//!
+//! A line (or a paste, several lines at once) over [`MAX_LINE_BYTES`] (4096) bytes is refused
+//! whole, with a message, in a terminal as in a pipe: it is never cut, and nothing of it is
+//! said or sent.
+//!
 //! Commands: `/join ROOM` (it becomes the current room), `/leave [ROOM]`, `/rooms`,
 //! `/who [ROOM]`, `/msg NICK TEXT`, `/nick NAME`, `/addrs` (where others can reach you:
 //! listen addresses, the external ones peers confirmed, relayed ones; and how each peer is
@@ -75,19 +86,22 @@
 //!
 //! The example, file by file: `main.rs` starts the node (its two scopes) and runs the chat's
 //! loop; `rooms.rs` is the rooms as groups, `users.rs` the nicks as groups, `commands.rs`
-//! parses what the user types, `render.rs` prints, `cli.rs` is the command line.
+//! parses what the user types, `input.rs` reads it (from the line editor of `term.rs` or
+//! from a pipe), `render.rs` prints, `cli.rs` is the command line.
 
 mod cli;
 mod commands;
+mod input;
 mod render;
 mod rooms;
+mod term;
 mod users;
 
 #[path = "../common/mod.rs"]
 mod common;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{BufRead, IsTerminal};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -102,8 +116,10 @@ use tokio::time::Instant;
 
 use cli::Args;
 use commands::Command;
+use input::{Keyboard, Typed};
 use render::{Out, Shown};
 use rooms::Watch;
+use term::Terminal;
 use users::{Names, await_peers, peer_of};
 
 /// The scope of the rooms: one group per room.
@@ -116,8 +132,10 @@ const LOBBY: &str = "lobby";
 const SAID: &str = "chat";
 /// The topic of direct messages.
 const DIRECT: &str = "dm";
-/// The longest line said or sent, in bytes.
-const MAX_TEXT: usize = 4096;
+/// The longest line typed, in bytes: a longer line or paste is refused whole, with a
+/// message, never cut or sent in part. Whatever fits is far below the cap of the frame that
+/// carries it (`BehaviourConfig::max_request_bytes`, 1 MiB by default, `src/net/protocols.rs`).
+const MAX_LINE_BYTES: usize = 4096;
 /// How often the chat looks for new external addresses to show.
 const ADDRESS_CHECK: Duration = Duration::from_secs(1);
 
@@ -144,8 +162,17 @@ async fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init();
     }
-    let out = Out::new();
-    let builder = match node_builder(&args) {
+    // The line editor when stdin and stdout are a terminal; plain lines otherwise.
+    let terminal = Terminal::open();
+    let out = Out::new(terminal.as_ref().map(Terminal::screen));
+    let code = chat(&args, &out, terminal).await;
+    out.finish(); // what the screen holds is printed before the process ends
+    code
+}
+
+/// Starts the node and runs the chat on it until the user leaves.
+async fn chat(args: &Args, out: &Out, terminal: Option<Terminal>) -> ExitCode {
+    let builder = match node_builder(args) {
         Ok(builder) => builder,
         Err(why) => {
             out.fatal(&why);
@@ -169,9 +196,9 @@ async fn main() -> ExitCode {
             }
         }
     }
-    let code = match Chat::start(&node, &args, out).await {
+    let code = match Chat::start(&node, args, out.clone()).await {
         Ok(chat) => {
-            chat.run().await;
+            chat.run(terminal).await;
             ExitCode::SUCCESS
         }
         Err(why) => {
@@ -230,7 +257,7 @@ fn users_config() -> ScopeConfig {
 // The chat.
 
 enum Input {
-    Line(Option<String>),
+    Line(Typed),
     Said(Message),
     Direct(Message),
     User(Event),
@@ -298,7 +325,7 @@ impl Chat {
                 Err(e) => out.error(&format!("cannot dial {addr}: {e}")),
             }
         }
-        await_peers(node, &users, &dialed, out).await;
+        await_peers(node, &users, &dialed, &out).await;
 
         // The nick first, so that the others know it before they see us in the lobby.
         users.join(args.nick.as_str()).map_err(|e| {
@@ -338,14 +365,18 @@ impl Chat {
         chat.enter(LOBBY)
             .map_err(|e| format!("cannot join {LOBBY}: {e}"))?;
         if std::io::stdin().is_terminal() {
-            out.info("type /help for the commands");
+            chat.out.info("type /help for the commands");
         }
         Ok(chat)
     }
 
-    /// Runs until the input ends, `/quit` or Ctrl-C.
-    async fn run(mut self) {
-        let mut lines = stdin_lines();
+    /// Runs until the input ends, `/quit` or Ctrl-C: reads from the line editor of
+    /// `terminal` if there is one, else plain lines of stdin.
+    async fn run(mut self, terminal: Option<Terminal>) {
+        let mut keyboard = match terminal {
+            Some(terminal) => Keyboard::Terminal(terminal.start(&self.prompt())),
+            None => Keyboard::pipe(),
+        };
         let interrupt = tokio::signal::ctrl_c();
         tokio::pin!(interrupt);
         let mut interrupt_armed = true;
@@ -364,15 +395,26 @@ impl Chat {
                 () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                     Input::Due
                 }
-                line = lines.recv() => Input::Line(line),
+                typed = keyboard.recv() => Input::Line(typed),
                 _ = addresses.tick() => Input::Addresses,
             };
             match input {
-                Input::Line(None) => break,
-                Input::Line(Some(line)) => {
-                    if !self.command(line.trim_end_matches(['\r', '\n'])) {
+                Input::Line(Typed::End) => break,
+                Input::Line(Typed::TooLong { bytes }) => {
+                    self.out.error(&format!(
+                        "a line has at most {MAX_LINE_BYTES} bytes; this one has {bytes}: not sent"
+                    ));
+                    keyboard.ready(&self.prompt());
+                }
+                Input::Line(Typed::Line(line)) => {
+                    // A paste into the line editor may hold several lines: each in turn.
+                    if !line
+                        .split('\n')
+                        .all(|line| self.command(line.trim_end_matches('\r')))
+                    {
                         break;
                     }
+                    keyboard.ready(&self.prompt());
                 }
                 Input::Said(msg) => self.on_said(&msg),
                 Input::Direct(msg) => self.on_direct(&msg),
@@ -389,7 +431,16 @@ impl Chat {
                 }
             }
         }
+        drop(keyboard); // the terminal as it was, before the last line
         self.out.info("bye");
+    }
+
+    /// The line editor's prompt: the current room.
+    fn prompt(&self) -> String {
+        match &self.current {
+            Some(room) => format!("[{room}]> "),
+            None => "[no room]> ".to_owned(),
+        }
     }
 
     /// Handles one line of input; `false` to quit.
@@ -456,11 +507,6 @@ impl Chat {
                 .error("you are in no room: /join one to talk, /msg someone");
             return;
         };
-        if text.len() > MAX_TEXT {
-            self.out
-                .error(&format!("a line has at most {MAX_TEXT} bytes"));
-            return;
-        }
         let said = Said {
             room: room.clone(),
             text: text.to_owned(),
@@ -502,27 +548,4 @@ impl Drop for Chat {
             watch.task.abort();
         }
     }
-}
-
-/// The lines of stdin, read on a thread of their own (a blocking read would hold the
-/// runtime's shutdown); `None` at the end of input or on a read error.
-fn stdin_lines() -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel(64);
-    std::thread::spawn(move || {
-        let mut stdin = std::io::stdin().lock();
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match stdin.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf).into_owned();
-                    if tx.blocking_send(line).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    rx
 }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::cli::{MAX_NICK, check_name};
 use super::render::{Out, clean};
-use super::{Chat, DIRECT, Direct, MAX_TEXT, USERS};
+use super::{Chat, DIRECT, Direct, USERS};
 
 /// How long the chat waits at start for the peers it dials (and their users).
 const DIAL_WAIT: Duration = Duration::from_secs(5);
@@ -82,11 +82,6 @@ impl Chat {
     pub(super) fn message(&mut self, nick: &str, text: &str) {
         if text.is_empty() {
             self.out.error("/msg NICK TEXT: the text is missing");
-            return;
-        }
-        if text.len() > MAX_TEXT {
-            self.out
-                .error(&format!("a message has at most {MAX_TEXT} bytes"));
             return;
         }
         let to = match self.users.get_members(nick) {
@@ -206,7 +201,7 @@ pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
 
 /// Waits (up to [`DIAL_WAIT`]) until every dialed peer is connected and its users are known
 /// here, so that a nick taken there is refused at start.
-pub async fn await_peers(node: &Node, users: &Instance, peers: &[PeerId], out: Out) {
+pub async fn await_peers(node: &Node, users: &Instance, peers: &[PeerId], out: &Out) {
     if peers.is_empty() {
         return;
     }

@@ -29,6 +29,9 @@ pub const PROMPT: Duration = Duration::from_millis(1500);
 /// conversation is a few dozen waits, each far shorter than [`WAIT`] when all is well.
 pub const LIMIT: Duration = Duration::from_secs(180);
 
+/// The longest line the chat takes, in bytes (`MAX_LINE_BYTES` in `examples/chat/main.rs`).
+pub const MAX_LINE_BYTES: usize = 4096;
+
 /// The chat example's binary, beside this test's binary (`target/<profile>/examples/chat`).
 ///
 /// `cargo test` builds the examples before it runs the tests, but `cargo test --test chat`
