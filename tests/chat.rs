@@ -5,7 +5,9 @@
 //!   `/rooms` list everyone, `/msg` reaches its target only, joins and leaves of rooms show at
 //!   the others, nicks are unique (at start and on `/nick`), a scope file without the chat's
 //!   scopes is refused, and quitting (end of input, Ctrl-C, `/quit`) shows as a leave at the
-//!   others at once (the goodbye), well before `node_down_grace`.
+//!   others at once (the goodbye), well before `node_down_grace`. Nicks are shown as typed
+//!   but held under their key: `ALICE`, fullwidth `ａlice` and `аlice` with a Cyrillic `а` are
+//!   refused while alice holds hers, and `/msg ALICE` reaches her.
 //! - A line over the chat's `MAX_LINE_BYTES` is refused whole, with a message, in a pipe as in
 //!   a terminal: nothing of it reaches the others.
 //! - In a terminal (tmux, `support::tmux`): the prompt names the current room, lines that
@@ -64,11 +66,35 @@ fn three_users_over_loopback() {
         "no clear error for a taken nick"
     );
     drop(impostor);
+    // ... and so is a nick that reads like it: `аlice` with a Cyrillic `а`.
+    let mut look_alike = User::start("\u{430}lice", &strs(&dial(&[])), Place::Loopback);
+    let status = look_alike.wait_exit();
+    assert!(!status.success(), "a look-alike of alice started");
+    assert!(
+        look_alike.printed("[stderr] ! the nick \u{430}lice is taken (it reads like alice)"),
+        "no clear error for a look-alike nick"
+    );
+    drop(look_alike);
 
-    // ... and on /nick, which keeps the old nick.
+    // ... and on /nick, which keeps the old nick; in any case, or fullwidth.
     let mark = bob.mark();
     bob.send("/nick alice");
     bob.expect(mark, "! the nick alice is taken; you are still bob");
+    bob.send("/nick ALICE");
+    bob.expect(
+        mark,
+        "! the nick ALICE is taken (it reads like alice); you are still bob",
+    );
+    bob.send("/nick \u{ff41}lice");
+    bob.expect(
+        mark,
+        "! the nick \u{ff41}lice is taken (it reads like alice); you are still bob",
+    );
+    // A direct message to a nick written otherwise reaches its holder, shown as it took it.
+    let alice_mark = alice.mark();
+    bob.send("/msg ALICE psst");
+    bob.expect(mark, "[dm -> alice] <bob> psst");
+    alice.expect(alice_mark, "[dm] <bob> psst");
 
     // A scope file without the chat's scopes is refused with a clear message.
     let dir = std::env::temp_dir().join(format!("procgroups-chat-{}", std::process::id()));
@@ -120,11 +146,17 @@ fn three_users_over_loopback() {
 
     converse(&mut alice, &mut bob, &mut carol);
 
-    // bob renames himself: the others follow.
+    // bob renames himself: to his own nick written otherwise (shown as typed), then to
+    // another; the others follow.
+    let (alice_mark, bob_mark) = (alice.mark(), bob.mark());
+    bob.send("/nick Bob");
+    bob.expect(bob_mark, "* you are now Bob");
+    alice.expect(alice_mark, "* bob is now known as Bob");
+    alice.who_until("lobby", &["Bob", "alice"]);
     let (alice_mark, bob_mark) = (alice.mark(), bob.mark());
     bob.send("/nick robert");
     bob.expect(bob_mark, "* you are now robert");
-    alice.expect(alice_mark, "* bob is now known as robert");
+    alice.expect(alice_mark, "* Bob is now known as robert");
     alice.who_until("lobby", &["alice", "robert"]);
     bob.who_until("lobby", &["alice", "robert"]);
 

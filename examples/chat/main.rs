@@ -2,9 +2,13 @@
 //!
 //! Each user is one node with one process. Rooms are the groups of the scope `chat:rooms`
 //! (everyone starts in `lobby`); a line typed is broadcast to the current room. Nicknames are
-//! the groups of the scope `chat:users`: one group per nick, whose only member
-//! (`max_members_per_group = 1`) is the user's process, so a nick this node knows to be taken
-//! is refused.
+//! groups of the scope `chat:users` whose only member (`max_members_per_group = 1`) is the
+//! user's process (`users.rs`), so a nick this node knows to be taken is refused.
+//!
+//! A nick is shown as typed, but two nicks that a reader could take for one another are one
+//! nick (`nicks.rs`): each is held under its key, the nick in NFKC, lowercased, then its
+//! confusable skeleton (Unicode TS #39), so that when `alice` is taken, so are `Alice`, `ALICE`
+//! and `аlice` with a Cyrillic `а`; `/msg ALICE` reaches alice.
 //!
 //! Three terminals on one machine or one LAN (mDNS finds the others):
 //!
@@ -92,6 +96,7 @@
 mod cli;
 mod commands;
 mod input;
+mod nicks;
 mod render;
 mod rooms;
 mod term;
@@ -107,8 +112,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use procgroups::{
-    DeliveryOutcome, ErrorKind, Event, Inbox, Instance, Message, Multiaddr, Node, NodeBuilder,
-    Process, Reach, RelayServer, ScopeConfig, Subscription,
+    DeliveryOutcome, Event, Inbox, Instance, Message, Multiaddr, Node, NodeBuilder, Process, Reach,
+    RelayServer, ScopeConfig, Subscription,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -124,7 +129,7 @@ use users::{Names, await_peers, peer_of};
 
 /// The scope of the rooms: one group per room.
 const ROOMS: &str = "chat:rooms";
-/// The scope of the nicknames: one group per nick, one member.
+/// The scope of the nicknames: a group per nick and one per nick's key, one member each.
 const USERS: &str = "chat:users";
 /// The room everyone starts in.
 const LOBBY: &str = "lobby";
@@ -328,16 +333,8 @@ impl Chat {
         await_peers(node, &users, &dialed, &out).await;
 
         // The nick first, so that the others know it before they see us in the lobby.
-        users.join(args.nick.as_str()).map_err(|e| {
-            if e.kind() == ErrorKind::LimitReached {
-                format!(
-                    "the nick {} is taken: choose another with --nick",
-                    args.nick
-                )
-            } else {
-                format!("cannot take the nick {}: {e}", args.nick)
-            }
-        })?;
+        users::take(&users, &args.nick, None)
+            .map_err(|why| format!("{}: choose another with --nick", why.explain(&args.nick)))?;
 
         let (room_tx, room_rx) = mpsc::unbounded_channel();
         let (fate_tx, fate_rx) = mpsc::unbounded_channel();

@@ -1,6 +1,8 @@
-//! Nicknames are the groups of the scope `chat:users`: one group per nick, whose only member
-//! (`max_members_per_group = 1`) is the user's process. Taking a nick is `join` (refused with
-//! `LimitReached` when someone holds it), `/msg` looks the nick up with `get_members` and
+//! Nicknames are groups of the scope `chat:users`, two per user, each with one member at most
+//! (`max_members_per_group = 1`): the group of the nick's key (`~` and the key of `nicks.rs`),
+//! which makes the nick and every nick that reads like it taken, and the group of the nick as
+//! typed, which names the user to the others. Taking a nick is `join`ing both (refused with
+//! `LimitReached` when someone holds the key), `/msg` looks the key up with `get_members` and
 //! sends to that pid, and the scope's `events` say who is who.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -12,6 +14,7 @@ use procgroups::{ErrorKind, Event, EventKind, Instance, Members, Multiaddr, Node
 use tokio::time::Instant;
 
 use super::cli::{MAX_NICK, check_name};
+use super::nicks;
 use super::render::{Out, clean};
 use super::{Chat, DIRECT, Direct, USERS};
 
@@ -19,6 +22,84 @@ use super::{Chat, DIRECT, Direct, USERS};
 const DIAL_WAIT: Duration = Duration::from_secs(5);
 /// Nicks of users who are gone, kept to name them in late events; forgotten past this many.
 const MAX_REMEMBERED: usize = 10_000;
+/// What starts the group of a nick's key; no nick starts with it (`cli::check_name`).
+const KEY_PREFIX: char = '~';
+
+/// The group of `chat:users` held by whoever holds `nick` or a nick that reads like it.
+pub fn key_group(nick: &str) -> String {
+    format!("{KEY_PREFIX}{}", nicks::key(nick))
+}
+
+/// Whether `group` of `chat:users` is a key (else it is a nick as typed).
+fn is_key(group: &str) -> bool {
+    group.starts_with(KEY_PREFIX)
+}
+
+/// Why a nick was not taken.
+pub enum NotTaken {
+    /// Someone holds it, or a nick that reads like it: that one's nick, if known.
+    Taken { holder: Option<String> },
+    /// The node refused the join.
+    Failed(procgroups::Error),
+}
+
+impl NotTaken {
+    /// `the nick аlice is taken (it reads like alice)`, `cannot take the nick x: why`.
+    pub fn explain(&self, nick: &str) -> String {
+        match self {
+            NotTaken::Taken {
+                holder: Some(holder),
+            } if holder != nick => {
+                format!("the nick {nick} is taken (it reads like {})", clean(holder))
+            }
+            NotTaken::Taken { .. } => format!("the nick {nick} is taken"),
+            NotTaken::Failed(e) => format!("cannot take the nick {nick}: {e}"),
+        }
+    }
+}
+
+/// Takes `nick`: its key's group (unless `held_key` says this process holds that key
+/// already, as in a rename to `Alice` from `alice`), then the group of the nick as typed.
+/// On failure nothing new is held.
+pub fn take(users: &Instance, nick: &str, held_key: Option<&str>) -> Result<(), NotTaken> {
+    let key = key_group(nick);
+    let fresh_key = held_key != Some(key.as_str());
+    let refused = |e: procgroups::Error, group: &str| {
+        if e.kind() == ErrorKind::LimitReached {
+            NotTaken::Taken {
+                holder: holder_of(users, group),
+            }
+        } else {
+            NotTaken::Failed(e)
+        }
+    };
+    if fresh_key {
+        users.join(key.as_str()).map_err(|e| refused(e, &key))?;
+    }
+    if let Err(e) = users.join(nick) {
+        if fresh_key {
+            // Giving back what was just taken; a failure leaves a key the user cannot use.
+            users.leave(key.as_str()).ok();
+        }
+        return Err(refused(e, nick));
+    }
+    Ok(())
+}
+
+/// The nick as typed of whoever holds `group` (a key or a nick), looked up in the scope.
+fn holder_of(users: &Instance, group: &str) -> Option<String> {
+    let holder = users.get_members(group).ok()?.iter().next()?;
+    let groups = users.which_groups().ok()?;
+    groups
+        .iter()
+        .filter(|g| !is_key(g))
+        .find(|g| {
+            users
+                .get_members(g)
+                .is_ok_and(|members| members.iter().any(|pid| pid == holder))
+        })
+        .map(|g| g.to_string())
+}
 
 /// Pid -> nick, from the events of `chat:users`.
 #[derive(Default)]
@@ -32,7 +113,7 @@ pub struct Names {
 impl Names {
     pub fn from_snapshot(snapshot: &BTreeMap<Arc<str>, Members>) -> Self {
         let mut names = Names::default();
-        for (nick, members) in snapshot {
+        for (nick, members) in snapshot.iter().filter(|(group, _)| !is_key(group)) {
             for pid in members.iter() {
                 names.add(pid, nick);
             }
@@ -84,7 +165,7 @@ impl Chat {
             self.out.error("/msg NICK TEXT: the text is missing");
             return;
         }
-        let to = match self.users.get_members(nick) {
+        let to = match self.users.get_members(&key_group(nick)) {
             Ok(members) => members.iter().next(),
             Err(e) => return self.out.error(&format!("cannot look {nick} up: {e}")),
         };
@@ -95,6 +176,9 @@ impl Chat {
         let direct = Direct {
             text: text.to_owned(),
         };
+        // Shown by the nick its holder took, which may be written otherwise (`Alice`, `alice`).
+        let nick = self.name(&to);
+        let nick = nick.as_str();
         match self.me.send(&to, DIRECT, &direct) {
             Ok(delivery) => {
                 self.out.direct(Some(nick), &self.nick, text);
@@ -118,31 +202,30 @@ impl Chat {
             self.out.error(&why);
             return;
         }
-        match self.users.join(new) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::LimitReached => {
-                self.out.error(&format!(
-                    "the nick {new} is taken; you are still {}",
-                    self.nick
-                ));
-                return;
-            }
-            Err(e) => {
-                self.out.error(&format!("cannot take the nick {new}: {e}"));
-                return;
-            }
+        let old_key = key_group(&self.nick);
+        if let Err(why) = take(&self.users, new, Some(&old_key)) {
+            let still = &self.nick;
+            self.out
+                .error(&format!("{}; you are still {still}", why.explain(new)));
+            return;
         }
         let old = std::mem::replace(&mut self.nick, new.to_owned());
-        if let Err(e) = self.users.leave(old.as_str()) {
-            self.out
-                .error(&format!("cannot give up the nick {old}: {e}"));
+        let mut give_up = vec![old.clone()];
+        if key_group(new) != old_key {
+            give_up.push(old_key);
+        }
+        for group in give_up {
+            if let Err(e) = self.users.leave(group.as_str()) {
+                self.out
+                    .error(&format!("cannot give up the nick {old}: {e}"));
+            }
         }
         self.out.info(&format!("you are now {new}"));
     }
 
     /// A change of `chat:users`: who is who.
     pub(super) fn on_user(&mut self, ev: &Event) {
-        for &pid in ev.pids.iter() {
+        for &pid in ev.pids.iter().filter(|_| !is_key(&ev.group)) {
             match ev.kind {
                 EventKind::MemberJoined => self.names.add(pid, &ev.group),
                 EventKind::MemberLeft => {
