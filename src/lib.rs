@@ -85,11 +85,16 @@ pub use net::relay;
 pub use net::relay::{Reach, RelayConfig, RelayServer};
 pub use net::view::BreakerCounts;
 pub use proto::groups::MAX_GROUP_NAME_LEN;
-pub use vocab::config::{ConfigError, ScopeConfig, ScopeConfigBuilder};
+pub use proto::registry::MAX_NAME_LEN;
+pub use vocab::config::{
+    ConfigError, DEFAULT_MAX_META_BYTES, MAX_META_BYTES_CEILING, ScopeConfig, ScopeConfigBuilder,
+};
 pub use vocab::delivery::{AttemptError, Delivery, DeliveryOutcome, FailedNode, FailureReason};
 pub use vocab::error::{Error, ErrorKind, Limit, Result};
 pub use vocab::event::{Event, EventKind};
 pub use vocab::members::Members;
+pub use vocab::meta::{MemberMeta, Meta};
+pub use vocab::names::{NAME_LOST_TOPIC, NameLost, Registration};
 pub use vocab::pid::{ParsePidError, Pid};
 pub use vocab::policy::{AllowAll, Permission, Policy, Request};
 

@@ -18,7 +18,7 @@
 
 use std::time::{Duration, Instant};
 
-use procgroups::wire::{Delta, Op, SyncGroup, SyncRequest, SyncResponse, Version};
+use procgroups::wire::{Delta, Op, SyncGroup, SyncMember, SyncRequest, SyncResponse, Version};
 use procgroups::{EventKind, Instance, Node, Pid, Process, ScopeConfig, ScopeStats};
 
 mod support;
@@ -169,11 +169,13 @@ async fn spoofed_deltas_are_rejected_and_do_not_spread() {
                 group: 0,
                 id: pa.pid().id(),
                 change: -1,
+                meta: None,
             },
             Op {
                 group: 1,
                 id: pa.pid().id(),
                 change: 1,
+                meta: None,
             },
         ],
     };
@@ -187,6 +189,7 @@ async fn spoofed_deltas_are_rejected_and_do_not_spread() {
             group: 0,
             id: pb.pid().id(),
             change: 2,
+            meta: None,
         }],
     };
     h.publish_delta(&as_a).await.unwrap();
@@ -209,6 +212,7 @@ async fn spoofed_deltas_are_rejected_and_do_not_spread() {
             group: 0,
             id: pb.pid().id(),
             change: -1,
+            meta: None,
         }],
     };
     forger.publish_delta(&forged).await.unwrap();
@@ -562,7 +566,10 @@ async fn lying_sync_responses_touch_only_the_liar() {
     };
     let group = |name: &str, members: &[(u64, u32)]| SyncGroup {
         name: name.into(),
-        members: members.to_vec(),
+        members: members
+            .iter()
+            .map(|(id, n)| SyncMember::plain(*id, *n))
+            .collect(),
     };
     let (ia, ib) = (pa.pid().id(), pb.pid().id());
     h.script_sync([

@@ -89,6 +89,7 @@ fn apply(counts: &mut Counts, ev: &Event) {
     for pid in ev.pids.iter() {
         match ev.kind {
             EventKind::MemberJoined => *counts.entry(*pid).or_default() += 1,
+            EventKind::MemberUpdated => {}
             EventKind::MemberLeft => {
                 let n = counts
                     .get_mut(pid)

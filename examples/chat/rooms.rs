@@ -124,11 +124,14 @@ impl Chat {
             return; // the monitor of a room left since
         }
         let me = self.me.pid();
+        if ev.kind == EventKind::MemberUpdated {
+            return; // the chat joins its rooms without metadata
+        }
         for &pid in ev.pids.iter().filter(|&&pid| pid != me) {
             let room = room.clone();
             self.show(match ev.kind {
                 EventKind::MemberJoined => Shown::Joined { pid, room },
-                EventKind::MemberLeft => Shown::Left { pid, room },
+                EventKind::MemberLeft | EventKind::MemberUpdated => Shown::Left { pid, room },
             });
         }
     }

@@ -228,6 +228,7 @@ impl Chat {
         for &pid in ev.pids.iter().filter(|_| !is_key(&ev.group)) {
             match ev.kind {
                 EventKind::MemberJoined => self.names.add(pid, &ev.group),
+                EventKind::MemberUpdated => {}
                 EventKind::MemberLeft => {
                     if let Some(still) = self.names.remove(pid, &ev.group)
                         && pid != self.me.pid()

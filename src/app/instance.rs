@@ -11,10 +11,13 @@ use crate::app::scope::Scope;
 use crate::app::shared::NodeShared;
 use crate::net::wire::Frame;
 use crate::proto::groups::group_name_problem;
+use crate::proto::registry::name_problem;
 use crate::vocab::delivery::{Delivery, Tracking};
 use crate::vocab::error::{Error, Result};
+use crate::vocab::meta::{MemberMeta, Meta};
+use crate::vocab::names::Registration;
 use crate::vocab::policy::Permission;
-use crate::{Members, Subscription};
+use crate::{Members, Pid, Subscription};
 
 /// One group name or a batch of them: `"workers"`, `["workers", "all"]`, a `Vec<String>`, a
 /// slice. A name may appear several times in a batch (each occurrence is one slot).
@@ -178,6 +181,178 @@ impl Instance {
         })
     }
 
+    /// Joins one slot of `group`, like [`join`](Self::join), and sets the process's metadata
+    /// there to `meta`: one value per process and group, shared by its slots; a later
+    /// `join_with` or [`update`](Self::update) replaces it, and it goes with the process's
+    /// last slot. The value travels to the peers with the join (in the same delta) and is in
+    /// the [`MemberJoined`](crate::EventKind::MemberJoined) event. A value whose encoding is
+    /// over the scope's [`max_meta_bytes`](crate::ScopeConfig::max_meta_bytes) is
+    /// `LimitReached`, and nothing changes.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> procgroups::Result<()> {
+    /// use procgroups::{ErrorKind, Node, ScopeConfig};
+    ///
+    /// let node = Node::builder()
+    ///     .mdns(false)
+    ///     .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+    ///     .scope("app:pg", ScopeConfig::default())
+    ///     .build()
+    ///     .await?;
+    /// let p = node.spawn_process();
+    /// let pg = p.open("app:pg")?;
+    /// pg.join_with("lobby", &("alice", "online"))?;
+    /// pg.update("lobby", &("alice", "away"))?;
+    /// let members = pg.get_members_with_meta("lobby")?;
+    /// assert_eq!(members[0].pid, p.pid());
+    /// assert_eq!(members[0].meta.as_ref().unwrap().decode::<(String, String)>()?.1, "away");
+    /// assert_eq!(pg.update("elsewhere", &1).unwrap_err().kind(), ErrorKind::Invalid);
+    /// let too_big = vec![0u8; 4096];
+    /// assert_eq!(pg.join_with("lobby", &too_big).unwrap_err().kind(), ErrorKind::LimitReached);
+    /// # Ok(()) }
+    /// ```
+    pub fn join_with<T: Serialize + ?Sized>(&self, group: &str, meta: &T) -> Result<()> {
+        self.group(group, Permission::Join)?;
+        let meta = Meta::encode(meta)?;
+        self.scope.join_with(&self.process, group, meta)
+    }
+
+    /// Replaces the process's metadata in `group` (checked as `pg.join`): its slots stay;
+    /// subscribers get a [`MemberUpdated`](crate::EventKind::MemberUpdated) event, the peers
+    /// the new value. `Invalid` ([`NotMember`](Error::NotMember)) when the process is not a
+    /// member of `group`; `LimitReached` for a value over
+    /// [`max_meta_bytes`](crate::ScopeConfig::max_meta_bytes). See
+    /// [`join_with`](Self::join_with) for an example.
+    pub fn update<T: Serialize + ?Sized>(&self, group: &str, meta: &T) -> Result<()> {
+        self.group(group, Permission::Join)?;
+        let meta = Meta::encode(meta)?;
+        self.scope.update(&self.process, group, meta)
+    }
+
+    /// Each member of `group` once, with its slots and metadata, sorted by pid (checked as
+    /// `pg.get_members`). See [`join_with`](Self::join_with) for an example.
+    pub fn get_members_with_meta(&self, group: &str) -> Result<Vec<MemberMeta>> {
+        self.group(group, Permission::GetMembers)?;
+        Ok(self.scope.members_with_meta(group))
+    }
+
+    /// The slots of `group` on every node, in O(1): `get_members(group)?.len()` without the
+    /// list (checked as `pg.get_members`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> procgroups::Result<()> {
+    /// use procgroups::{Node, ScopeConfig};
+    ///
+    /// let node = Node::builder()
+    ///     .mdns(false)
+    ///     .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+    ///     .scope("app:pg", ScopeConfig::default())
+    ///     .build()
+    ///     .await?;
+    /// let p = node.spawn_process();
+    /// let pg = p.open("app:pg")?;
+    /// pg.join(["a", "a", "b"])?;
+    /// assert_eq!(pg.member_count("a")?, 2);
+    /// assert_eq!(pg.local_member_count("b")?, 1);
+    /// assert_eq!(pg.group_count()?, 2);
+    /// pg.register("worker-1", &())?; // a registered name is not a group
+    /// assert_eq!(pg.group_count()?, 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn member_count(&self, group: &str) -> Result<usize> {
+        self.group(group, Permission::GetMembers)?;
+        Ok(self.scope.member_count(group))
+    }
+
+    /// The slots of `group` held by processes of this node, in O(1) (checked as
+    /// `pg.get_local_members`). See [`member_count`](Self::member_count).
+    pub fn local_member_count(&self, group: &str) -> Result<usize> {
+        self.group(group, Permission::GetLocalMembers)?;
+        Ok(self.scope.local_member_count(group))
+    }
+
+    /// The groups that have at least one member anywhere, in O(1) (checked as
+    /// `pg.which_groups`). Registered names are not groups. See
+    /// [`member_count`](Self::member_count).
+    pub fn group_count(&self) -> Result<usize> {
+        self.usable()?;
+        self.check(Permission::WhichGroups, &self.scope.id)?;
+        Ok(self.scope.group_count())
+    }
+
+    /// Registers `name` for this process in the scope, with `meta`: one process per name,
+    /// cluster-wide. A name another process holds (as far as this node knows) is
+    /// `AlreadyExists` ([`NameTaken`](Error::NameTaken), naming the holder); registering a
+    /// name the process holds replaces its metadata. The name goes away when the process
+    /// [`unregister`](Self::unregister)s it or exits, or when its node is taken for down.
+    ///
+    /// Two registrations that race (each node accepted its own before hearing of the other)
+    /// or meet when a partition heals are resolved on every node by one rule: **the earlier
+    /// registration wins, by the clock of the node that made it, ties broken by the smaller
+    /// Pid**. The loser's node drops its claim and puts a [`NameLost`](crate::NameLost)
+    /// message in the loser's inbox for [`NAME_LOST_TOPIC`](crate::NAME_LOST_TOPIC); until it
+    /// hears of the other claim, each side's [`whereis`](Self::whereis) answers its own.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> procgroups::Result<()> {
+    /// use procgroups::{ErrorKind, Node, ScopeConfig};
+    ///
+    /// let node = Node::builder()
+    ///     .mdns(false)
+    ///     .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+    ///     .scope("app:pg", ScopeConfig::default())
+    ///     .build()
+    ///     .await?;
+    /// let (alice, mallory) = (node.spawn_process(), node.spawn_process());
+    /// alice.open("app:pg")?.register("alice", &"the real one")?;
+    /// let pg = mallory.open("app:pg")?;
+    /// assert_eq!(pg.register("alice", &"me!").unwrap_err().kind(), ErrorKind::AlreadyExists);
+    /// assert_eq!(pg.whereis("alice")?, Some(alice.pid()));
+    /// let holder = pg.whereis_with_meta("alice")?.unwrap();
+    /// assert_eq!(holder.meta.decode::<String>()?, "the real one");
+    /// drop(alice); // the process exits: the name is free
+    /// assert_eq!(pg.whereis("alice")?, None);
+    /// pg.register("alice", &"mine now")?;
+    /// pg.unregister("alice")?;
+    /// assert_eq!(pg.unregister("alice").unwrap_err().kind(), ErrorKind::NotFound);
+    /// # Ok(()) }
+    /// ```
+    pub fn register<T: Serialize + ?Sized>(&self, name: &str, meta: &T) -> Result<()> {
+        self.usable()?;
+        valid_name(name)?;
+        self.check(Permission::Register, name)?;
+        let meta = Meta::encode(meta)?;
+        self.scope.register(&self.process, name, meta)
+    }
+
+    /// Gives up `name`, which this process registered; `NotFound`
+    /// ([`NotRegistered`](Error::NotRegistered)) when it does not hold it. Checked as
+    /// `pg.register`. See [`register`](Self::register).
+    pub fn unregister(&self, name: &str) -> Result<()> {
+        self.usable()?;
+        valid_name(name)?;
+        self.check(Permission::Register, name)?;
+        self.scope.unregister(&self.process, name)
+    }
+
+    /// The process that holds `name`, if any (checked as `pg.whereis`). See
+    /// [`register`](Self::register).
+    pub fn whereis(&self, name: &str) -> Result<Option<Pid>> {
+        Ok(self.whereis_with_meta(name)?.map(|r| r.pid))
+    }
+
+    /// The process that holds `name`, with the metadata it registered and when. See
+    /// [`register`](Self::register).
+    pub fn whereis_with_meta(&self, name: &str) -> Result<Option<Registration>> {
+        self.usable()?;
+        valid_name(name)?;
+        self.check(Permission::Whereis, name)?;
+        Ok(self.scope.whereis(name))
+    }
+
     /// Every slot of `group` on every node: a snapshot, empty for an unknown group.
     pub fn get_members(&self, group: &str) -> Result<Members> {
         self.group(group, Permission::GetMembers)?;
@@ -338,6 +513,16 @@ impl std::fmt::Debug for Instance {
             .field("process", &self.process.pid)
             .field("released", &self.released.load(Ordering::Relaxed))
             .finish()
+    }
+}
+
+fn valid_name(name: &str) -> Result<()> {
+    match name_problem(name) {
+        None => Ok(()),
+        Some(reason) => Err(Error::InvalidName {
+            name: name.chars().take(64).collect(),
+            reason,
+        }),
     }
 }
 

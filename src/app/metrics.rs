@@ -270,7 +270,9 @@ impl Collector for NodeCollector {
             e,
             "drops",
             "What the scope dropped: events to a full subscription, remote member slots \
-             over max_groups / max_members_per_group, remote leaves of slots not held.",
+             over max_groups / max_members_per_group, remote leaves of slots not held, \
+             remote metadata updates of members not held, remote metadata over \
+             max_meta_bytes, local claims of names lost to an earlier one.",
             counters(
                 &scopes,
                 "what",
@@ -278,6 +280,9 @@ impl Collector for NodeCollector {
                     ("event", |s| s.events_dropped),
                     ("remote_slot", |s| s.slots_refused),
                     ("remote_leave", |s| s.leaves_unmatched),
+                    ("remote_update", |s| s.updates_unmatched),
+                    ("remote_meta", |s| s.meta_refused),
+                    ("name_lost", |s| s.names_lost),
                 ],
             ),
         )?;

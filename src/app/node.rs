@@ -291,6 +291,7 @@ impl NodeBuilder {
         let net_shared = Arc::new(NetShared::default());
         // The scope cores' clock.
         let epoch = std::time::Instant::now();
+        let processes: Arc<ProcessTable> = Arc::default();
         let mut table: HashMap<Arc<str>, Arc<Scope>> = HashMap::new();
         let mut ordered = Vec::new();
         for (id, config) in scopes {
@@ -306,6 +307,7 @@ impl NodeBuilder {
                 incarnation,
                 epoch,
                 net_shared.clone(),
+                processes.clone(),
             ));
             ordered.push(scope.clone());
             table.insert(id, scope);
@@ -319,7 +321,6 @@ impl NodeBuilder {
         if let Some(t) = ordered.iter().map(|s| s.config.protocol_timeout()).max() {
             network.sync_timeout = t;
         }
-        let processes: Arc<ProcessTable> = Arc::default();
         let (behaviour, net) = crate::net::behaviour::build(
             NetConfig {
                 keypair: keypair.clone(),

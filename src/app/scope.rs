@@ -9,11 +9,11 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hashbrown::HashMap;
 
-use crate::app::mailbox::ProcessShared;
+use crate::app::mailbox::{Message, ProcessShared, ProcessTable, encode_payload};
 use crate::app::stats::{ScopeCounters, ScopeStats};
 use crate::app::subscription::{Subscriber, Subscription};
 use crate::net::NetShared;
@@ -24,6 +24,8 @@ use crate::proto::input::Change;
 use crate::proto::messages::{SyncState, Version};
 use crate::proto::{CoreConfig, Input, Outcome, Output, Refusal, ScopeCore};
 use crate::vocab::error::{Error, Result};
+use crate::vocab::meta::{MemberMeta, Meta};
+use crate::vocab::names::{NAME_LOST_TOPIC, NameLost, Registration};
 use crate::{Event, EventKind, Members, Pid, ScopeConfig};
 use libp2p::PeerId;
 
@@ -43,6 +45,8 @@ pub(crate) struct Scope {
     pub(crate) counters: ScopeCounters,
     /// Written by the network behaviour at each of its turns.
     pub(crate) net_view: Mutex<ScopeNetView>,
+    /// The node's processes, to tell one that lost a name.
+    processes: Arc<ProcessTable>,
 }
 
 struct ScopeState {
@@ -52,6 +56,9 @@ struct ScopeState {
     subscribers: Subscribers,
     /// The action queue is above `action_queue_size` and that was logged.
     queue_warned: bool,
+    /// Names local processes lost, `(name, process, winner)`, to tell them once the lock is
+    /// released.
+    names_lost: Vec<(String, u64, Pid)>,
 }
 
 /// Subscribers of every group and of one group. A subscription lives until it is closed or
@@ -116,12 +123,28 @@ impl Subscribers {
     }
 }
 
-/// The event of a run of changes of one kind to one group, with the pids of its slots.
-fn event((kind, group, pids): (EventKind, GroupName, Vec<Pid>)) -> Event {
-    Event {
-        kind,
-        group,
-        pids: pids.into(),
+/// A run of changes of one kind to one group with one metadata value: one event.
+struct Run {
+    kind: EventKind,
+    group: GroupName,
+    meta: Option<Meta>,
+    pids: Vec<Pid>,
+}
+
+impl Run {
+    fn continues(&self, change: &Change) -> bool {
+        self.kind == change.kind
+            && Arc::ptr_eq(&self.group, &change.group)
+            && self.meta == change.meta
+    }
+
+    fn into_event(self) -> Event {
+        Event {
+            kind: self.kind,
+            group: self.group,
+            pids: self.pids.into(),
+            meta: self.meta,
+        }
     }
 }
 
@@ -130,35 +153,45 @@ impl ScopeState {
     /// want them (consecutive changes of one kind to one group become one event); the others
     /// are for the network layer and wait in `for_net` until it takes them.
     fn flush(&mut self, dropped: &AtomicU64) {
-        let mut run: Option<(EventKind, GroupName, Vec<Pid>)> = None;
+        let mut run: Option<Run> = None;
         let subscribers = &mut self.subscribers;
         while let Some(output) = self.core.poll_output() {
-            let Output::Changed(Change {
-                kind,
-                group,
-                pid,
-                count,
-            }) = output
-            else {
-                self.for_net.push(output);
-                continue;
+            let change = match output {
+                Output::Changed(change) => change,
+                Output::NameLost {
+                    name,
+                    process,
+                    winner,
+                } => {
+                    self.names_lost.push((name, process, winner));
+                    continue;
+                }
+                output => {
+                    self.for_net.push(output);
+                    continue;
+                }
             };
-            if let Some((k, g, pids)) = &mut run
-                && *k == kind
-                && Arc::ptr_eq(g, &group)
+            if let Some(run) = &mut run
+                && run.continues(&change)
             {
-                pids.extend(std::iter::repeat_n(pid, count as usize));
+                run.pids
+                    .extend(std::iter::repeat_n(change.pid, change.count as usize));
                 continue;
             }
             if let Some(run) = run.take() {
-                subscribers.publish(event(run), dropped);
+                subscribers.publish(run.into_event(), dropped);
             }
-            if subscribers.wants(&group) {
-                run = Some((kind, group, vec![pid; count as usize]));
+            if subscribers.wants(&change.group) {
+                run = Some(Run {
+                    kind: change.kind,
+                    pids: vec![change.pid; change.count as usize],
+                    group: change.group,
+                    meta: change.meta,
+                });
             }
         }
         if let Some(run) = run {
-            subscribers.publish(event(run), dropped);
+            subscribers.publish(run.into_event(), dropped);
         }
         let record = !self.subscribers.is_empty();
         self.core.set_record_changes(record);
@@ -173,6 +206,7 @@ impl Scope {
         incarnation: u64,
         epoch: Instant,
         net: Arc<NetShared>,
+        processes: Arc<ProcessTable>,
     ) -> Self {
         let mut core = ScopeCore::new(
             local,
@@ -188,7 +222,9 @@ impl Scope {
                 for_net: Vec::new(),
                 subscribers: Subscribers::default(),
                 queue_warned: false,
+                names_lost: Vec::new(),
             }),
+            processes,
             epoch,
             net,
             counters: ScopeCounters::default(),
@@ -260,26 +296,156 @@ impl Scope {
             process: process.pid.id(),
             groups: names,
         };
-        match state.core.handle(join, LOCAL_TIME) {
-            Err(Refusal::Limit(e)) => {
-                return Err(Error::LimitReached {
-                    limit: e.limit,
-                    scope: self.id.to_string(),
-                    group: e.group,
-                    max: e.max,
-                });
-            }
-            // Only a peer's input is rejected; said here rather than assumed.
-            Err(Refusal::Rejected(rejection)) => {
-                return Err(Error::Unavailable {
-                    reason: format!("scope {:?} refused a local join: {rejection}", self.id),
-                });
-            }
-            Ok(_) => {}
-        }
+        self.apply_local(&mut state, join).map(|_| ())
+    }
+
+    /// Hands the core a local operation: a refusal becomes the caller's error; otherwise
+    /// the events go to the subscribers and the network layer is woken.
+    fn apply_local(&self, state: &mut ScopeState, input: Input<'_>) -> Result<Outcome> {
+        let outcome = state
+            .core
+            .handle(input, LOCAL_TIME)
+            .map_err(|refusal| self.refusal_error(refusal))?;
         state.flush(&self.counters.events_dropped);
-        self.changed(&state);
-        Ok(())
+        self.changed(state);
+        Ok(outcome)
+    }
+
+    fn refusal_error(&self, refusal: Refusal) -> Error {
+        match refusal {
+            Refusal::Limit(e) => Error::LimitReached {
+                limit: e.limit,
+                scope: self.id.to_string(),
+                group: e.group,
+                max: e.max,
+            },
+            // Only a peer's input is rejected; said here rather than assumed.
+            Refusal::Rejected(rejection) => Error::Unavailable {
+                reason: format!("scope {:?} refused a local operation: {rejection}", self.id),
+            },
+            Refusal::Taken { name, holder } => Error::NameTaken {
+                scope: self.id.to_string(),
+                name,
+                holder: Box::new(holder),
+            },
+        }
+    }
+
+    /// Joins one slot of `group` with `meta` as the process's metadata there.
+    pub(crate) fn join_with(&self, process: &ProcessShared, group: &str, meta: Meta) -> Result<()> {
+        let mut state = self.lock();
+        self.usable(process, None)?;
+        self.backpressure(&mut state)?;
+        let input = Input::JoinWith {
+            process: process.pid.id(),
+            group,
+            meta,
+        };
+        self.apply_local(&mut state, input).map(|_| ())
+    }
+
+    /// Replaces the process's metadata in `group`.
+    pub(crate) fn update(&self, process: &ProcessShared, group: &str, meta: Meta) -> Result<()> {
+        let mut state = self.lock();
+        self.usable(process, None)?;
+        self.backpressure(&mut state)?;
+        let input = Input::Update {
+            process: process.pid.id(),
+            group,
+            meta,
+        };
+        match self.apply_local(&mut state, input)? {
+            Outcome::NotMember => Err(Error::NotMember {
+                scope: self.id.to_string(),
+                groups: vec![group.to_owned()],
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Registers `name` for the process (see `proto::registry`).
+    pub(crate) fn register(&self, process: &ProcessShared, name: &str, meta: Meta) -> Result<()> {
+        let mut state = self.lock();
+        self.usable(process, None)?;
+        self.backpressure(&mut state)?;
+        let at_micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros().try_into().unwrap_or(u64::MAX));
+        let input = Input::Register {
+            process: process.pid.id(),
+            name,
+            at_micros,
+            meta,
+        };
+        self.apply_local(&mut state, input).map(|_| ())
+    }
+
+    pub(crate) fn unregister(&self, process: &ProcessShared, name: &str) -> Result<()> {
+        let mut state = self.lock();
+        self.usable(process, None)?;
+        self.backpressure(&mut state)?;
+        let input = Input::Unregister {
+            process: process.pid.id(),
+            name,
+        };
+        match self.apply_local(&mut state, input)? {
+            Outcome::NotMember => Err(Error::NotRegistered {
+                scope: self.id.to_string(),
+                name: name.to_owned(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    pub(crate) fn whereis(&self, name: &str) -> Option<Registration> {
+        let holder = self.lock().core.whereis(name)?;
+        Some(Registration {
+            pid: holder.pid,
+            meta: holder.meta,
+            registered_at: UNIX_EPOCH + Duration::from_micros(holder.at_micros),
+        })
+    }
+
+    /// Tells each local process that lost a name: a message in its inbox, from the winner.
+    fn tell_names_lost(&self, lost: Vec<(String, u64, Pid)>) {
+        if lost.is_empty() {
+            return;
+        }
+        let processes = self.processes.read().unwrap_or_else(|e| e.into_inner());
+        for (name, process, winner) in lost {
+            tracing::info!(scope = %self.id, name, %winner, process, "name lost to an earlier claim");
+            let Some(p) = processes.get(&process) else {
+                continue;
+            };
+            let payload = NameLost {
+                scope: self.id.to_string(),
+                name,
+                winner,
+            };
+            match encode_payload(&payload) {
+                Ok(bytes) => p.deliver(
+                    Message::new(winner, NAME_LOST_TOPIC, bytes),
+                    &self.net.stats.messages_dropped,
+                ),
+                Err(e) => tracing::warn!(%e, "a NameLost does not encode"),
+            }
+        }
+    }
+
+    pub(crate) fn member_count(&self, group: &str) -> usize {
+        self.lock().core.member_count(group)
+    }
+
+    pub(crate) fn local_member_count(&self, group: &str) -> usize {
+        self.lock().core.local_member_count(group)
+    }
+
+    pub(crate) fn group_count(&self) -> usize {
+        self.lock().core.sizes().groups
+    }
+
+    pub(crate) fn members_with_meta(&self, group: &str) -> Vec<MemberMeta> {
+        self.lock().core.members_with_meta(group)
     }
 
     pub(crate) fn leave(&self, process: &ProcessShared, names: &[&str]) -> Result<()> {
@@ -343,6 +509,9 @@ impl Scope {
             stats.purges = core.purges;
             stats.slots_refused = core.slots_refused;
             stats.leaves_unmatched = core.leaves_unmatched;
+            stats.updates_unmatched = core.updates_unmatched;
+            stats.meta_refused = core.meta_refused;
+            stats.names_lost = core.names_lost;
         }
         self.counters.fill(&mut stats);
         stats.deltas_rejected += self.counters.net.deltas_rejected.load(Ordering::Relaxed);
@@ -422,6 +591,9 @@ impl ScopeHost for Scope {
         let result = state.core.handle(input, self.now());
         state.flush(&self.counters.events_dropped);
         out.append(&mut state.for_net);
+        let lost = std::mem::take(&mut state.names_lost);
+        drop(state);
+        self.tell_names_lost(lost);
         result
     }
 
@@ -467,6 +639,7 @@ mod tests {
             1,
             Instant::now(),
             Arc::new(NetShared::default()),
+            Arc::default(),
         )
     }
 

@@ -72,6 +72,15 @@ pub struct ScopeStats {
     /// Remote leaves of slots this node did not hold (the slot was refused, or the origin
     /// left what it never joined): ignored and counted.
     pub leaves_unmatched: u64,
+    /// Remote changes of metadata of processes this node does not hold in the group:
+    /// ignored and counted.
+    pub updates_unmatched: u64,
+    /// Remote metadata values over `max_meta_bytes`: refused (the member is held without a
+    /// value) and counted.
+    pub meta_refused: u64,
+    /// Names this node's processes lost to an earlier claim (see
+    /// [`Instance::register`](crate::Instance::register)).
+    pub names_lost: u64,
     /// `broadcast` and `broadcast_local` calls that targeted at least one slot.
     pub broadcasts: u64,
     /// Slots served in place by those broadcasts.

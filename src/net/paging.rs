@@ -1,6 +1,6 @@
 //! Sync pages: a state cut into pages under a size, and pages put back together.
 
-use crate::proto::messages::SyncGroup;
+use crate::proto::messages::{SyncGroup, SyncMember};
 
 /// Appends a page to the groups of the pages before it: a group too big for one page
 /// continues on the next.
@@ -16,23 +16,26 @@ pub(crate) fn append_page(groups: &mut Vec<SyncGroup>, page: Vec<SyncGroup>) {
 /// Cuts a state into pages of about `page_bytes` each (a group is never split unless it alone
 /// is bigger, in which case its members are). Always at least one page.
 pub(crate) fn paginate(groups: Vec<SyncGroup>, page_bytes: usize) -> Vec<Vec<SyncGroup>> {
-    const MEMBER_BYTES: usize = 14;
     let mut pages = vec![Vec::new()];
     let mut size = 0;
     for group in groups {
-        let per_member_cap =
-            (page_bytes.saturating_sub(16 + group.name.len()) / MEMBER_BYTES).max(1);
-        let chunks: Vec<Vec<(u64, u32)>> = if group.members.len() > per_member_cap {
-            group
-                .members
-                .chunks(per_member_cap)
-                .map(<[_]>::to_vec)
-                .collect()
-        } else {
-            vec![group.members]
-        };
+        let head = 16 + group.name.len();
+        // Members cut so that each chunk (with the group's name) fits a page alone.
+        let mut chunks: Vec<Vec<SyncMember>> = vec![Vec::new()];
+        let mut chunk_bytes = head;
+        for member in group.members {
+            let bytes = member_bytes(&member);
+            if chunk_bytes + bytes > page_bytes && !chunks.last().is_some_and(Vec::is_empty) {
+                chunks.push(Vec::new());
+                chunk_bytes = head;
+            }
+            chunk_bytes += bytes;
+            if let Some(chunk) = chunks.last_mut() {
+                chunk.push(member);
+            }
+        }
         for members in chunks {
-            let bytes = 16 + group.name.len() + MEMBER_BYTES * members.len();
+            let bytes = head + members.iter().map(member_bytes).sum::<usize>();
             if size + bytes > page_bytes && !pages.last().is_some_and(Vec::is_empty) {
                 pages.push(Vec::new());
                 size = 0;
@@ -49,6 +52,11 @@ pub(crate) fn paginate(groups: Vec<SyncGroup>, page_bytes: usize) -> Vec<Vec<Syn
     pages
 }
 
+/// A generous estimate of a member's encoded size.
+fn member_bytes(member: &SyncMember) -> usize {
+    14 + member.meta.as_ref().map_or(0, |m| m.len() + 3)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,7 +64,14 @@ mod tests {
     fn group(name: &str, members: u64) -> SyncGroup {
         SyncGroup {
             name: name.into(),
-            members: (1..=members).map(|id| (id, 1)).collect(),
+            // Every third member with metadata, which counts toward the page's size.
+            members: (1..=members)
+                .map(|id| SyncMember {
+                    id,
+                    slots: 1,
+                    meta: (id % 3 == 0).then(|| bytes::Bytes::from(vec![7u8; 40])),
+                })
+                .collect(),
         }
     }
 
@@ -70,11 +85,9 @@ mod tests {
         let pages = paginate(groups.clone(), 4096);
         assert!(pages.len() > 10, "{} pages", pages.len());
         for page in &pages {
-            let bytes: usize = page
-                .iter()
-                .map(|g| 16 + g.name.len() + 14 * g.members.len())
-                .sum();
-            assert!(bytes <= 4096, "page of {bytes} bytes");
+            let mut encoded = Vec::new();
+            ciborium::into_writer(page, &mut encoded).unwrap();
+            assert!(encoded.len() <= 4096, "page of {} bytes", encoded.len());
         }
         let mut back = Vec::new();
         for page in pages {

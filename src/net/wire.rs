@@ -10,7 +10,7 @@ use bytes::Bytes;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
-pub use crate::proto::messages::{Delta, Op, SyncGroup, SyncState, Version};
+pub use crate::proto::messages::{Delta, Op, SyncGroup, SyncMember, SyncState, Version};
 
 /// The membership protocol.
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/procgroups/sync/1");

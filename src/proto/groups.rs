@@ -8,6 +8,7 @@ use foldhash::fast::FixedState;
 use hashbrown::{HashMap, HashSet};
 
 use crate::vocab::members::Members;
+use crate::vocab::meta::Meta;
 
 pub(crate) type Map<K, V> = HashMap<K, V, FixedState>;
 
@@ -25,8 +26,21 @@ pub(crate) fn group_name_problem(name: &str) -> Option<&'static str> {
         Some("empty")
     } else if name.len() > MAX_GROUP_NAME_LEN {
         Some("longer than 255 bytes")
+    } else if name.starts_with('\0') {
+        Some("starts with a NUL byte, which marks registered names")
     } else {
         None
+    }
+}
+
+/// Why `name` cannot be a group a peer sends: like [`group_name_problem`], except that the
+/// groups holding registered names (`proto::registry`) are allowed.
+pub(crate) fn wire_group_problem(name: &str) -> Option<&'static str> {
+    match name.strip_prefix('\0') {
+        Some("") => Some("an empty registered name"),
+        Some(_) if name.len() > MAX_GROUP_NAME_LEN => Some("longer than 255 bytes"),
+        Some(_) => None,
+        None => group_name_problem(name),
     }
 }
 
@@ -113,9 +127,16 @@ pub(crate) struct GroupState {
     pub(crate) nodes: Vec<NodeSlots>,
     pub(crate) members: Option<Members>,
     pub(crate) local: Option<Members>,
+    /// The metadata of the processes that have some, by `(node, id)`: boxed and absent while
+    /// nobody has any, so that a group of plain joins pays one pointer for it.
+    pub(crate) meta: Option<Box<Map<(u32, u64), Meta>>>,
 }
 
 impl GroupState {
+    pub(crate) fn meta(&self, node: u32, id: u64) -> Option<&Meta> {
+        self.meta.as_ref()?.get(&(node, id))
+    }
+
     pub(crate) fn node(&self, node: u32) -> Option<&NodeSlots> {
         self.nodes.iter().find(|n| n.node == node)
     }

@@ -14,6 +14,7 @@ use super::groups::GroupName;
 use super::messages::{Delta, SyncState, Version};
 use crate::vocab::error::Limit;
 use crate::vocab::event::EventKind;
+use crate::vocab::meta::Meta;
 use crate::vocab::pid::Pid;
 
 /// Something that happened to a scope: a local operation, a message from a peer, a peer's
@@ -25,6 +26,30 @@ pub(crate) enum Input<'a> {
     Join { process: u64, groups: &'a [&'a str] },
     /// A local process leaves one slot of each group of `groups`, best effort.
     Leave { process: u64, groups: &'a [&'a str] },
+    /// A local process joins one slot of `group` and its metadata there becomes `meta`.
+    JoinWith {
+        process: u64,
+        group: &'a str,
+        meta: Meta,
+    },
+    /// A local process's metadata in `group` becomes `meta`; [`Outcome::NotMember`] when it
+    /// has no slot there.
+    Update {
+        process: u64,
+        group: &'a str,
+        meta: Meta,
+    },
+    /// A local process registers `name` with `meta`, at `at_micros` (the node's wall clock,
+    /// which the core does not read). Refused ([`Refusal::Taken`]) when another process holds
+    /// it; the holder registering again replaces the metadata and keeps its place.
+    Register {
+        process: u64,
+        name: &'a str,
+        at_micros: u64,
+        meta: Meta,
+    },
+    /// A local process gives up `name`; [`Outcome::NotMember`] when it does not hold it.
+    Unregister { process: u64, name: &'a str },
     /// A local process is gone: every slot of it, in every group, in one change.
     Exit { process: u64 },
     /// The network layer's turn: the local changes queued since the last one become
@@ -64,6 +89,13 @@ pub(crate) enum Output {
     /// Hand the core [`Input::Tick`] once the time reaches `at` (ticking earlier or more often
     /// is harmless).
     Timer { at: Duration },
+    /// Local process `process` lost `name` to `winner` (their claims met, and the winner's
+    /// ranks first); its claim is dropped.
+    NameLost {
+        name: String,
+        process: u64,
+        winner: Pid,
+    },
 }
 
 /// What the core made of an input it took.
@@ -80,6 +112,9 @@ pub(crate) enum Outcome {
     Sync(SyncOutcome),
     /// Whether a [`Input::Goodbye`] purged the peer.
     Goodbye { purged: bool },
+    /// An [`Input::Update`] or [`Input::Unregister`] of what the process does not have:
+    /// nothing changed.
+    NotMember,
 }
 
 /// Why the core refused an input. A refused input changes nothing.
@@ -91,15 +126,22 @@ pub(crate) enum Refusal {
     /// A peer's delta or sync breaks the protocol's rules.
     #[error(transparent)]
     Rejected(#[from] Rejection),
+    /// A local registration of a name another process holds.
+    #[error("the name {name:?} is held by {holder}")]
+    Taken { name: String, holder: Pid },
 }
 
-/// One change of membership, for subscribers: `count` slots of `pid` joined or left `group`.
+/// One change of membership, for subscribers: `count` slots of `pid` joined or left `group`,
+/// or its metadata changed (`count` is then its slots).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Change {
     pub kind: EventKind,
     pub group: GroupName,
     pub pid: Pid,
     pub count: u32,
+    /// The process's metadata in the group after the change (before it, for the last slot
+    /// left).
+    pub meta: Option<Meta>,
 }
 
 /// Why a delta or a sync from a peer was refused. A refused input changes nothing.
@@ -115,7 +157,7 @@ pub(crate) enum Rejection {
     BadGroupIndex { index: u32, len: usize },
     #[error("invalid group name: {0}")]
     InvalidGroupName(&'static str),
-    #[error("op with a change of 0 or beyond u32")]
+    #[error("op with a change of 0 and no metadata, or beyond u32")]
     BadChange,
     #[error("group {0:?} twice in one sync")]
     DuplicateGroup(String),

@@ -1,6 +1,8 @@
 //! What the core exchanges with peers. Encoded with CBOR by the codec; kept compact because a
-//! delta of 10k joins is common: ops are arrays, groups are named once per delta.
+//! delta of 10k joins is common: ops are arrays (with a fourth element only when they carry
+//! metadata), groups are named once per delta.
 
+use bytes::Bytes;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
@@ -14,27 +16,70 @@ pub struct Version {
     pub seq: u64,
 }
 
-/// One counted change of one of the origin's own processes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "(u32, u64, i64)", into = "(u32, u64, i64)")]
+/// One change of one of the origin's own processes in one group: slots joined or left, and
+/// the process's new metadata in that group, if the change sets it.
+///
+/// Encoded as an array: `[group, id, change]`, or `[group, id, change, meta]` when it sets
+/// metadata, so that a delta of plain joins costs what it did before metadata existed.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Op {
     /// Index into [`Delta::groups`].
     pub group: u32,
     /// The process id on the origin.
     pub id: u64,
-    /// Slots joined (> 0) or left (< 0); never 0.
+    /// Slots joined (> 0) or left (< 0); 0 only for a change of metadata alone.
     pub change: i64,
+    /// The process's metadata in the group from this change on (CBOR); `None` keeps what it
+    /// had. A process that leaves its last slot loses its metadata.
+    pub meta: Option<Bytes>,
 }
 
-impl From<(u32, u64, i64)> for Op {
-    fn from((group, id, change): (u32, u64, i64)) -> Self {
-        Op { group, id, change }
+impl Serialize for Op {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(if self.meta.is_some() { 4 } else { 3 })?;
+        t.serialize_element(&self.group)?;
+        t.serialize_element(&self.id)?;
+        t.serialize_element(&self.change)?;
+        if let Some(meta) = &self.meta {
+            t.serialize_element(meta)?;
+        }
+        t.end()
     }
 }
 
-impl From<Op> for (u32, u64, i64) {
-    fn from(op: Op) -> Self {
-        (op.group, op.id, op.change)
+impl<'de> Deserialize<'de> for Op {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Op;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an op: [group, id, change] or [group, id, change, meta]")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Op, A::Error> {
+                use serde::de::Error;
+                let group = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                let id = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                let change = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(2, &self))?;
+                let meta = seq.next_element::<Bytes>()?;
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(A::Error::invalid_length(5, &self));
+                }
+                Ok(Op {
+                    group,
+                    id,
+                    change,
+                    meta,
+                })
+            }
+        }
+        d.deserialize_seq(V)
     }
 }
 
@@ -53,13 +98,80 @@ pub struct Delta {
     pub ops: Vec<Op>,
 }
 
-/// One group of a [`SyncState`]: the origin's processes in it and their slot counts.
+/// One group of a [`SyncState`]: the origin's processes in it, their slot counts and
+/// metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncGroup {
     /// The group.
     pub name: String,
-    /// `(process id, slots)`, slots ≥ 1.
-    pub members: Vec<(u64, u32)>,
+    /// The members, each once.
+    pub members: Vec<SyncMember>,
+}
+
+/// One process of a [`SyncGroup`]. Encoded as `[id, slots]`, or `[id, slots, meta]` for a
+/// process with metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncMember {
+    /// The process id on the origin.
+    pub id: u64,
+    /// Its slots, ≥ 1.
+    pub slots: u32,
+    /// Its metadata in the group (CBOR), if it has any.
+    pub meta: Option<Bytes>,
+}
+
+impl SyncMember {
+    /// A member without metadata.
+    pub fn plain(id: u64, slots: u32) -> Self {
+        Self {
+            id,
+            slots,
+            meta: None,
+        }
+    }
+}
+
+impl Serialize for SyncMember {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(if self.meta.is_some() { 3 } else { 2 })?;
+        t.serialize_element(&self.id)?;
+        t.serialize_element(&self.slots)?;
+        if let Some(meta) = &self.meta {
+            t.serialize_element(meta)?;
+        }
+        t.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for SyncMember {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SyncMember;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a member: [id, slots] or [id, slots, meta]")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<SyncMember, A::Error> {
+                use serde::de::Error;
+                let id = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                let slots = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                let meta = seq.next_element::<Bytes>()?;
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(A::Error::invalid_length(4, &self));
+                }
+                Ok(SyncMember { id, slots, meta })
+            }
+        }
+        d.deserialize_seq(V)
+    }
 }
 
 /// An origin's whole local state of one scope, at a version.

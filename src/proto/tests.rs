@@ -5,12 +5,12 @@ use std::time::Duration;
 use libp2p::PeerId;
 
 use super::input::{DeltaOutcome, Rejection, SyncOutcome};
-use super::messages::{Delta, Op, SyncGroup, SyncState, Version};
+use super::messages::{Delta, Op, SyncGroup, SyncMember, SyncState, Version};
 use super::state::{CoreConfig, ScopeCore};
 use crate::testing::drive::Drive;
 use crate::{EventKind, Pid};
 
-fn config() -> CoreConfig {
+pub(super) fn config() -> CoreConfig {
     CoreConfig {
         max_groups: 0,
         max_members_per_group: 0,
@@ -19,27 +19,28 @@ fn config() -> CoreConfig {
         sync_timeout: Duration::from_secs(1),
         max_delta_bytes: 60 * 1024,
         hash_seed: 7,
+        max_meta_bytes: 1024,
     }
 }
 
-fn core_with(cfg: CoreConfig) -> ScopeCore {
+pub(super) fn core_with(cfg: CoreConfig) -> ScopeCore {
     let mut core = ScopeCore::new(PeerId::random(), rand::random(), cfg);
     core.share();
     core
 }
 
-fn core() -> ScopeCore {
+pub(super) fn core() -> ScopeCore {
     core_with(config())
 }
 
-const T0: Duration = Duration::ZERO;
+pub(super) const T0: Duration = Duration::ZERO;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
 /// Every delta of `from`, applied to `to` in order.
-fn relay(from: &mut ScopeCore, to: &mut ScopeCore) {
+pub(super) fn relay(from: &mut ScopeCore, to: &mut ScopeCore) {
     let sender = from.local_peer();
     for delta in from.take_deltas() {
         assert_eq!(
@@ -326,6 +327,7 @@ fn hostile_input_is_rejected_and_changes_nothing() {
             group: 0,
             id: 5,
             change: 1,
+            meta: None,
         }],
     };
     type Case = (PeerId, Delta, fn(&Rejection) -> bool);
@@ -346,6 +348,7 @@ fn hostile_input_is_rejected_and_changes_nothing() {
                     group: 0,
                     id: 1,
                     change: -1,
+                    meta: None,
                 }],
                 origin: honest,
                 ..good(1)
@@ -368,6 +371,7 @@ fn hostile_input_is_rejected_and_changes_nothing() {
                     group: 3,
                     id: 5,
                     change: 1,
+                    meta: None,
                 }],
                 ..good(1)
             },
@@ -380,6 +384,7 @@ fn hostile_input_is_rejected_and_changes_nothing() {
                     group: 0,
                     id: 5,
                     change: 0,
+                    meta: None,
                 }],
                 ..good(1)
             },
@@ -392,6 +397,7 @@ fn hostile_input_is_rejected_and_changes_nothing() {
                     group: 0,
                     id: 5,
                     change: i64::MAX,
+                    meta: None,
                 }],
                 ..good(1)
             },
@@ -437,25 +443,25 @@ fn hostile_input_is_rejected_and_changes_nothing() {
         },
         sync(vec![SyncGroup {
             name: "g".into(),
-            members: vec![(1, 0)],
+            members: vec![SyncMember::plain(1, 0)],
         }]),
         sync(vec![SyncGroup {
             name: "g".into(),
-            members: vec![(1, 1), (1, 2)],
+            members: vec![SyncMember::plain(1, 1), SyncMember::plain(1, 2)],
         }]),
         sync(vec![
             SyncGroup {
                 name: "g".into(),
-                members: vec![(1, 1)],
+                members: vec![SyncMember::plain(1, 1)],
             },
             SyncGroup {
                 name: "g".into(),
-                members: vec![(2, 1)],
+                members: vec![SyncMember::plain(2, 1)],
             },
         ]),
         sync(vec![SyncGroup {
             name: String::new(),
-            members: vec![(1, 1)],
+            members: vec![SyncMember::plain(1, 1)],
         }]),
     ];
     for state in bad_syncs {
@@ -587,6 +593,7 @@ mod properties {
             match change.kind {
                 EventKind::MemberJoined => *slots += change.count,
                 EventKind::MemberLeft => *slots -= change.count,
+                EventKind::MemberUpdated => {}
             }
             if *slots == 0 {
                 group.remove(&change.pid);

@@ -25,6 +25,7 @@ use crate::net::codec::{Codec, decode_body};
 use crate::net::wire::{
     DeliverAck, DeliverBatch, Delta, SYNC_PROTOCOL, SyncRequest, SyncResponse, SyncState,
 };
+use crate::proto::messages::SyncMember;
 use crate::testing::harness::Seeds;
 
 /// The caps of the "tiny" codecs.
@@ -198,11 +199,11 @@ pub(crate) fn seeds() -> (Seeds, Seeds) {
     let groups = vec![
         SyncGroup {
             name: "a".into(),
-            members: vec![(1, 1), (2, 3)],
+            members: vec![SyncMember::plain(1, 1), SyncMember::plain(2, 3)],
         },
         SyncGroup {
             name: "workers".into(),
-            members: vec![(9, 1)],
+            members: vec![SyncMember::plain(9, 1)],
         },
     ];
     let requests = [

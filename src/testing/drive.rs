@@ -9,6 +9,7 @@ use libp2p::PeerId;
 use crate::proto::input::{DeltaOutcome, LimitError, Rejection, SyncOutcome};
 use crate::proto::messages::{Delta, SyncState, Version};
 use crate::proto::{Input, Outcome, Refusal, ScopeCore};
+use crate::vocab::meta::Meta;
 
 /// [`ScopeCore::handle`] by input. Local operations do not read the clock.
 // The fuzz targets (built without `test`) use only part of it.
@@ -18,6 +19,16 @@ pub(crate) trait Drive {
     /// How many slots were left.
     fn leave(&mut self, process: u64, groups: &[&str]) -> usize;
     fn exit(&mut self, process: u64);
+    fn join_with(&mut self, process: u64, group: &str, meta: Meta) -> Result<(), LimitError>;
+    /// Whether the process was a member.
+    fn update(&mut self, process: u64, group: &str, meta: Meta) -> bool;
+    fn register(
+        &mut self,
+        process: u64,
+        name: &str,
+        at_micros: u64,
+        meta: Meta,
+    ) -> Result<(), Refusal>;
     /// A peer shares the scope: local changes are published from now on.
     fn share(&mut self);
     /// The network layer's turn: the deltas to publish (the other outputs stay queued).
@@ -45,15 +56,59 @@ fn rejection(refusal: Refusal) -> Rejection {
     match refusal {
         Refusal::Rejected(r) => r,
         Refusal::Limit(e) => panic!("a peer's input refused for a limit: {e:?}"),
+        Refusal::Taken { name, .. } => panic!("a peer's input refused for the name {name}"),
     }
 }
 
 impl Drive for ScopeCore {
+    fn join_with(&mut self, process: u64, group: &str, meta: Meta) -> Result<(), LimitError> {
+        let input = Input::JoinWith {
+            process,
+            group,
+            meta,
+        };
+        match self.handle(input, Duration::ZERO) {
+            Ok(_) => Ok(()),
+            Err(Refusal::Limit(e)) => Err(e),
+            Err(other) => panic!("a local join_with refused: {other}"),
+        }
+    }
+
+    fn update(&mut self, process: u64, group: &str, meta: Meta) -> bool {
+        let input = Input::Update {
+            process,
+            group,
+            meta,
+        };
+        match self.handle(input, Duration::ZERO) {
+            Ok(Outcome::NotMember) => false,
+            Ok(_) => true,
+            Err(other) => panic!("a local update refused: {other}"),
+        }
+    }
+
+    fn register(
+        &mut self,
+        process: u64,
+        name: &str,
+        at_micros: u64,
+        meta: Meta,
+    ) -> Result<(), Refusal> {
+        let input = Input::Register {
+            process,
+            name,
+            at_micros,
+            meta,
+        };
+        self.handle(input, Duration::ZERO).map(|_| ())
+    }
+
     fn join(&mut self, process: u64, groups: &[&str]) -> Result<(), LimitError> {
         match self.handle(Input::Join { process, groups }, Duration::ZERO) {
             Ok(_) => Ok(()),
             Err(Refusal::Limit(e)) => Err(e),
             Err(Refusal::Rejected(r)) => panic!("a local join rejected: {r}"),
+            Err(Refusal::Taken { .. }) => panic!("a join refused for a name"),
         }
     }
 

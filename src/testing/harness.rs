@@ -40,9 +40,9 @@ use libp2p::PeerId;
 use libp2p::identity::Keypair;
 
 use crate::net::wire::SyncResponse;
-use crate::proto::groups::group_name_problem;
+use crate::proto::groups::wire_group_problem;
 use crate::proto::input::{DeltaOutcome, Rejection, SyncOutcome};
-use crate::proto::messages::{Delta, Op, SyncGroup, SyncState, Version};
+use crate::proto::messages::{Delta, Op, SyncGroup, SyncMember, SyncState, Version};
 use crate::proto::state::{CoreConfig, ScopeCore};
 use crate::testing::drive::Drive;
 use crate::{EventKind, Pid};
@@ -155,6 +155,7 @@ fn core_config(limits: Limits) -> CoreConfig {
         sync_timeout: Duration::from_secs(1),
         max_delta_bytes: 60 * 1024,
         hash_seed: 0x5eed,
+        max_meta_bytes: 1024,
     }
 }
 
@@ -393,7 +394,7 @@ impl Session {
         let problem = sync_problem(self.local, sender, &state);
         if problem.is_none() {
             let members = state.groups.iter().flat_map(|g| &g.members);
-            self.slots_offered += members.map(|(_, slots)| u64::from(*slots)).sum::<u64>();
+            self.slots_offered += members.map(|m| u64::from(m.slots)).sum::<u64>();
         }
         let before = self.snapshot(sender);
         let result = self.core.handle_sync(sender, state.clone(), self.now);
@@ -432,8 +433,8 @@ impl Session {
             let mut claimed: BTreeMap<String, BTreeMap<Pid, u32>> = BTreeMap::new();
             for group in &state.groups {
                 let members = claimed.entry(group.name.clone()).or_default();
-                for (id, slots) in &group.members {
-                    members.insert(Pid::new(sender, *id), *slots);
+                for m in &group.members {
+                    members.insert(Pid::new(sender, m.id), m.slots);
                 }
             }
             let held = only_of(&self.view, sender);
@@ -497,8 +498,8 @@ impl Session {
         let mut served: View = BTreeMap::new();
         for group in state.groups {
             let members = served.entry(group.name).or_default();
-            for (id, slots) in group.members {
-                members.insert(Pid::new(self.local, id), slots);
+            for m in group.members {
+                members.insert(Pid::new(self.local, m.id), m.slots);
             }
         }
         assert_eq!(served, only_of(&self.view, self.local));
@@ -591,6 +592,9 @@ impl Session {
                     *slots = slots
                         .checked_sub(change.count)
                         .expect("left more than held");
+                }
+                EventKind::MemberUpdated => {
+                    assert_eq!(*slots, change.count, "an update names the member's slots");
                 }
             }
             assert!(change.count > 0, "an empty change");
@@ -704,6 +708,7 @@ impl Session {
             group: bad.groups.len() as u32,
             id: 9,
             change: 1,
+            meta: None,
         });
         add("bad-group-index", 0, delta(&bad));
         let mut bad = a5.clone();
@@ -718,6 +723,7 @@ impl Session {
                 group: 0,
                 id,
                 change: 3,
+                meta: None,
             })
             .collect();
         add("c-many-joins", 0x80, delta(&big));
@@ -746,17 +752,17 @@ impl Session {
             dup.groups.push(first);
             add("duplicate-group", 0x0c, cbor(&dup));
             let mut dup = c_state.clone();
-            let first = dup.groups[0].members[0];
+            let first = dup.groups[0].members[0].clone();
             dup.groups[0].members.push(first);
             add("duplicate-member", 0x0c, cbor(&dup));
             let mut zero = c_state.clone();
-            zero.groups[0].members[0].1 = 0;
+            zero.groups[0].members[0].slots = 0;
             add("zero-slots", 0x0c, cbor(&zero));
             let mut big = c_state;
             big.groups = (0..20)
                 .map(|g| SyncGroup {
                     name: format!("g{g}"),
-                    members: (0..20).map(|id| (id, 2)).collect(),
+                    members: (0..20).map(|id| SyncMember::plain(id, 2)).collect(),
                 })
                 .collect();
             add("c-big-state", 0x0b, page(&big));
@@ -836,15 +842,18 @@ pub(crate) fn delta_problem(local: PeerId, sender: PeerId, delta: &Delta) -> Opt
     if delta.seq == 0 {
         return Some("sequence 0");
     }
-    if delta.groups.iter().any(|g| group_name_problem(g).is_some()) {
+    if delta.groups.iter().any(|g| wire_group_problem(g).is_some()) {
         return Some("invalid group name");
     }
     for op in &delta.ops {
         if op.group as usize >= delta.groups.len() {
             return Some("group index out of range");
         }
-        if op.change == 0 || op.change.unsigned_abs() > u64::from(u32::MAX) {
-            return Some("change of 0 or beyond u32");
+        if (op.change == 0 && op.meta.is_none())
+            || (op.change < 0 && op.meta.is_some())
+            || op.change.unsigned_abs() > u64::from(u32::MAX)
+        {
+            return Some("change of 0 without metadata, a leave with metadata, or beyond u32");
         }
     }
     None
@@ -864,18 +873,18 @@ pub(crate) fn sync_problem(
     }
     let mut names = std::collections::BTreeSet::new();
     for group in &state.groups {
-        if group_name_problem(&group.name).is_some() {
+        if wire_group_problem(&group.name).is_some() {
             return Some("invalid group name");
         }
         if !names.insert(group.name.as_str()) {
             return Some("a group twice");
         }
         let mut ids = std::collections::BTreeSet::new();
-        for (id, slots) in &group.members {
-            if *slots == 0 {
+        for m in &group.members {
+            if m.slots == 0 {
                 return Some("a member with 0 slots");
             }
-            if !ids.insert(*id) {
+            if !ids.insert(m.id) {
                 return Some("a member twice in a group");
             }
         }

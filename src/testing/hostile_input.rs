@@ -11,7 +11,7 @@ use proptest::prelude::*;
 
 use super::harness::{Limits, Mode, Session, View, cbor};
 use crate::proto::input::{Rejection, SyncOutcome};
-use crate::proto::messages::{Delta, Op, SyncGroup, SyncState, Version};
+use crate::proto::messages::{Delta, Op, SyncGroup, SyncMember, SyncState, Version};
 
 fn seeds(mode: Mode) -> &'static [(String, Vec<u8>)] {
     static DELTAS: OnceLock<Vec<(String, Vec<u8>)>> = OnceLock::new();
@@ -223,6 +223,7 @@ fn build_delta(session: &Session, raw: &RawDelta) -> Delta {
                 group: if group % 64 == 0 { *group } else { group % len },
                 id: *id,
                 change: *change,
+                meta: None,
             })
             .collect(),
     }
@@ -240,7 +241,10 @@ fn build_sync(session: &Session, raw: &RawSync) -> SyncState {
             .iter()
             .map(|(name, members)| SyncGroup {
                 name: name.clone(),
-                members: members.clone(),
+                members: members
+                    .iter()
+                    .map(|(id, slots)| SyncMember::plain(*id, *slots))
+                    .collect(),
             })
             .collect(),
     }
@@ -472,7 +476,7 @@ proptest! {
                 incarnation: incarnations[p],
                 seq: seqs[p] + 1,
                 groups: vec![group],
-                ops: vec![Op { group: 0, id, change: i64::from(slots) }],
+                ops: vec![Op { group: 0, id, change: i64::from(slots), meta: None }],
             };
             if session.delta(peer, delta).is_ok() && p != 0 {
                 seqs[p] += 1;
@@ -540,11 +544,13 @@ fn fixed_unlimited_slots_overflow() {
                 group: 0,
                 id: 1,
                 change: max,
+                meta: None,
             },
             Op {
                 group: 0,
                 id: 1,
                 change: 1,
+                meta: None,
             },
         ],
     };

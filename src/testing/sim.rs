@@ -3,8 +3,10 @@
 //!
 //! The property, for every seed: once the network heals and goes quiet, every live node's
 //! view equals the union of the live origins' own states (the simulator's ground truth, not
-//! the cores' word for it), and every subscriber's snapshot plus its events equals its node's
-//! final view.
+//! the cores' word for it), metadata included, and every subscriber's snapshot plus its
+//! events equals its node's final view, metadata included. Processes also register names
+//! (often several at one instant, and on both sides of partitions): every live node then
+//! finds the same holder of each name, and no two live processes claim one.
 //!
 //! `PROCGROUPS_SIM_SEEDS` (default 500), `PROCGROUPS_SIM_NODES` (default 20) and
 //! `PROCGROUPS_SIM_SEED` (one seed, to replay a failure) tune the run.
@@ -20,13 +22,47 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::proto::messages::{Delta, SyncState, Version};
+use crate::proto::registry::{Claim, is_name_group, name_group};
 use crate::proto::state::{CoreConfig, ScopeCore};
 use crate::testing::drive::Drive;
+use crate::vocab::meta::Meta;
 use crate::{EventKind, Pid};
 
+/// The values that differ between two metadata views: `group pid: held / expected`.
+fn meta_diff(held: &MetaView, expected: &MetaView) -> String {
+    let mut out = String::new();
+    let keys: std::collections::BTreeSet<(&String, &Pid)> = held
+        .iter()
+        .chain(expected)
+        .flat_map(|(g, m)| m.keys().map(move |p| (g, p)))
+        .collect();
+    for (group, pid) in keys {
+        let get = |v: &MetaView| {
+            v.get(group)
+                .and_then(|m| m.get(pid))
+                .map(|m| m.as_bytes().to_vec())
+        };
+        let (h, e) = (get(held), get(expected));
+        if h != e {
+            out.push_str(&format!("\n  {group:?} {pid}: held {h:?} / expected {e:?}"));
+        }
+    }
+    out
+}
+
+/// The groups of the application in a view: what subscribers see.
+fn user_groups<V>(view: BTreeMap<String, V>) -> BTreeMap<String, V> {
+    view.into_iter()
+        .filter(|(g, _)| !is_name_group(g))
+        .collect()
+}
+
 type View = BTreeMap<String, BTreeMap<Pid, u32>>;
+type MetaView = BTreeMap<String, BTreeMap<Pid, Meta>>;
 
 const GROUPS: [&str; 6] = ["g0", "g1", "g2", "g3", "g4", "a-much-longer-group-name"];
+/// Few names, so that claims meet often.
+const NAMES: [&str; 3] = ["n0", "n1", "n2"];
 
 #[derive(Debug, Clone)]
 struct Faults {
@@ -65,6 +101,7 @@ struct InFlight {
 
 struct Subscriber {
     view: View,
+    meta: MetaView,
 }
 
 struct SimNode {
@@ -73,8 +110,11 @@ struct SimNode {
     alive: bool,
     life: u32,
     next_id: u64,
-    /// Ground truth: this incarnation's processes and their slots.
+    /// Ground truth: this incarnation's processes and their slots (a registered name as the
+    /// one slot of its group).
     truth: BTreeMap<u64, BTreeMap<String, u32>>,
+    /// Ground truth: the metadata of this incarnation's processes, by (process, group).
+    truth_meta: BTreeMap<(u64, String), Meta>,
     subscriber: Option<Subscriber>,
     /// Peers this node sees as unreachable, since when, and whether it purged them.
     unreachable: BTreeMap<usize, (u64, bool)>,
@@ -106,6 +146,7 @@ fn core_config(seed: u64) -> CoreConfig {
         // Small, so that bursts are cut into several deltas.
         max_delta_bytes: 400,
         hash_seed: seed,
+        max_meta_bytes: 1024,
     }
 }
 
@@ -128,6 +169,7 @@ impl Sim {
                     life: 0,
                     next_id: 1,
                     truth: BTreeMap::new(),
+                    truth_meta: BTreeMap::new(),
                     subscriber: None,
                     unreachable: BTreeMap::new(),
                     ae_cursor: i,
@@ -197,7 +239,8 @@ impl Sim {
         }
         let node = &mut self.nodes[i];
         let procs: Vec<u64> = node.truth.keys().copied().collect();
-        match self.rng.gen_range(0..10) {
+        let now = self.now;
+        match self.rng.gen_range(0..14) {
             0..=1 => {
                 let id = node.next_id;
                 node.next_id += 1;
@@ -231,6 +274,7 @@ impl Sim {
                         expected += 1;
                         if *c == 0 {
                             slots.remove(name);
+                            node.truth_meta.remove(&(id, name.to_owned()));
                         }
                     }
                 }
@@ -240,6 +284,80 @@ impl Sim {
                 let id = *procs.choose(&mut self.rng).expect("non-empty");
                 node.core.exit(id);
                 node.truth.remove(&id);
+                node.truth_meta.retain(|(p, _), _| *p != id);
+            }
+            10 if !procs.is_empty() => {
+                let id = *procs.choose(&mut self.rng).expect("non-empty");
+                let group = *GROUPS.choose(&mut self.rng).expect("non-empty");
+                let meta = Meta::encode(&self.rng.gen_range(0..4u8)).expect("encodes");
+                node.core
+                    .join_with(id, group, meta.clone())
+                    .expect("no limits in the simulator");
+                let slots = node.truth.get_mut(&id).expect("live process");
+                *slots.entry(group.to_owned()).or_insert(0) += 1;
+                node.truth_meta.insert((id, group.to_owned()), meta);
+            }
+            11 if !procs.is_empty() => {
+                let id = *procs.choose(&mut self.rng).expect("non-empty");
+                let group = *GROUPS.choose(&mut self.rng).expect("non-empty");
+                let meta = Meta::encode(&self.rng.gen_range(0..4u8)).expect("encodes");
+                let member = node.truth[&id].contains_key(group);
+                assert_eq!(
+                    node.core.update(id, group, meta.clone()),
+                    member,
+                    "seed {}: update",
+                    self.seed
+                );
+                if member {
+                    node.truth_meta.insert((id, group.to_owned()), meta);
+                }
+            }
+            12 if !procs.is_empty() => {
+                let id = *procs.choose(&mut self.rng).expect("non-empty");
+                let name = *NAMES.choose(&mut self.rng).expect("non-empty");
+                let meta = Meta::encode(&id).expect("encodes");
+                // The clock in milliseconds: claims made in one step tie, and the Pid decides.
+                let group = name_group(name);
+                let held = node.truth[&id].contains_key(&group);
+                let at_micros = match node.truth_meta.get(&(id, group.clone())) {
+                    Some(claim) if held => {
+                        Claim::decode(claim.as_bytes()).expect("a claim").at_micros
+                    }
+                    _ => now * 1000,
+                };
+                if node
+                    .core
+                    .register(id, name, now * 1000, meta.clone())
+                    .is_ok()
+                {
+                    let claim = Claim {
+                        at_micros,
+                        meta: meta.as_bytes().clone(),
+                    };
+                    node.truth
+                        .get_mut(&id)
+                        .expect("live process")
+                        .insert(group.clone(), 1);
+                    node.truth_meta
+                        .insert((id, group), Meta::from_bytes(claim.encode()));
+                }
+            }
+            13 if !procs.is_empty() => {
+                let id = *procs.choose(&mut self.rng).expect("non-empty");
+                let name = *NAMES.choose(&mut self.rng).expect("non-empty");
+                let group = name_group(name);
+                let held = node.truth[&id].contains_key(&group);
+                assert_eq!(
+                    node.core.leave(id, &[&group]) == 1,
+                    held,
+                    "seed {}: unregister",
+                    self.seed
+                );
+                node.truth
+                    .get_mut(&id)
+                    .expect("live process")
+                    .remove(&group);
+                node.truth_meta.remove(&(id, group));
             }
             _ => {}
         }
@@ -266,6 +384,7 @@ impl Sim {
                 let node = &mut self.nodes[i];
                 node.alive = false;
                 node.truth.clear();
+                node.truth_meta.clear();
                 node.subscriber = None;
             }
         }
@@ -299,9 +418,10 @@ impl Sim {
                     && self.rng.gen_bool(0.02)
                 {
                     // Subscribe: snapshot now, events from now on.
-                    let view = self.nodes[i].core.view();
+                    let view = user_groups(self.nodes[i].core.view());
+                    let meta = user_groups(self.nodes[i].core.meta_view());
                     self.nodes[i].core.drain_changes().for_each(drop);
-                    self.nodes[i].subscriber = Some(Subscriber { view });
+                    self.nodes[i].subscriber = Some(Subscriber { view, meta });
                 }
             }
         }
@@ -343,6 +463,25 @@ impl Sim {
                 }
             }
             self.record_events(i);
+            self.record_names_lost(i);
+        }
+    }
+
+    /// A claim dropped by the core because another ranks first is gone from the truth.
+    fn record_names_lost(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        for (name, id, winner) in node.core.take_names_lost() {
+            let group = name_group(&name);
+            assert_ne!(
+                winner,
+                Pid::new(node.peer, id),
+                "seed {}: a process lost to itself",
+                self.seed
+            );
+            if let Some(groups) = node.truth.get_mut(&id) {
+                groups.remove(&group);
+            }
+            node.truth_meta.remove(&(id, group));
         }
     }
 
@@ -441,6 +580,10 @@ impl Sim {
             return;
         };
         for change in changes {
+            assert!(
+                !is_name_group(&change.group),
+                "seed {seed}: an event of a name"
+            );
             let group = sub.view.entry(change.group.to_string()).or_default();
             let slots = group.entry(change.pid).or_insert(0);
             match change.kind {
@@ -452,6 +595,21 @@ impl Sim {
                     );
                     *slots -= change.count;
                 }
+                EventKind::MemberUpdated => {
+                    assert_eq!(*slots, change.count, "seed {seed}: an update's slots")
+                }
+            }
+            let metas = sub.meta.entry(change.group.to_string()).or_default();
+            match (&change.meta, *slots) {
+                (_, 0) | (None, _) => {
+                    metas.remove(&change.pid);
+                }
+                (Some(meta), _) => {
+                    metas.insert(change.pid, meta.clone());
+                }
+            }
+            if metas.is_empty() {
+                sub.meta.remove(&*change.group);
             }
             if *slots == 0 {
                 group.remove(&change.pid);
@@ -478,8 +636,21 @@ impl Sim {
         view
     }
 
+    fn expected_meta(&self) -> MetaView {
+        let mut view = MetaView::new();
+        for node in self.nodes.iter().filter(|n| n.alive) {
+            for ((id, group), meta) in &node.truth_meta {
+                view.entry(group.clone())
+                    .or_default()
+                    .insert(Pid::new(node.peer, *id), meta.clone());
+            }
+        }
+        view
+    }
+
     fn check(&self) {
         let expected = self.expected_view();
+        let expected_meta = self.expected_meta();
         for (i, node) in self.nodes.iter().enumerate().filter(|(_, n)| n.alive) {
             let view = node.core.view();
             assert!(
@@ -487,12 +658,54 @@ impl Sim {
                 "seed {}: node {i} did not converge\n  view:     {view:?}\n  expected: {expected:?}",
                 self.seed
             );
+            let meta = node.core.meta_view();
+            assert!(
+                meta == expected_meta,
+                "seed {}: node {i}'s metadata did not converge: {}",
+                self.seed,
+                meta_diff(&meta, &expected_meta)
+            );
             if let Some(sub) = &node.subscriber {
+                let view = user_groups(view);
                 assert!(
                     sub.view == view,
                     "seed {}: node {i}'s subscriber (snapshot + events) differs from its view\n  subscriber: {:?}\n  view:       {view:?}",
                     self.seed,
                     sub.view
+                );
+                assert!(
+                    sub.meta == user_groups(meta),
+                    "seed {}: node {i}'s subscriber's metadata differs from its view",
+                    self.seed
+                );
+            }
+        }
+        // One claim of each name stands, and every node finds it.
+        for name in NAMES {
+            let group = name_group(name);
+            let claims: Vec<Pid> = self
+                .nodes
+                .iter()
+                .filter(|n| n.alive)
+                .flat_map(|n| {
+                    n.truth
+                        .iter()
+                        .filter(|(_, groups)| groups.contains_key(&group))
+                        .map(|(id, _)| Pid::new(n.peer, *id))
+                })
+                .collect();
+            assert!(
+                claims.len() <= 1,
+                "seed {}: {name} claimed by {claims:?}",
+                self.seed
+            );
+            for (i, node) in self.nodes.iter().enumerate().filter(|(_, n)| n.alive) {
+                let holder = node.core.whereis(name).map(|h| h.pid);
+                assert_eq!(
+                    holder,
+                    claims.first().copied(),
+                    "seed {}: node {i}'s holder of {name}",
+                    self.seed
                 );
             }
         }

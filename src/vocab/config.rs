@@ -72,6 +72,7 @@ pub struct ScopeConfig {
     max_groups: usize,
     max_members_per_group: usize,
     node_down_grace: Duration,
+    max_meta_bytes: usize,
 }
 
 impl Default for ScopeConfig {
@@ -161,6 +162,15 @@ impl ScopeConfig {
     pub fn node_down_grace(&self) -> Duration {
         self.node_down_grace
     }
+    /// The largest metadata value (of a membership or a registered name), CBOR-encoded, in
+    /// bytes. Default [`DEFAULT_MAX_META_BYTES`](crate::DEFAULT_MAX_META_BYTES) (1024), at
+    /// most [`MAX_META_BYTES_CEILING`](crate::MAX_META_BYTES_CEILING). A larger local value
+    /// is `LimitReached`; a larger one from a peer is refused and counted
+    /// ([`ScopeStats::meta_refused`](crate::ScopeStats::meta_refused)), its member held
+    /// without metadata.
+    pub fn max_meta_bytes(&self) -> usize {
+        self.max_meta_bytes
+    }
 }
 
 /// Builds a validated [`ScopeConfig`]. Starts from the defaults.
@@ -187,6 +197,7 @@ impl Default for ScopeConfigBuilder {
                 max_groups: 0,
                 max_members_per_group: 0,
                 node_down_grace: Duration::from_secs(2),
+                max_meta_bytes: DEFAULT_MAX_META_BYTES,
             },
         }
     }
@@ -234,6 +245,8 @@ impl ScopeConfigBuilder {
         max_members_per_group: usize;
         /// See [`ScopeConfig::node_down_grace`]; must be > 0.
         node_down_grace: Duration;
+        /// See [`ScopeConfig::max_meta_bytes`]; between 1 and `MAX_META_BYTES_CEILING`.
+        max_meta_bytes: usize;
     }
 
     /// Validates and returns the configuration.
@@ -267,6 +280,9 @@ impl ScopeConfigBuilder {
         }
         if c.action_queue_size == 0 {
             return bad("action_queue_size", "must be at least 1");
+        }
+        if c.max_meta_bytes == 0 || c.max_meta_bytes > MAX_META_BYTES_CEILING {
+            return bad("max_meta_bytes", "must be between 1 and 16384");
         }
         if c.action_queue_max_size < c.action_queue_size {
             return bad(
@@ -327,6 +343,7 @@ struct RawScopeConfig {
     max_groups: usize,
     max_members_per_group: usize,
     node_down_grace: FileDuration,
+    max_meta_bytes: usize,
 }
 
 impl Default for RawScopeConfig {
@@ -352,6 +369,7 @@ impl From<ScopeConfig> for RawScopeConfig {
             max_groups: c.max_groups,
             max_members_per_group: c.max_members_per_group,
             node_down_grace: FileDuration(c.node_down_grace),
+            max_meta_bytes: c.max_meta_bytes,
         }
     }
 }
@@ -375,11 +393,20 @@ impl TryFrom<RawScopeConfig> for ScopeConfig {
                 max_groups: r.max_groups,
                 max_members_per_group: r.max_members_per_group,
                 node_down_grace: r.node_down_grace.0,
+                max_meta_bytes: r.max_meta_bytes,
             },
         }
         .build()
     }
 }
+
+/// The default of [`ScopeConfig::max_meta_bytes`](crate::ScopeConfig::max_meta_bytes): the
+/// largest encoded metadata value a scope takes.
+pub const DEFAULT_MAX_META_BYTES: usize = 1024;
+
+/// The largest [`ScopeConfig::max_meta_bytes`](crate::ScopeConfig::max_meta_bytes) may be: a
+/// delta that carries one such value still fits far below the delta size cap.
+pub const MAX_META_BYTES_CEILING: usize = 16 * 1024;
 
 /// The longest scope id, in bytes.
 pub const MAX_SCOPE_ID_LEN: usize = 255;

@@ -17,6 +17,8 @@ pub enum ErrorKind {
     /// The node cannot do it now (shut down, no route, queue full); the same call may succeed
     /// later.
     Unavailable,
+    /// The name is registered by another process.
+    AlreadyExists,
 }
 
 /// Which configured limit refused an operation.
@@ -26,6 +28,8 @@ pub enum Limit {
     MaxGroups,
     /// `max_members_per_group`: the number of member slots of one group, counting multi-joins.
     MaxMembersPerGroup,
+    /// `max_meta_bytes`: the encoded size of one metadata value.
+    MaxMetaBytes,
 }
 
 impl std::fmt::Display for Limit {
@@ -33,6 +37,7 @@ impl std::fmt::Display for Limit {
         f.write_str(match self {
             Limit::MaxGroups => "max_groups",
             Limit::MaxMembersPerGroup => "max_members_per_group",
+            Limit::MaxMetaBytes => "max_meta_bytes",
         })
     }
 }
@@ -138,6 +143,34 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// Another process holds the name (as far as this node knows).
+    #[error("name {name:?} in scope {scope:?} is held by {holder}")]
+    NameTaken {
+        /// The scope.
+        scope: String,
+        /// The name.
+        name: String,
+        /// The process that holds it (boxed: a Pid is large, and errors travel in every
+        /// `Result`).
+        holder: Box<crate::Pid>,
+    },
+    /// The process does not hold the name it unregisters.
+    #[error("name {name:?} in scope {scope:?} is not registered by this process")]
+    NotRegistered {
+        /// The scope.
+        scope: String,
+        /// The name.
+        name: String,
+    },
+    /// A registered name is empty or longer than
+    /// [`MAX_NAME_LEN`](crate::MAX_NAME_LEN) bytes.
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName {
+        /// The offending name (its first 64 characters).
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A payload could not be encoded to or decoded from CBOR.
     #[error("payload codec: {reason}")]
     Payload {
@@ -168,7 +201,10 @@ impl Error {
             | Error::Released { .. }
             | Error::InvalidScopeId { .. }
             | Error::Payload { .. }
+            | Error::InvalidName { .. }
             | Error::Config(_) => ErrorKind::Invalid,
+            Error::NameTaken { .. } => ErrorKind::AlreadyExists,
+            Error::NotRegistered { .. } => ErrorKind::NotFound,
             Error::ScopeNotFound { .. } | Error::ProcessNotFound { .. } => ErrorKind::NotFound,
             Error::LimitReached { .. } => ErrorKind::LimitReached,
             Error::Unavailable { .. } => ErrorKind::Unavailable,

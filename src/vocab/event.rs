@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::vocab::meta::Meta;
 use crate::vocab::pid::Pid;
 
 /// What happened to the members of a group.
@@ -11,14 +12,20 @@ pub enum EventKind {
     MemberJoined,
     /// Slots were removed (leave, exit, node down): shown as `member.left`.
     MemberLeft,
+    /// A member's metadata changed (`update`, or a peer's sync that brought another value),
+    /// its slots did not: shown as `member.updated`. A `join_with` is a `MemberJoined` that
+    /// carries the new value.
+    MemberUpdated,
 }
 
 impl EventKind {
-    /// The name shown for the kind: `"member.joined"` or `"member.left"`.
+    /// The name shown for the kind: `"member.joined"`, `"member.left"` or
+    /// `"member.updated"`.
     pub fn as_str(&self) -> &'static str {
         match self {
             EventKind::MemberJoined => "member.joined",
             EventKind::MemberLeft => "member.left",
+            EventKind::MemberUpdated => "member.updated",
         }
     }
 }
@@ -32,16 +39,21 @@ impl std::fmt::Display for EventKind {
 /// One membership change of one group.
 ///
 /// `pids` keeps multiplicity: a process that leaves a group it had joined three times is
-/// listed three times. Consecutive changes of the same kind to the same group made in one
-/// operation (a sync, an exit, a delta from a peer) arrive as one event.
+/// listed three times. Consecutive changes of the same kind to the same group with the same
+/// metadata, made in one operation (a sync, an exit, a delta from a peer), arrive as one
+/// event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     /// Joined or left.
     pub kind: EventKind,
     /// The group.
     pub group: Arc<str>,
-    /// The affected processes, once per slot.
+    /// The affected processes, once per slot (for `MemberUpdated`: once per slot the
+    /// process holds).
     pub pids: Arc<[Pid]>,
+    /// The metadata of the processes in the group: after a join or an update, what they have
+    /// now; after a leave, what they had. `None` for processes that joined with `join` only.
+    pub meta: Option<Meta>,
 }
 
 impl Event {

@@ -7,5 +7,7 @@ pub(crate) mod delivery;
 pub(crate) mod error;
 pub(crate) mod event;
 pub(crate) mod members;
+pub(crate) mod meta;
+pub(crate) mod names;
 pub(crate) mod pid;
 pub(crate) mod policy;

@@ -7,6 +7,7 @@ use crate::Pid;
 /// One permission. Each is checked on a resource: the scope id for
 /// [`Open`](Permission::Open), [`WhichGroups`](Permission::WhichGroups),
 /// [`WhichLocalGroups`](Permission::WhichLocalGroups) and [`Events`](Permission::Events); the
+/// name for [`Register`](Permission::Register) and [`Whereis`](Permission::Whereis); the
 /// group name for the others (once per group of a batch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Permission {
@@ -32,11 +33,15 @@ pub enum Permission {
     Monitor,
     /// `pg.events`
     Events,
+    /// `pg.register`: register or unregister a name (checked on the name).
+    Register,
+    /// `pg.whereis`: look a registered name up (checked on the name).
+    Whereis,
 }
 
 impl Permission {
     /// Every permission, in a fixed order.
-    pub const ALL: [Permission; 11] = [
+    pub const ALL: [Permission; 13] = [
         Permission::Open,
         Permission::Join,
         Permission::Leave,
@@ -48,6 +53,8 @@ impl Permission {
         Permission::BroadcastLocal,
         Permission::Monitor,
         Permission::Events,
+        Permission::Register,
+        Permission::Whereis,
     ];
 
     /// The name of the permission, e.g. `"pg.join"`.
@@ -64,6 +71,8 @@ impl Permission {
             Permission::BroadcastLocal => "pg.broadcast_local",
             Permission::Monitor => "pg.monitor",
             Permission::Events => "pg.events",
+            Permission::Register => "pg.register",
+            Permission::Whereis => "pg.whereis",
         }
     }
 }

@@ -29,8 +29,8 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, noise, tcp, ya
 use procgroups::Keypair;
 use procgroups::behaviour::scope_topic;
 use procgroups::wire::{
-    DELIVER_PROTOCOL, DeliverAck, DeliverBatch, Delta, Op, SYNC_PROTOCOL, SyncGroup, SyncRequest,
-    SyncResponse, Version,
+    DELIVER_PROTOCOL, DeliverAck, DeliverBatch, Delta, Op, SYNC_PROTOCOL, SyncGroup, SyncMember,
+    SyncRequest, SyncResponse, Version,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -196,7 +196,10 @@ impl Own {
             .iter()
             .map(|(name, members)| SyncGroup {
                 name: name.clone(),
-                members: members.iter().map(|(id, n)| (*id, *n)).collect(),
+                members: members
+                    .iter()
+                    .map(|(id, n)| SyncMember::plain(*id, *n))
+                    .collect(),
             })
             .collect()
     }
@@ -461,6 +464,7 @@ impl Hostile {
                 group,
                 id: *id,
                 change: *change,
+                meta: None,
             });
         }
         let delta = Delta {

@@ -54,6 +54,7 @@ pub fn replay(snapshot: &BTreeMap<Arc<str>, Members>, events: &[Event]) -> Resul
         let slots = v.entry(ev.group.to_string()).or_default();
         match ev.kind {
             EventKind::MemberJoined => slots.extend(ev.pids.iter()),
+            EventKind::MemberUpdated => {}
             EventKind::MemberLeft => {
                 for pid in ev.pids.iter() {
                     let i = slots.iter().position(|p| p == pid).ok_or_else(|| {

@@ -54,8 +54,9 @@ impl Behaviour {
                     let next = &mut self.scopes[scope].next_tick;
                     *next = Some(next.map_or(at, |t| t.min(at)));
                 }
-                // The host gives the changes to its subscribers.
-                Output::Changed(_) => {}
+                // The host gives the changes to its subscribers, and tells the processes that
+                // lost a name.
+                Output::Changed(_) | Output::NameLost { .. } => {}
             }
         }
         // A nested feed (a sync request that fails at once) took a buffer of its own.

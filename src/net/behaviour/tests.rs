@@ -187,6 +187,7 @@ fn join_delta(origin: PeerId, seq: u64, group: &str, id: u64) -> Delta {
             group: 0,
             id,
             change: 1,
+            meta: None,
         }],
     }
 }

@@ -17,13 +17,19 @@ use super::groups::{
 };
 use super::input::{Change, Input, LimitError, Outcome, Output, Refusal};
 use super::messages::{Delta, Op, Version};
+use crate::proto::registry::is_name_group;
 use crate::vocab::error::Limit;
 use crate::vocab::event::EventKind;
 use crate::vocab::members::Members;
+use crate::vocab::meta::Meta;
 use crate::vocab::pid::Pid;
 
+mod meta;
+mod names;
 mod publish;
 mod remote;
+#[cfg(test)]
+mod tests;
 
 const LOCAL: u32 = 0;
 /// Rough CBOR size of one op, to cut deltas below the transmit limit.
@@ -54,6 +60,8 @@ pub(crate) struct CoreConfig {
     pub max_delta_bytes: usize,
     /// Seed of the hash maps: random in a node, fixed in the simulator.
     pub hash_seed: u64,
+    /// The largest metadata value taken, encoded.
+    pub max_meta_bytes: usize,
 }
 
 impl CoreConfig {
@@ -66,6 +74,7 @@ impl CoreConfig {
             sync_timeout: config.protocol_timeout(),
             max_delta_bytes: MAX_DELTA_BYTES,
             hash_seed,
+            max_meta_bytes: config.max_meta_bytes(),
         }
     }
 }
@@ -86,6 +95,12 @@ pub(crate) struct CoreStats {
     pub slots_refused: u64,
     /// Remote leaves of slots this node did not hold (after a refusal, or hostile).
     pub leaves_unmatched: u64,
+    /// Remote changes of metadata of processes this node does not hold in the group.
+    pub updates_unmatched: u64,
+    /// Remote metadata values over `max_meta_bytes`, refused (the member is held without).
+    pub meta_refused: u64,
+    /// Local claims of a name dropped because another claim of it ranked first.
+    pub names_lost: u64,
     pub purges: u64,
 }
 
@@ -134,6 +149,12 @@ pub(crate) struct ScopeCore {
     stats: CoreStats,
     slots: usize,
     local_slots: usize,
+    /// How many of `groups` hold registered names (`proto::registry`), which no list or
+    /// count of groups shows.
+    name_groups: usize,
+    /// Name groups changed by the input being handled: their claims are resolved before
+    /// `handle` returns.
+    names_touched: Vec<GroupName>,
 }
 
 /// The size of a scope's view, see [`ScopeCore::sizes`].
@@ -175,6 +196,8 @@ impl ScopeCore {
             stats: CoreStats::default(),
             slots: 0,
             local_slots: 0,
+            name_groups: 0,
+            names_touched: Vec::new(),
         }
     }
 
@@ -199,7 +222,7 @@ impl ScopeCore {
     /// metrics scrape reads them under the scope's lock).
     pub(crate) fn sizes(&self) -> Sizes {
         Sizes {
-            groups: self.groups.len(),
+            groups: self.groups.len() - self.name_groups,
             slots: self.slots,
             local_slots: self.local_slots,
         }
@@ -292,20 +315,24 @@ impl ScopeCore {
         self.check_join(id, names)?;
         let seed = self.hash_seed;
         for name in names {
-            let added = self.add(LOCAL, name, id, 1);
+            let added = self.add(LOCAL, name, id, 1, None);
             if added.id_fresh
                 && let Some(name) = added.name
             {
-                match self.local_procs.entry(id) {
-                    hashbrown::hash_map::Entry::Occupied(mut e) => e.get_mut().insert(name, seed),
-                    hashbrown::hash_map::Entry::Vacant(e) => {
-                        e.insert(ProcGroups::One(name));
-                    }
-                }
+                self.note_local_group(id, name, seed);
             }
         }
         self.local_changed();
         Ok(())
+    }
+
+    fn note_local_group(&mut self, id: u64, name: GroupName, seed: u64) {
+        match self.local_procs.entry(id) {
+            hashbrown::hash_map::Entry::Occupied(mut e) => e.get_mut().insert(name, seed),
+            hashbrown::hash_map::Entry::Vacant(e) => {
+                e.insert(ProcGroups::One(name));
+            }
+        }
     }
 
     fn check_join(&self, id: u64, names: &[&str]) -> Result<(), LimitError> {
@@ -446,11 +473,24 @@ impl ScopeCore {
         }
     }
 
+    /// The slots of `group`, of every node.
+    pub(crate) fn member_count(&self, group: &str) -> usize {
+        self.groups.get(group).map_or(0, |g| g.slots)
+    }
+
+    /// The slots of `group` held by local processes.
+    pub(crate) fn local_member_count(&self, group: &str) -> usize {
+        self.groups
+            .get(group)
+            .and_then(|g| g.node(LOCAL))
+            .map_or(0, |n| n.slots)
+    }
+
     /// The non-empty groups, sorted.
     pub(crate) fn which_groups(&mut self) -> Arc<[GroupName]> {
         let groups = &self.groups;
         self.groups_cache
-            .get_or_insert_with(|| sorted(groups.keys().cloned()))
+            .get_or_insert_with(|| sorted(groups.keys().filter(|n| !is_name_group(n)).cloned()))
             .clone()
     }
 
@@ -462,7 +502,7 @@ impl ScopeCore {
                 sorted(
                     groups
                         .values()
-                        .filter(|g| g.node(LOCAL).is_some())
+                        .filter(|g| g.node(LOCAL).is_some() && !is_name_group(&g.name))
                         .map(|g| g.name.clone()),
                 )
             })
@@ -503,14 +543,18 @@ impl ScopeCore {
         })
     }
 
-    /// Adds `n` slots of `(node, id)` to `name`, without limit checks.
-    fn add(&mut self, node: u32, name: &str, id: u64, n: u32) -> Added {
+    /// Adds `n` slots of `(node, id)` to `name`, without limit checks; `meta`, if given,
+    /// replaces the process's metadata there.
+    fn add(&mut self, node: u32, name: &str, id: u64, n: u32, meta: Option<Meta>) -> Added {
         let seed = self.hash_seed;
         let group = match self.groups.entry_ref(name) {
             hashbrown::hash_map::EntryRef::Occupied(e) => e.into_mut(),
             hashbrown::hash_map::EntryRef::Vacant(e) => {
                 let key: GroupName = name.into();
                 self.groups_cache = None;
+                if is_name_group(name) {
+                    self.name_groups += 1;
+                }
                 e.insert_with_key(
                     key.clone(),
                     GroupState {
@@ -519,6 +563,7 @@ impl ScopeCore {
                         nodes: Vec::new(),
                         members: None,
                         local: None,
+                        meta: None,
                     },
                 )
             }
@@ -548,19 +593,33 @@ impl ScopeCore {
                 self.local_groups_cache = None;
             }
         }
-        if self.record_changes {
+        let published_meta = match meta {
+            Some(meta) => {
+                let table = group
+                    .meta
+                    .get_or_insert_with(|| Box::new(Map::with_hasher(FixedState::with_seed(seed))));
+                table.insert((node, id), meta.clone());
+                (node == LOCAL).then_some(meta)
+            }
+            None => None,
+        };
+        let named = is_name_group(&group.name);
+        if named {
+            self.names_touched.push(group.name.clone());
+        } else if self.record_changes {
             self.outputs.push_back(Output::Changed(Change {
                 kind: EventKind::MemberJoined,
                 group: group.name.clone(),
                 pid: Pid::new(self.nodes[node as usize], id),
                 count: n,
+                meta: group.meta(node, id).cloned(),
             }));
         }
         // Cloned only for whoever keeps it: a plain extra join needs no name.
         let publish = node == LOCAL && self.publishing;
         let name = (node_fresh || id_fresh || publish).then(|| group.name.clone());
         if publish && let Some(name) = &name {
-            self.queue_op(name, id, i64::from(n));
+            self.queue_op(name, id, i64::from(n), published_meta);
         }
         Added {
             name: name.filter(|_| node_fresh || id_fresh),
@@ -595,6 +654,18 @@ impl ScopeCore {
         if id_gone {
             slots.ids.remove(id);
         }
+        // The event names the metadata the process had; it goes with its last slot.
+        let meta = match &mut group.meta {
+            Some(table) if id_gone => {
+                let meta = table.remove(&(node, id));
+                if table.is_empty() {
+                    group.meta = None;
+                }
+                meta
+            }
+            Some(table) => table.get(&(node, id)).cloned(),
+            None => None,
+        };
         slots.slots -= removed as usize;
         group.slots -= removed as usize;
         group.members = None;
@@ -610,12 +681,16 @@ impl ScopeCore {
                 self.local_groups_cache = None;
             }
         }
-        if self.record_changes {
+        let named = is_name_group(&group.name);
+        if named {
+            self.names_touched.push(group.name.clone());
+        } else if self.record_changes {
             self.outputs.push_back(Output::Changed(Change {
                 kind: EventKind::MemberLeft,
                 group: group.name.clone(),
                 pid: Pid::new(self.nodes[node as usize], id),
                 count: removed,
+                meta,
             }));
         }
         let emptied = group.slots == 0;
@@ -626,9 +701,12 @@ impl ScopeCore {
             if emptied {
                 self.groups.remove(name.as_ref());
                 self.groups_cache = None;
+                if named {
+                    self.name_groups -= 1;
+                }
             }
             if publish {
-                self.queue_op(&name, id, -i64::from(removed));
+                self.queue_op(&name, id, -i64::from(removed), None);
             }
         }
         Removed {
@@ -652,6 +730,25 @@ impl ScopeCore {
         for (id, count) in ids {
             self.remove(node, name, id, count);
         }
+    }
+
+    /// The names lost among the outputs, `(name, process, winner)`; the other outputs stay
+    /// queued.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn take_names_lost(&mut self) -> Vec<(String, u64, Pid)> {
+        let mut lost = Vec::new();
+        self.outputs.retain(|o| match o {
+            Output::NameLost {
+                name,
+                process,
+                winner,
+            } => {
+                lost.push((name.clone(), *process, *winner));
+                false
+            }
+            _ => true,
+        });
+        lost
     }
 
     /// Every slot this node holds, by group: the oracle of tests and the simulator.
@@ -710,6 +807,14 @@ impl ScopeCore {
     /// Takes one input at time `now` (the host's clock, from any fixed start); the outputs
     /// it causes wait in [`poll_output`](Self::poll_output).
     pub(crate) fn handle(&mut self, input: Input<'_>, now: Duration) -> Result<Outcome, Refusal> {
+        let result = self.dispatch(input, now);
+        if !self.names_touched.is_empty() {
+            self.resolve_names();
+        }
+        result
+    }
+
+    fn dispatch(&mut self, input: Input<'_>, now: Duration) -> Result<Outcome, Refusal> {
         match input {
             Input::Join { process, groups } => {
                 self.on_join(process, groups).map_err(Refusal::Limit)?;
@@ -718,6 +823,36 @@ impl ScopeCore {
                 return Ok(Outcome::Left {
                     slots: self.on_leave(process, groups),
                 });
+            }
+            Input::JoinWith {
+                process,
+                group,
+                meta,
+            } => self
+                .on_join_with(process, group, meta)
+                .map_err(Refusal::Limit)?,
+            Input::Update {
+                process,
+                group,
+                meta,
+            } => {
+                if !self
+                    .on_update(process, group, meta)
+                    .map_err(Refusal::Limit)?
+                {
+                    return Ok(Outcome::NotMember);
+                }
+            }
+            Input::Register {
+                process,
+                name,
+                at_micros,
+                meta,
+            } => self.on_register(process, name, at_micros, meta)?,
+            Input::Unregister { process, name } => {
+                if !self.on_unregister(process, name) {
+                    return Ok(Outcome::NotMember);
+                }
             }
             Input::Exit { process } => self.on_exit(process),
             Input::Flush => {

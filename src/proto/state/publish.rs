@@ -3,7 +3,8 @@
 
 use super::{DELTA_OVERHEAD, LOCAL, OP_BYTES, ScopeCore};
 use crate::proto::groups::GroupName;
-use crate::proto::messages::{Delta, Op, SyncGroup, SyncState};
+use crate::proto::messages::{Delta, Op, SyncGroup, SyncMember, SyncState};
+use crate::vocab::meta::Meta;
 
 impl ScopeCore {
     /// The deltas to publish, oldest first, each below `max_delta_bytes`.
@@ -28,8 +29,16 @@ impl ScopeCore {
             .values()
             .filter_map(|g| {
                 g.node(LOCAL).map(|n| {
-                    let mut members: Vec<(u64, u32)> = n.ids.iter().collect();
-                    members.sort_unstable();
+                    let mut members: Vec<SyncMember> = n
+                        .ids
+                        .iter()
+                        .map(|(id, slots)| SyncMember {
+                            id,
+                            slots,
+                            meta: g.meta(LOCAL, id).map(|m| m.as_bytes().clone()),
+                        })
+                        .collect();
+                    members.sort_unstable_by_key(|m| m.id);
                     SyncGroup {
                         name: g.name.to_string(),
                         members,
@@ -66,7 +75,8 @@ impl ScopeCore {
         for op in ops {
             let g = op.group as usize;
             let fresh = remap[g].0 != chunk_no;
-            let cost = OP_BYTES + if fresh { names[g].len() + 4 } else { 0 };
+            let meta_bytes = op.meta.as_ref().map_or(0, |m| m.len() + 3);
+            let cost = OP_BYTES + meta_bytes + if fresh { names[g].len() + 4 } else { 0 };
             if bytes + cost > self.cfg.max_delta_bytes && !chunk.ops.is_empty() {
                 self.seal(&mut chunk);
                 chunk_no += 1;
@@ -81,7 +91,7 @@ impl ScopeCore {
                 group: remap[g].1,
                 ..op
             });
-            bytes += OP_BYTES;
+            bytes += OP_BYTES + meta_bytes;
         }
         self.seal(&mut chunk);
     }
@@ -101,7 +111,7 @@ impl ScopeCore {
         self.ready.push_back(delta);
     }
 
-    pub(super) fn queue_op(&mut self, name: &GroupName, id: u64, change: i64) {
+    pub(super) fn queue_op(&mut self, name: &GroupName, id: u64, change: i64, meta: Option<Meta>) {
         let group = match self.pending_index.get(&**name) {
             Some(group) => *group,
             None => {
@@ -111,6 +121,11 @@ impl ScopeCore {
                 group
             }
         };
-        self.pending.push(Op { group, id, change });
+        self.pending.push(Op {
+            group,
+            id,
+            change,
+            meta: meta.map(|m| m.as_bytes().clone()),
+        });
     }
 }

@@ -7,9 +7,13 @@ use std::time::Duration;
 use libp2p::PeerId;
 
 use super::{LOCAL, OriginState, ScopeCore};
-use crate::proto::groups::{GroupName, Map, Set, group_name_problem};
+use bytes::Bytes;
+
+use crate::proto::groups::{GroupName, Map, Set, wire_group_problem};
 use crate::proto::input::{DeltaOutcome, Output, Rejection, SyncOutcome};
 use crate::proto::messages::{Delta, SyncState, Version};
+use crate::proto::registry::{CLAIM_OVERHEAD, is_name_group};
+use crate::vocab::meta::Meta;
 
 impl ScopeCore {
     /// Applies a delta received from `sender` (the authenticated source of the message).
@@ -74,7 +78,7 @@ impl ScopeCore {
             return Err(Rejection::ZeroSeq);
         }
         for name in &delta.groups {
-            if let Some(problem) = group_name_problem(name) {
+            if let Some(problem) = wire_group_problem(name) {
                 return Err(Rejection::InvalidGroupName(problem));
             }
         }
@@ -85,7 +89,12 @@ impl ScopeCore {
                     len: delta.groups.len(),
                 });
             }
-            if op.change == 0 || op.change.unsigned_abs() > u64::from(u32::MAX) {
+            let meta_alone = op.change == 0 && op.meta.is_some();
+            let leave_with_meta = op.change < 0 && op.meta.is_some();
+            if (op.change == 0 && !meta_alone)
+                || leave_with_meta
+                || op.change.unsigned_abs() > u64::from(u32::MAX)
+            {
                 return Err(Rejection::BadChange);
             }
         }
@@ -96,10 +105,17 @@ impl ScopeCore {
         for op in &delta.ops {
             let name = delta.groups[op.group as usize].as_str();
             let n = op.change.unsigned_abs() as u32;
-            if op.change > 0 {
-                self.add_remote(node, origin, name, op.id, n);
-            } else {
-                self.remove_remote(node, origin, name, op.id, n);
+            let meta = op.meta.as_ref().map(|m| self.remote_meta(name, m));
+            match op.change {
+                1.. => self.add_remote(node, origin, name, op.id, n, meta.flatten()),
+                0 => {
+                    // A value refused for its size clears what the member had: a stale
+                    // value would pass for the origin's.
+                    if !self.set_meta(node, name, op.id, meta.flatten()) {
+                        self.stats.updates_unmatched += 1;
+                    }
+                }
+                _ => self.remove_remote(node, origin, name, op.id, n),
             }
         }
         origin.version = Some(Version {
@@ -109,6 +125,26 @@ impl ScopeCore {
         self.stats.deltas_applied += 1;
     }
 
+    /// A peer's metadata value, or `None` (counted) when it is over `max_meta_bytes` (plus
+    /// the claim's own bytes, for a name).
+    fn remote_meta(&mut self, group: &str, meta: &Bytes) -> Option<Meta> {
+        let overhead = if is_name_group(group) {
+            CLAIM_OVERHEAD
+        } else {
+            0
+        };
+        if meta.len() > self.cfg.max_meta_bytes + overhead {
+            self.stats.meta_refused += 1;
+            tracing::warn!(
+                group,
+                bytes = meta.len(),
+                "remote metadata over max_meta_bytes refused"
+            );
+            return None;
+        }
+        Some(Meta::from_bytes(meta.clone()))
+    }
+
     pub(super) fn add_remote(
         &mut self,
         node: u32,
@@ -116,6 +152,7 @@ impl ScopeCore {
         name: &str,
         id: u64,
         n: u32,
+        meta: Option<Meta>,
     ) {
         // A process holds at most u32::MAX slots of a group: a peer announcing more (only a
         // hostile one can) is refused the excess like a limit.
@@ -131,7 +168,7 @@ impl ScopeCore {
             );
         }
         if room > 0 {
-            let added = self.add(node, name, id, room);
+            let added = self.add(node, name, id, room, meta);
             if added.node_fresh
                 && let Some(name) = added.name
             {
@@ -294,19 +331,19 @@ impl ScopeCore {
         let mut names: Set<&str> = Set::with_hasher(self.hasher());
         let mut ids: Set<u64> = Set::with_hasher(self.hasher());
         for group in &state.groups {
-            if let Some(problem) = group_name_problem(&group.name) {
+            if let Some(problem) = wire_group_problem(&group.name) {
                 return Err(Rejection::InvalidGroupName(problem));
             }
             if !names.insert(&group.name) {
                 return Err(Rejection::DuplicateGroup(group.name.clone()));
             }
             ids.clear();
-            for (id, slots) in &group.members {
-                if *slots == 0 {
+            for member in &group.members {
+                if member.slots == 0 {
                     return Err(Rejection::ZeroSlots);
                 }
-                if !ids.insert(*id) {
-                    return Err(Rejection::DuplicateMember(*id));
+                if !ids.insert(member.id) {
+                    return Err(Rejection::DuplicateMember(member.id));
                 }
             }
         }
@@ -339,7 +376,7 @@ impl ScopeCore {
                 .unwrap_or_default();
             let wanted: Map<u64, u32> = {
                 let mut m = Map::with_hasher(self.hasher());
-                m.extend(group.members.iter().copied());
+                m.extend(group.members.iter().map(|m| (m.id, m.slots)));
                 m
             };
             for (id, have) in &current {
@@ -348,10 +385,29 @@ impl ScopeCore {
                     self.remove_remote(node, origin, &group.name, *id, have - want);
                 }
             }
-            for (id, want) in &group.members {
-                let have = current.iter().find(|(i, _)| i == id).map_or(0, |(_, c)| *c);
-                if *want > have {
-                    self.add_remote(node, origin, &group.name, *id, want - have);
+            for member in &group.members {
+                let have = current
+                    .iter()
+                    .find(|(i, _)| *i == member.id)
+                    .map_or(0, |(_, c)| *c);
+                let meta = member
+                    .meta
+                    .as_ref()
+                    .and_then(|m| self.remote_meta(&group.name, m));
+                // A member held before takes the origin's value (or its lack of one) first: a
+                // join without a value would keep a stale one.
+                if have > 0 {
+                    self.set_meta(node, &group.name, member.id, meta.clone());
+                }
+                if member.slots > have {
+                    self.add_remote(
+                        node,
+                        origin,
+                        &group.name,
+                        member.id,
+                        member.slots - have,
+                        meta,
+                    );
                 }
             }
         }
