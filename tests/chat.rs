@@ -7,7 +7,9 @@
 //!   scopes is refused, and quitting (end of input, Ctrl-C, `/quit`) shows as a leave at the
 //!   others at once (the goodbye), well before `node_down_grace`. Nicks are shown as typed
 //!   but held under their key: `ALICE`, fullwidth `ａlice` and `аlice` with a Cyrillic `а` are
-//!   refused while alice holds hers, and `/msg ALICE` reaches her.
+//!   refused while alice holds hers, and `/msg ALICE` reaches her. Two chats that take one
+//!   nick at the same instant: one keeps it, the other is told and takes a fresh one, and
+//!   every chat shows distinct nicks; `/who` shows each member's nick and when it joined.
 //! - A line over the chat's `MAX_LINE_BYTES` is refused whole, with a message, in a pipe as in
 //!   a terminal: nothing of it reaches the others.
 //! - In a terminal (tmux, `support::tmux`): the prompt names the current room, lines that
@@ -27,9 +29,11 @@
 mod support;
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::chat::{LIMIT, MAX_LINE_BYTES, PROMPT, Place, User, chat_binary, converse, strs};
+use support::chat::{
+    LIMIT, MAX_LINE_BYTES, PROMPT, Place, User, WAIT, chat_binary, converse, strs, who_nicks,
+};
 use support::netns::{Lan, as_root};
 use support::tmux::Tmux;
 
@@ -366,4 +370,111 @@ fn a_chat_in_a_terminal_keeps_the_line_being_typed() {
         alice.screen()
     );
     alice.wait("the goodbye", |s| s.find("* bye").is_some());
+}
+
+/// Two chats take the nick dave at the same instant: each registers it before it hears of the
+/// other (they dial alice's address without its peer id, so neither waits for her users
+/// first). When the claims meet, one keeps the nick, the other is told and takes a fresh
+/// one; every chat then shows distinct nicks, and `/msg` reaches each by its nick.
+#[test]
+fn two_chats_that_take_one_nick_at_once() {
+    let local = ["--listen", "/ip4/127.0.0.1/tcp/0"];
+    let mut alice = User::join("alice", &local, Place::Loopback);
+    let bare = alice.addrs[0]
+        .split("/p2p/")
+        .next()
+        .expect("an address")
+        .to_owned();
+    let args = ["--listen", "/ip4/127.0.0.1/tcp/0", "--dial", &bare];
+    let mut daves = [
+        User::join("dave", &args, Place::Loopback),
+        User::join("dave", &args, Place::Loopback),
+    ];
+
+    let told = "! nick dave was taken by another user; you are now ";
+    let deadline = Instant::now() + WAIT;
+    let (loser, fresh) = loop {
+        if let Some((at, line)) = daves
+            .iter()
+            .enumerate()
+            .find_map(|(at, dave)| Some((at, dave.line_with(told)?)))
+        {
+            break (at, line[told.len()..].to_owned());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "neither dave was told within {WAIT:?} that the nick went to the other"
+        );
+        std::thread::sleep(Duration::from_millis(20)); // the poll's pace
+    };
+    let winner = 1 - loser;
+    assert!(
+        fresh.starts_with("dave-") && fresh.len() == "dave-1234".len(),
+        "the fresh nick {fresh:?}"
+    );
+    assert!(
+        !daves[winner].printed(told),
+        "both daves were told they lost the nick"
+    );
+
+    // Every chat shows three distinct nicks, each with when it joined the lobby.
+    let expected = ["alice", "dave", fresh.as_str()];
+    let answer = alice.who_until("lobby", &expected);
+    for dave in &mut daves {
+        dave.who_until("lobby", &expected);
+    }
+    assert_joined_recently(&answer, "lobby");
+
+    // /msg reaches each by its nick, and only that one.
+    let marks = [daves[0].mark(), daves[1].mark()];
+    alice.send("/msg dave to the one who kept it");
+    alice.send(&format!("/msg {fresh} to the one who took a fresh nick"));
+    daves[winner].expect(marks[winner], "[dm] <alice> to the one who kept it");
+    daves[loser].expect(
+        marks[loser],
+        "[dm] <alice> to the one who took a fresh nick",
+    );
+    assert!(
+        !daves[winner].printed("fresh nick") && !daves[loser].printed("who kept it"),
+        "a direct message reached the other dave"
+    );
+
+    // The nick the loser lost is the winner's now: the loser cannot take it back.
+    let mark = daves[loser].mark();
+    daves[loser].send("/nick dave");
+    daves[loser].expect(
+        mark,
+        &format!("! the nick dave is taken; you are still {fresh}"),
+    );
+}
+
+/// Asserts that every member of an answer to `/who room` shows `(joined HH:MM:SS UTC)`, a
+/// time of day within two minutes of now (the chats run on this machine's clock).
+fn assert_joined_recently(answer: &str, room: &str) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs()
+        % 86_400;
+    let list = answer
+        .strip_prefix(&format!("* {room}: "))
+        .unwrap_or_else(|| panic!("not an answer to /who {room}: {answer:?}"));
+    let members: Vec<&str> = list.split(", ").collect();
+    assert_eq!(members.len(), who_nicks(answer, room).len());
+    for member in members {
+        let time = member
+            .split_once(" (joined ")
+            .and_then(|(_, rest)| rest.strip_suffix(" UTC)"))
+            .unwrap_or_else(|| panic!("no joined time in {member:?} of {answer:?}"));
+        let parts: Vec<u64> = time.split(':').filter_map(|p| p.parse().ok()).collect();
+        let [h, m, s] = parts[..] else {
+            panic!("not HH:MM:SS: {time:?} in {answer:?}")
+        };
+        let at = h * 3600 + m * 60 + s;
+        let apart = now.abs_diff(at).min(86_400 - now.abs_diff(at));
+        assert!(
+            apart <= 120,
+            "{member} joined at {time}, {apart} s from now"
+        );
+    }
 }

@@ -1,12 +1,19 @@
 //! A terminal chat over process groups: rooms, nicknames, direct messages.
 //!
 //! Each user is one node with one process. Rooms are the groups of the scope `chat:rooms`
-//! (everyone starts in `lobby`); a line typed is broadcast to the current room. Nicknames are
-//! groups of the scope `chat:users` whose only member (`max_members_per_group = 1`) is the
-//! user's process (`users.rs`), so a nick this node knows to be taken is refused.
+//! (everyone starts in `lobby`), with the user's nick and the time it joined as its metadata
+//! (`join_with`), which `/who` shows; a line typed is broadcast to the current room.
+//!
+//! Nicknames are registered names of the scope `chat:users` (`users.rs`): a nick that
+//! someone holds is refused (`register` says `AlreadyExists`), and `/msg NICK` goes to
+//! `whereis`. Two chats that take one nick at the same time (neither knew of the other yet)
+//! both hold it until their claims meet; then the earlier registration keeps it on every
+//! node, and the other chat is told (`! nick alice was taken by another user; you are now
+//! alice-4821`) and keeps the fresh nick it registered. Every user is also a member of the
+//! group `users` of that scope, whose metadata says every user's nick.
 //!
 //! A nick is shown as typed, but two nicks that a reader could take for one another are one
-//! nick (`nicks.rs`): each is held under its key, the nick in NFKC, lowercased, then its
+//! nick (`nicks.rs`): each is registered under its key, the nick in NFKC, lowercased, then its
 //! confusable skeleton (Unicode TS #39), so that when `alice` is taken, so are `Alice`, `ALICE`
 //! and `аlice` with a Cyrillic `а`; `/msg ALICE` reaches alice.
 //!
@@ -75,12 +82,13 @@
 //! * bob joined lobby
 //! [lobby] <bob> hello
 //! [dm] <bob> psst
-//! * lobby: alice, bob
+//! * lobby: alice (joined 09:12:03 UTC), bob (joined 09:12:41 UTC)
 //! * lobby (2)
 //! * bob left lobby
 //! * delivered to bob
 //! ! not delivered to dave: gave up after 4 attempt(s), last: node unreachable
 //! ! no user named dave
+//! ! nick alice was taken by another user; you are now alice-4821
 //! ```
 //!
 //! A direct message is shown at once (`[dm -> bob] <alice> psst`); the line saying whether
@@ -112,8 +120,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use procgroups::{
-    DeliveryOutcome, Event, Inbox, Instance, Message, Multiaddr, Node, NodeBuilder, Process, Reach,
-    RelayServer, ScopeConfig, Subscription,
+    DeliveryOutcome, Event, Inbox, Instance, Message, Multiaddr, NAME_LOST_TOPIC, Node,
+    NodeBuilder, Process, Reach, RelayServer, ScopeConfig, Subscription,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -125,11 +133,11 @@ use input::{Keyboard, Typed};
 use render::{Out, Shown};
 use rooms::Watch;
 use term::Terminal;
-use users::{Names, await_peers, peer_of};
+use users::{DIRECTORY, Names, Presence, await_peers, peer_of};
 
 /// The scope of the rooms: one group per room.
 const ROOMS: &str = "chat:rooms";
-/// The scope of the nicknames: a group per nick and one per nick's key, one member each.
+/// The scope of the nicknames: each a registered name; and the group `users` of everyone.
 const USERS: &str = "chat:users";
 /// The room everyone starts in.
 const LOBBY: &str = "lobby";
@@ -248,12 +256,11 @@ fn rooms_config() -> ScopeConfig {
         .expect("a valid built-in scope config")
 }
 
-/// The built-in `chat:users`, as in `examples/procgroups.toml`: one member per nick.
+/// The built-in `chat:users`, as in `examples/procgroups.toml`.
 fn users_config() -> ScopeConfig {
     ScopeConfig::builder()
         .node_down_grace(Duration::from_secs(3))
         .monitor_buffer(256)
-        .max_members_per_group(1)
         .build()
         .expect("a valid built-in scope config")
 }
@@ -265,6 +272,8 @@ enum Input {
     Line(Typed),
     Said(Message),
     Direct(Message),
+    /// Our nick went to another user whose claim was earlier.
+    NameLost(Message),
     User(Event),
     Room(u64, Event),
     /// The fate of a direct message to a nick.
@@ -286,6 +295,7 @@ struct Chat {
     rooms: Instance,
     said: Inbox,
     direct: Inbox,
+    name_lost: Inbox,
     users_events: Subscription,
     names: Names,
     /// The rooms the user is in.
@@ -309,16 +319,18 @@ impl Chat {
         // Listen before joining: a broadcast to a topic nobody listens to is dropped.
         let said = me.listen(SAID);
         let direct = me.listen(DIRECT);
+        let name_lost = me.listen(NAME_LOST_TOPIC);
         let open = |scope: &str| {
             me.open(scope)
                 .map_err(|e| format!("cannot open the scope {scope}: {e}"))
         };
         let users = open(USERS)?;
         let rooms = open(ROOMS)?;
-        let (users_events, snapshot) = users
+        let (users_events, _) = users
             .events()
             .map_err(|e| format!("cannot follow {USERS}: {e}"))?;
-        let names = Names::from_snapshot(&snapshot);
+        // After subscribing: a change since is in both, and applies again harmlessly.
+        let names = Names::load(&users)?;
 
         for addr in &node.listen_addrs() {
             out.info(&format!("listening on {addr}"));
@@ -333,8 +345,12 @@ impl Chat {
         await_peers(node, &users, &dialed, &out).await;
 
         // The nick first, so that the others know it before they see us in the lobby.
-        users::take(&users, &args.nick, None)
+        let presence = Presence::now(&args.nick);
+        users::take(&users, &presence)
             .map_err(|why| format!("{}: choose another with --nick", why.explain(&args.nick)))?;
+        users
+            .join_with(DIRECTORY, &presence)
+            .map_err(|e| format!("cannot join {USERS}: {e}"))?;
 
         let (room_tx, room_rx) = mpsc::unbounded_channel();
         let (fate_tx, fate_rx) = mpsc::unbounded_channel();
@@ -348,6 +364,7 @@ impl Chat {
             rooms,
             said,
             direct,
+            name_lost,
             users_events,
             names,
             joined: BTreeMap::new(),
@@ -386,6 +403,7 @@ impl Chat {
                 r = &mut interrupt, if interrupt_armed => Input::Interrupt(r),
                 Some(msg) = self.said.recv() => Input::Said(msg),
                 Some(msg) = self.direct.recv() => Input::Direct(msg),
+                Some(msg) = self.name_lost.recv() => Input::NameLost(msg),
                 Some((id, ev)) = self.room_rx.recv() => Input::Room(id, ev),
                 Some((nick, outcome)) = self.fate_rx.recv() => Input::Fate(nick, outcome),
                 Some(ev) = self.users_events.recv() => Input::User(ev),
@@ -415,6 +433,7 @@ impl Chat {
                 }
                 Input::Said(msg) => self.on_said(&msg),
                 Input::Direct(msg) => self.on_direct(&msg),
+                Input::NameLost(msg) => self.on_name_lost(&msg),
                 Input::User(ev) => self.on_user(&ev),
                 Input::Room(id, ev) => self.on_room(id, &ev),
                 Input::Fate(nick, outcome) => self.out.fate(&nick, &outcome),
