@@ -143,6 +143,8 @@ fn call_every_method(pg: &Instance) -> Vec<(Permission, Result<()>)> {
         ),
         (Permission::Monitor, pg.monitor("g").map(drop)),
         (Permission::Events, pg.events().map(drop)),
+        (Permission::Register, pg.register("name", &())),
+        (Permission::Whereis, pg.whereis("name").map(drop)),
     ]
 }
 
@@ -916,6 +918,7 @@ async fn each_permission_guards_exactly_its_method() -> Result<()> {
             use Permission::*;
             let expected = match permission {
                 Open | WhichGroups | WhichLocalGroups | Events => SCOPE,
+                Register | Whereis => "name",
                 _ => "g",
             };
             assert_eq!((*process, &**scope), (p.pid(), SCOPE), "{permission}");

@@ -223,7 +223,9 @@ fn build_delta(session: &Session, raw: &RawDelta) -> Delta {
                 group: if group % 64 == 0 { *group } else { group % len },
                 id: *id,
                 change: *change,
-                meta: None,
+                // Now and then a value: on joins, on an update (a change of 0), and on a
+                // leave, which must be rejected.
+                meta: (id % 3 == 1).then(|| bytes::Bytes::from(vec![0x18, (*id % 251) as u8])),
             })
             .collect(),
     }

@@ -6,13 +6,16 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 
-use super::{LOCAL, OriginState, ScopeCore};
+use super::{OriginState, ScopeCore};
 use bytes::Bytes;
 
 use crate::proto::groups::{GroupName, Map, Set, wire_group_problem};
 use crate::proto::input::{DeltaOutcome, Output, Rejection, SyncOutcome};
 use crate::proto::messages::{Delta, SyncState, Version};
-use crate::proto::registry::{CLAIM_OVERHEAD, is_name_group};
+use crate::proto::registry::{CLAIM_OVERHEAD, Claim, is_name_group};
+
+/// CBOR's null: the value of a name's claim whose own value was over the cap.
+const CBOR_NULL: &[u8] = &[0xf6];
 use crate::vocab::meta::Meta;
 
 impl ScopeCore {
@@ -125,24 +128,27 @@ impl ScopeCore {
         self.stats.deltas_applied += 1;
     }
 
-    /// A peer's metadata value, or `None` (counted) when it is over `max_meta_bytes` (plus
-    /// the claim's own bytes, for a name).
+    /// A peer's metadata value, or `None` (counted) when it is over `max_meta_bytes`. A name's
+    /// claim over the cap keeps its time, with CBOR null for its value: the claim must rank
+    /// the same on every node whatever their caps, or two nodes would each keep a holder.
     fn remote_meta(&mut self, group: &str, meta: &Bytes) -> Option<Meta> {
-        let overhead = if is_name_group(group) {
-            CLAIM_OVERHEAD
-        } else {
-            0
-        };
-        if meta.len() > self.cfg.max_meta_bytes + overhead {
-            self.stats.meta_refused += 1;
-            tracing::warn!(
-                group,
-                bytes = meta.len(),
-                "remote metadata over max_meta_bytes refused"
-            );
-            return None;
+        let named = is_name_group(group);
+        let overhead = if named { CLAIM_OVERHEAD } else { 0 };
+        if meta.len() <= self.cfg.max_meta_bytes + overhead {
+            return Some(Meta::from_bytes(meta.clone()));
         }
-        Some(Meta::from_bytes(meta.clone()))
+        self.stats.meta_refused += 1;
+        tracing::warn!(
+            group,
+            bytes = meta.len(),
+            "remote metadata over max_meta_bytes refused"
+        );
+        let claim = Claim::decode(meta).filter(|_| named)?;
+        let kept = Claim {
+            at_micros: claim.at_micros,
+            meta: Bytes::from_static(CBOR_NULL),
+        };
+        Some(Meta::from_bytes(kept.encode()))
     }
 
     pub(super) fn add_remote(
@@ -465,13 +471,17 @@ impl ScopeCore {
     /// `peer` is down: remove all its members (emitting the leaves) and apply none of its
     /// deltas until a sync shows it alive again.
     pub(super) fn on_peer_down(&mut self, peer: PeerId) {
-        let Some(node) = self.node_index.get(&peer).copied() else {
-            return;
-        };
-        if node == LOCAL {
+        if peer == self.local_peer() {
             return;
         }
+        // A peer taken for down before any of its input came is marked purged all the same:
+        // a delta of it that arrives late (relayed by a slow peer) must wait for a sync from
+        // it, not apply to an empty state as a first delta would.
+        let node = self.intern(peer);
         let Some(mut origin) = self.origins.remove(&node) else {
+            let mut origin = self.take_origin(node);
+            origin.alive = false;
+            self.origins.insert(node, origin);
             return;
         };
         for name in origin.groups.drain() {

@@ -299,3 +299,35 @@ fn a_name_held_by_a_node_taken_for_down_is_free() {
     b.handle_sync(a.local_peer(), fresh, T0).unwrap();
     assert_eq!(b.whereis("alice").unwrap().pid, Pid::new(b.local_peer(), 7));
 }
+
+#[test]
+fn a_claim_over_a_nodes_cap_keeps_its_time_so_every_node_finds_one_holder() {
+    let mut small = config();
+    small.max_meta_bytes = 16;
+    let (mut big, mut little) = (core(), core_with(small));
+    let value = Meta::encode(&"v".repeat(200)).unwrap();
+    big.register(1, "x", 10, value).unwrap();
+    little.register(1, "x", 20, meta("mine")).unwrap();
+    let (db, dl) = (big.take_deltas(), little.take_deltas());
+    for d in db {
+        little.handle_delta(big.local_peer(), d, T0).unwrap();
+    }
+    for d in dl {
+        big.handle_delta(little.local_peer(), d, T0).unwrap();
+    }
+    let winner = Pid::new(big.local_peer(), 1);
+    assert_eq!(big.whereis("x").unwrap().pid, winner);
+    let held = little.whereis("x").unwrap();
+    assert_eq!(
+        (held.pid, held.at_micros),
+        (winner, 10),
+        "ranked by its time"
+    );
+    assert_eq!(
+        held.meta.decode::<Option<String>>().unwrap(),
+        None,
+        "its value refused"
+    );
+    assert_eq!(little.stats().meta_refused, 1);
+    assert_eq!(lost(&mut little).len(), 1, "the little node's claim lost");
+}
