@@ -73,7 +73,7 @@ pub const HELP: &[&str] = &[
     "  /join ROOM       join ROOM and make it the current room",
     "  /leave [ROOM]    leave ROOM (default: the current room)",
     "  /rooms           every room with its number of users",
-    "  /who [ROOM]      who is in ROOM (default: the current room)",
+    "  /who [ROOM]      who is in ROOM, since when (default: the current room)",
     "  /msg NICK TEXT   a direct message",
     "  /nick NAME       change your nick",
     "  /addrs           where others can reach you, and how you reach each peer",

@@ -1,10 +1,21 @@
 //! A terminal chat over process groups: rooms, nicknames, direct messages.
 //!
 //! Each user is one node with one process. Rooms are the groups of the scope `chat:rooms`
-//! (everyone starts in `lobby`); a line typed is broadcast to the current room. Nicknames are
-//! the groups of the scope `chat:users`: one group per nick, whose only member
-//! (`max_members_per_group = 1`) is the user's process, so a nick this node knows to be taken
-//! is refused.
+//! (everyone starts in `lobby`), with the user's nick and the time it joined as its metadata
+//! (`join_with`), which `/who` shows; a line typed is broadcast to the current room.
+//!
+//! Nicknames are registered names of the scope `chat:users` (`users.rs`): a nick that
+//! someone holds is refused (`register` says `AlreadyExists`), and `/msg NICK` goes to
+//! `whereis`. Two chats that take one nick at the same time (neither knew of the other yet)
+//! both hold it until their claims meet; then the earlier registration keeps it on every
+//! node, and the other chat is told (`! nick alice was taken by another user; you are now
+//! alice-4821`) and keeps the fresh nick it registered. Every user is also a member of the
+//! group `users` of that scope, whose metadata says every user's nick.
+//!
+//! A nick is shown as typed, but two nicks that a reader could take for one another are one
+//! nick (`nicks.rs`): each is registered under its key, the nick in NFKC, lowercased, then its
+//! confusable skeleton (Unicode TS #39), so that when `alice` is taken, so are `Alice`, `ALICE`
+//! and `аlice` with a Cyrillic `а`; `/msg ALICE` reaches alice.
 //!
 //! Three terminals on one machine or one LAN (mDNS finds the others):
 //!
@@ -43,6 +54,17 @@
 //!   `examples/procgroups.toml`) instead of the built-in ones; it must define `chat:rooms` and
 //!   `chat:users`.
 //!
+//! In a terminal (stdin and stdout both), the chat is a line editor (`term.rs`): the prompt
+//! names the current room (`[lobby]> `), the up and down keys go through the lines typed
+//! before, and what arrives while a line is typed is printed above it, never into it. A line
+//! sent is replaced on the screen by what it did: a line said shows once, as the others see
+//! it (`[lobby] <alice> hello`). In a pipe (not a terminal) the chat reads plain lines and
+//! prints plain lines, one per thing, so that scripts and `tests/chat.rs` can drive it.
+//!
+//! A line (or a paste, several lines at once) over [`MAX_LINE_BYTES`] (4096) bytes is refused
+//! whole, with a message, in a terminal as in a pipe: it is never cut, and nothing of it is
+//! said or sent.
+//!
 //! Commands: `/join ROOM` (it becomes the current room), `/leave [ROOM]`, `/rooms`,
 //! `/who [ROOM]`, `/msg NICK TEXT`, `/nick NAME`, `/addrs` (where others can reach you:
 //! listen addresses, the external ones peers confirmed, relayed ones; and how each peer is
@@ -60,12 +82,13 @@
 //! * bob joined lobby
 //! [lobby] <bob> hello
 //! [dm] <bob> psst
-//! * lobby: alice, bob
+//! * lobby: alice (joined 09:12:03 UTC), bob (joined 09:12:41 UTC)
 //! * lobby (2)
 //! * bob left lobby
 //! * delivered to bob
 //! ! not delivered to dave: gave up after 4 attempt(s), last: node unreachable
 //! ! no user named dave
+//! ! nick alice was taken by another user; you are now alice-4821
 //! ```
 //!
 //! A direct message is shown at once (`[dm -> bob] <alice> psst`); the line saying whether
@@ -75,26 +98,30 @@
 //!
 //! The example, file by file: `main.rs` starts the node (its two scopes) and runs the chat's
 //! loop; `rooms.rs` is the rooms as groups, `users.rs` the nicks as groups, `commands.rs`
-//! parses what the user types, `render.rs` prints, `cli.rs` is the command line.
+//! parses what the user types, `input.rs` reads it (from the line editor of `term.rs` or
+//! from a pipe), `render.rs` prints, `cli.rs` is the command line.
 
 mod cli;
 mod commands;
+mod input;
+mod nicks;
 mod render;
 mod rooms;
+mod term;
 mod users;
 
 #[path = "../common/mod.rs"]
 mod common;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{BufRead, IsTerminal};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use procgroups::{
-    DeliveryOutcome, ErrorKind, Event, Inbox, Instance, Message, Multiaddr, Node, NodeBuilder,
-    Process, Reach, RelayServer, ScopeConfig, Subscription,
+    DeliveryOutcome, Event, Inbox, Instance, Message, Multiaddr, NAME_LOST_TOPIC, Node,
+    NodeBuilder, Process, Reach, RelayServer, ScopeConfig, Subscription,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -102,13 +129,15 @@ use tokio::time::Instant;
 
 use cli::Args;
 use commands::Command;
+use input::{Keyboard, Typed};
 use render::{Out, Shown};
 use rooms::Watch;
-use users::{Names, await_peers, peer_of};
+use term::Terminal;
+use users::{DIRECTORY, Names, Presence, await_peers, peer_of};
 
 /// The scope of the rooms: one group per room.
 const ROOMS: &str = "chat:rooms";
-/// The scope of the nicknames: one group per nick, one member.
+/// The scope of the nicknames: each a registered name; and the group `users` of everyone.
 const USERS: &str = "chat:users";
 /// The room everyone starts in.
 const LOBBY: &str = "lobby";
@@ -116,8 +145,10 @@ const LOBBY: &str = "lobby";
 const SAID: &str = "chat";
 /// The topic of direct messages.
 const DIRECT: &str = "dm";
-/// The longest line said or sent, in bytes.
-const MAX_TEXT: usize = 4096;
+/// The longest line typed, in bytes: a longer line or paste is refused whole, with a
+/// message, never cut or sent in part. Whatever fits is far below the cap of the frame that
+/// carries it (`BehaviourConfig::max_request_bytes`, 1 MiB by default, `src/net/protocols.rs`).
+const MAX_LINE_BYTES: usize = 4096;
 /// How often the chat looks for new external addresses to show.
 const ADDRESS_CHECK: Duration = Duration::from_secs(1);
 
@@ -144,8 +175,17 @@ async fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init();
     }
-    let out = Out::new();
-    let builder = match node_builder(&args) {
+    // The line editor when stdin and stdout are a terminal; plain lines otherwise.
+    let terminal = Terminal::open();
+    let out = Out::new(terminal.as_ref().map(Terminal::screen));
+    let code = chat(&args, &out, terminal).await;
+    out.finish(); // what the screen holds is printed before the process ends
+    code
+}
+
+/// Starts the node and runs the chat on it until the user leaves.
+async fn chat(args: &Args, out: &Out, terminal: Option<Terminal>) -> ExitCode {
+    let builder = match node_builder(args) {
         Ok(builder) => builder,
         Err(why) => {
             out.fatal(&why);
@@ -169,9 +209,9 @@ async fn main() -> ExitCode {
             }
         }
     }
-    let code = match Chat::start(&node, &args, out).await {
+    let code = match Chat::start(&node, args, out.clone()).await {
         Ok(chat) => {
-            chat.run().await;
+            chat.run(terminal).await;
             ExitCode::SUCCESS
         }
         Err(why) => {
@@ -216,12 +256,11 @@ fn rooms_config() -> ScopeConfig {
         .expect("a valid built-in scope config")
 }
 
-/// The built-in `chat:users`, as in `examples/procgroups.toml`: one member per nick.
+/// The built-in `chat:users`, as in `examples/procgroups.toml`.
 fn users_config() -> ScopeConfig {
     ScopeConfig::builder()
         .node_down_grace(Duration::from_secs(3))
         .monitor_buffer(256)
-        .max_members_per_group(1)
         .build()
         .expect("a valid built-in scope config")
 }
@@ -230,9 +269,11 @@ fn users_config() -> ScopeConfig {
 // The chat.
 
 enum Input {
-    Line(Option<String>),
+    Line(Typed),
     Said(Message),
     Direct(Message),
+    /// Our nick went to another user whose claim was earlier.
+    NameLost(Message),
     User(Event),
     Room(u64, Event),
     /// The fate of a direct message to a nick.
@@ -254,6 +295,7 @@ struct Chat {
     rooms: Instance,
     said: Inbox,
     direct: Inbox,
+    name_lost: Inbox,
     users_events: Subscription,
     names: Names,
     /// The rooms the user is in.
@@ -277,16 +319,18 @@ impl Chat {
         // Listen before joining: a broadcast to a topic nobody listens to is dropped.
         let said = me.listen(SAID);
         let direct = me.listen(DIRECT);
+        let name_lost = me.listen(NAME_LOST_TOPIC);
         let open = |scope: &str| {
             me.open(scope)
                 .map_err(|e| format!("cannot open the scope {scope}: {e}"))
         };
         let users = open(USERS)?;
         let rooms = open(ROOMS)?;
-        let (users_events, snapshot) = users
+        let (users_events, _) = users
             .events()
             .map_err(|e| format!("cannot follow {USERS}: {e}"))?;
-        let names = Names::from_snapshot(&snapshot);
+        // After subscribing: a change since is in both, and applies again harmlessly.
+        let names = Names::load(&users)?;
 
         for addr in &node.listen_addrs() {
             out.info(&format!("listening on {addr}"));
@@ -298,19 +342,15 @@ impl Chat {
                 Err(e) => out.error(&format!("cannot dial {addr}: {e}")),
             }
         }
-        await_peers(node, &users, &dialed, out).await;
+        await_peers(node, &users, &dialed, &out).await;
 
         // The nick first, so that the others know it before they see us in the lobby.
-        users.join(args.nick.as_str()).map_err(|e| {
-            if e.kind() == ErrorKind::LimitReached {
-                format!(
-                    "the nick {} is taken: choose another with --nick",
-                    args.nick
-                )
-            } else {
-                format!("cannot take the nick {}: {e}", args.nick)
-            }
-        })?;
+        let presence = Presence::now(&args.nick);
+        users::take(&users, &presence)
+            .map_err(|why| format!("{}: choose another with --nick", why.explain(&args.nick)))?;
+        users
+            .join_with(DIRECTORY, &presence)
+            .map_err(|e| format!("cannot join {USERS}: {e}"))?;
 
         let (room_tx, room_rx) = mpsc::unbounded_channel();
         let (fate_tx, fate_rx) = mpsc::unbounded_channel();
@@ -324,6 +364,7 @@ impl Chat {
             rooms,
             said,
             direct,
+            name_lost,
             users_events,
             names,
             joined: BTreeMap::new(),
@@ -338,14 +379,18 @@ impl Chat {
         chat.enter(LOBBY)
             .map_err(|e| format!("cannot join {LOBBY}: {e}"))?;
         if std::io::stdin().is_terminal() {
-            out.info("type /help for the commands");
+            chat.out.info("type /help for the commands");
         }
         Ok(chat)
     }
 
-    /// Runs until the input ends, `/quit` or Ctrl-C.
-    async fn run(mut self) {
-        let mut lines = stdin_lines();
+    /// Runs until the input ends, `/quit` or Ctrl-C: reads from the line editor of
+    /// `terminal` if there is one, else plain lines of stdin.
+    async fn run(mut self, terminal: Option<Terminal>) {
+        let mut keyboard = match terminal {
+            Some(terminal) => Keyboard::Terminal(terminal.start(&self.prompt())),
+            None => Keyboard::pipe(),
+        };
         let interrupt = tokio::signal::ctrl_c();
         tokio::pin!(interrupt);
         let mut interrupt_armed = true;
@@ -358,24 +403,37 @@ impl Chat {
                 r = &mut interrupt, if interrupt_armed => Input::Interrupt(r),
                 Some(msg) = self.said.recv() => Input::Said(msg),
                 Some(msg) = self.direct.recv() => Input::Direct(msg),
+                Some(msg) = self.name_lost.recv() => Input::NameLost(msg),
                 Some((id, ev)) = self.room_rx.recv() => Input::Room(id, ev),
                 Some((nick, outcome)) = self.fate_rx.recv() => Input::Fate(nick, outcome),
                 Some(ev) = self.users_events.recv() => Input::User(ev),
                 () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                     Input::Due
                 }
-                line = lines.recv() => Input::Line(line),
+                typed = keyboard.recv() => Input::Line(typed),
                 _ = addresses.tick() => Input::Addresses,
             };
             match input {
-                Input::Line(None) => break,
-                Input::Line(Some(line)) => {
-                    if !self.command(line.trim_end_matches(['\r', '\n'])) {
+                Input::Line(Typed::End) => break,
+                Input::Line(Typed::TooLong { bytes }) => {
+                    self.out.error(&format!(
+                        "a line has at most {MAX_LINE_BYTES} bytes; this one has {bytes}: not sent"
+                    ));
+                    keyboard.ready(&self.prompt());
+                }
+                Input::Line(Typed::Line(line)) => {
+                    // A paste into the line editor may hold several lines: each in turn.
+                    if !line
+                        .split('\n')
+                        .all(|line| self.command(line.trim_end_matches('\r')))
+                    {
                         break;
                     }
+                    keyboard.ready(&self.prompt());
                 }
                 Input::Said(msg) => self.on_said(&msg),
                 Input::Direct(msg) => self.on_direct(&msg),
+                Input::NameLost(msg) => self.on_name_lost(&msg),
                 Input::User(ev) => self.on_user(&ev),
                 Input::Room(id, ev) => self.on_room(id, &ev),
                 Input::Fate(nick, outcome) => self.out.fate(&nick, &outcome),
@@ -389,7 +447,16 @@ impl Chat {
                 }
             }
         }
+        drop(keyboard); // the terminal as it was, before the last line
         self.out.info("bye");
+    }
+
+    /// The line editor's prompt: the current room.
+    fn prompt(&self) -> String {
+        match &self.current {
+            Some(room) => format!("[{room}]> "),
+            None => "[no room]> ".to_owned(),
+        }
     }
 
     /// Handles one line of input; `false` to quit.
@@ -456,11 +523,6 @@ impl Chat {
                 .error("you are in no room: /join one to talk, /msg someone");
             return;
         };
-        if text.len() > MAX_TEXT {
-            self.out
-                .error(&format!("a line has at most {MAX_TEXT} bytes"));
-            return;
-        }
         let said = Said {
             room: room.clone(),
             text: text.to_owned(),
@@ -502,27 +564,4 @@ impl Drop for Chat {
             watch.task.abort();
         }
     }
-}
-
-/// The lines of stdin, read on a thread of their own (a blocking read would hold the
-/// runtime's shutdown); `None` at the end of input or on a read error.
-fn stdin_lines() -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel(64);
-    std::thread::spawn(move || {
-        let mut stdin = std::io::stdin().lock();
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match stdin.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf).into_owned();
-                    if tx.blocking_send(line).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    rx
 }

@@ -1,5 +1,6 @@
-//! Output: one line per thing, coloured on a terminal, plain in a pipe; and the lines about
-//! other users, held until their nick is known.
+//! Output: one line per thing, coloured on a terminal (above the line being typed, see
+//! `term.rs`), plain in a pipe; and the lines about other users, held until their nick is
+//! known.
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -8,6 +9,7 @@ use procgroups::{DeliveryOutcome, Pid};
 use tokio::time::Instant;
 
 use super::Chat;
+use super::term::Screen;
 
 /// How long a line about a user whose nick is not known yet waits for it (the nick and the
 /// room travel in two scopes, which may arrive in either order); then the pid is shown.
@@ -19,18 +21,21 @@ const GREEN: &str = "32";
 const MAGENTA: &str = "35";
 const RED: &str = "31";
 
-/// Writes the chat's lines: to stdout, with colours when it is a terminal.
-#[derive(Clone, Copy)]
+/// Writes the chat's lines: to stdout, with colours when it is a terminal, through the line
+/// editor's screen when there is one.
+#[derive(Clone)]
 pub struct Out {
     color: bool,
     err_color: bool,
+    screen: Option<Screen>,
 }
 
 impl Out {
-    pub fn new() -> Self {
+    pub fn new(screen: Option<Screen>) -> Self {
         Out {
             color: std::io::stdout().is_terminal(),
             err_color: std::io::stderr().is_terminal(),
+            screen,
         }
     }
 
@@ -43,6 +48,9 @@ impl Out {
     }
 
     fn line(&self, line: &str) {
+        if let Some(screen) = &self.screen {
+            return screen.print(line);
+        }
         // A closed stdout is no reason to panic; the chat goes on until its input ends.
         let mut out = std::io::stdout().lock();
         writeln!(out, "{line}").and_then(|()| out.flush()).ok();
@@ -58,8 +66,17 @@ impl Out {
         self.line(&self.paint(RED, &format!("! {text}")));
     }
 
+    /// Waits for the lines queued for the screen to be printed; later lines are written at
+    /// once.
+    pub fn finish(&self) {
+        if let Some(screen) = &self.screen {
+            screen.finish();
+        }
+    }
+
     /// `! text` on stderr: why the chat cannot run.
     pub fn fatal(&self, text: &str) {
+        self.finish(); // the lines before it first
         let line = format!("! {text}");
         let mut err = std::io::stderr().lock();
         // Nowhere left to report a failed write to stderr.

@@ -1,6 +1,7 @@
-//! Rooms are the groups of the scope `chat:rooms`: joining a room is `join`, leaving it is
-//! `leave`, `/rooms` is `which_groups`, `/who` is `get_members`, and the joins and leaves of
-//! the others come from a `monitor` of each room the user is in.
+//! Rooms are the groups of the scope `chat:rooms`: joining a room is `join_with` (the user's
+//! [`Presence`] in the room: its nick, and when it joined), leaving it is `leave`, `/rooms`
+//! is `which_groups`, `/who` is `get_members_with_meta`, and the joins and leaves of the
+//! others come from a `monitor` of each room the user is in.
 
 use procgroups::{Event, EventKind};
 use tokio::task::JoinHandle;
@@ -8,12 +9,15 @@ use tokio::task::JoinHandle;
 use super::Chat;
 use super::cli::{MAX_ROOM, check_name};
 use super::render::{Shown, clean};
+use super::users::Presence;
 
 /// A room the user is in: its monitor, forwarded to the chat's loop.
 pub struct Watch {
     /// Tells this monitor's events from those of an earlier monitor of the same room.
     pub id: u64,
     pub task: JoinHandle<()>,
+    /// The user's metadata in the room.
+    pub presence: Presence,
 }
 
 impl Chat {
@@ -33,7 +37,8 @@ impl Chat {
         if !self.joined.contains_key(room) {
             // Monitor first: the joins after ours are all seen (ours is not printed).
             let (mut sub, _members) = self.rooms.monitor(room)?;
-            if let Err(e) = self.rooms.join(room) {
+            let presence = Presence::now(&self.nick);
+            if let Err(e) = self.rooms.join_with(room, &presence) {
                 sub.close();
                 return Err(e);
             }
@@ -47,7 +52,8 @@ impl Chat {
                     }
                 }
             });
-            self.joined.insert(room.to_owned(), Watch { id, task });
+            self.joined
+                .insert(room.to_owned(), Watch { id, task, presence });
         }
         self.current = Some(room.to_owned());
         self.out.info(&format!("{} is in {room}", self.nick));
@@ -98,17 +104,26 @@ impl Chat {
         }
     }
 
-    /// `* room: nick, nick, …` (sorted).
+    /// `* room: nick (joined HH:MM:SS UTC), …` (sorted), from each member's metadata.
     pub(super) fn who(&self, room: Option<&str>) {
         let Some(room) = room.map(str::to_owned).or_else(|| self.current.clone()) else {
             self.out.error("you are in no room: /who ROOM");
             return;
         };
-        let members = match self.rooms.get_members(&room) {
+        let members = match self.rooms.get_members_with_meta(&room) {
             Ok(members) => members,
             Err(e) => return self.out.error(&format!("cannot list {room}: {e}")),
         };
-        let mut nicks: Vec<String> = members.unique().map(|pid| self.name(&pid)).collect();
+        let mut nicks: Vec<String> = members
+            .iter()
+            .map(|member| match Presence::of(member.meta.as_ref()) {
+                Some(presence) => {
+                    format!("{} (joined {})", clean(&presence.nick), presence.since())
+                }
+                // A member that joined without metadata: its nick from chat:users.
+                None => self.name(&member.pid),
+            })
+            .collect();
         nicks.sort();
         if nicks.is_empty() {
             self.out.info(&format!("{room}: nobody"));
@@ -123,15 +138,19 @@ impl Chat {
         if self.joined.get(&room).map(|w| w.id) != Some(id) {
             return; // the monitor of a room left since
         }
+        let joined = match ev.kind {
+            EventKind::MemberJoined => true,
+            EventKind::MemberLeft => false,
+            // A new nick, which chat:users shows (`* bob is now known as robert`).
+            EventKind::MemberUpdated => return,
+        };
         let me = self.me.pid();
-        if ev.kind == EventKind::MemberUpdated {
-            return; // the chat joins its rooms without metadata
-        }
         for &pid in ev.pids.iter().filter(|&&pid| pid != me) {
             let room = room.clone();
-            self.show(match ev.kind {
-                EventKind::MemberJoined => Shown::Joined { pid, room },
-                EventKind::MemberLeft | EventKind::MemberUpdated => Shown::Left { pid, room },
+            self.show(if joined {
+                Shown::Joined { pid, room }
+            } else {
+                Shown::Left { pid, room }
             });
         }
     }

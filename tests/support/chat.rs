@@ -29,6 +29,9 @@ pub const PROMPT: Duration = Duration::from_millis(1500);
 /// conversation is a few dozen waits, each far shorter than [`WAIT`] when all is well.
 pub const LIMIT: Duration = Duration::from_secs(180);
 
+/// The longest line the chat takes, in bytes (`MAX_LINE_BYTES` in `examples/chat/main.rs`).
+pub const MAX_LINE_BYTES: usize = 4096;
+
 /// The chat example's binary, beside this test's binary (`target/<profile>/examples/chat`).
 ///
 /// `cargo test` builds the examples before it runs the tests, but `cargo test --test chat`
@@ -274,6 +277,11 @@ impl User {
         self.wait_for(from, &format!("{line:?}"), |l| l == line).0
     }
 
+    /// The first line so far that contains `text`, if any.
+    pub fn line_with(&self, text: &str) -> Option<String> {
+        self.log.all().into_iter().find(|l| l.contains(text))
+    }
+
     /// Whether any line so far contains `text`.
     pub fn printed(&self, text: &str) -> bool {
         self.log.all().iter().any(|l| l.contains(text))
@@ -288,7 +296,7 @@ impl User {
         last: &str,
         part: impl Fn(&str) -> bool,
         what: &str,
-        done: impl Fn(&[String]) -> bool,
+        mut done: impl FnMut(&[String]) -> bool,
     ) {
         let deadline = Instant::now() + WAIT;
         loop {
@@ -314,17 +322,25 @@ impl User {
         }
     }
 
-    /// Polls `/who room` until it is `* room: <nicks>`.
-    pub fn who_until(&mut self, room: &str, nicks: &[&str]) {
-        let expected = format!("* {room}: {}", nicks.join(", "));
+    /// Polls `/who room` until it lists `nicks`, in order (`* room: nick (joined
+    /// HH:MM:SS UTC), …`); returns the answer.
+    pub fn who_until(&mut self, room: &str, nicks: &[&str]) -> String {
         let prefix = format!("* {room}: ");
+        let mut last = String::new();
         self.ask_until(
             &format!("/who {room}"),
             &prefix,
             |l| l.starts_with(&prefix),
-            &format!("{expected:?}"),
-            |answer| answer == [expected.as_str()],
+            &format!("{nicks:?}"),
+            |answer| match answer {
+                [line] if who_nicks(line, room) == nicks => {
+                    last = line.clone();
+                    true
+                }
+                _ => false,
+            },
         );
+        last
     }
 
     /// Polls `/rooms` until it is `rooms` (one `* room (n)` line each; the last is `lobby`).
@@ -500,6 +516,23 @@ pub fn converse(alice: &mut User, bob: &mut User, carol: &mut User) {
     eprintln!("carol's leave seen by alice and bob in {took:?}");
     let status = carol.wait_exit();
     assert!(status.success(), "carol exited with {status}");
+}
+
+/// The nicks of an answer to `/who room`, without their metadata (`alice (joined
+/// 12:00:00 UTC)` is `alice`).
+pub fn who_nicks(answer: &str, room: &str) -> Vec<String> {
+    let Some(list) = answer.strip_prefix(&format!("* {room}: ")) else {
+        return Vec::new();
+    };
+    list.split(", ")
+        .map(|member| {
+            member
+                .split(" (joined ")
+                .next()
+                .unwrap_or(member)
+                .to_owned()
+        })
+        .collect()
 }
 
 /// The arguments as `&str`s.

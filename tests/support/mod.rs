@@ -10,7 +10,9 @@
 //!   and [`netns::as_root`];
 //! - [`topology`]: networks of several LANs, routers, NATs and blocked paths (`wan.rs`,
 //!   `wan_figures.rs`);
-//! - [`chat`]: the chat example's users as OS processes (`chat.rs`, `wan.rs`).
+//! - [`chat`]: the chat example's users as OS processes (`chat.rs`, `wan.rs`);
+//! - [`tmux`]: a program in a terminal of its own, typed at and read as a person would
+//!   (`chat.rs`).
 //!
 //! `support/hostile.rs`, the hostile peer, is `tests/hostile.rs`'s alone.
 
@@ -21,6 +23,7 @@ pub mod chat;
 pub mod child;
 pub mod netns;
 pub mod nodes;
+pub mod tmux;
 pub mod topology;
 pub mod view;
 pub mod wait;
