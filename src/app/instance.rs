@@ -224,8 +224,26 @@ impl Instance {
     /// subscribers get a [`MemberUpdated`](crate::EventKind::MemberUpdated) event, the peers
     /// the new value. `Invalid` ([`NotMember`](Error::NotMember)) when the process is not a
     /// member of `group`; `LimitReached` for a value over
-    /// [`max_meta_bytes`](crate::ScopeConfig::max_meta_bytes). See
-    /// [`join_with`](Self::join_with) for an example.
+    /// [`max_meta_bytes`](crate::ScopeConfig::max_meta_bytes).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> procgroups::Result<()> {
+    /// # let node = procgroups::Node::builder()
+    /// #     .mdns(false)
+    /// #     .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+    /// #     .scope("app:pg", procgroups::ScopeConfig::default())
+    /// #     .build()
+    /// #     .await?;
+    /// let p = node.spawn_process();
+    /// let pg = p.open("app:pg")?;
+    /// pg.join_with("lobby", &"online")?;
+    /// pg.update("lobby", &"away")?;
+    /// let me = &pg.get_members_with_meta("lobby")?[0];
+    /// assert_eq!(me.meta.as_ref().unwrap().decode::<String>()?, "away");
+    /// assert_eq!(pg.update("elsewhere", &"x").unwrap_err().kind(), procgroups::ErrorKind::Invalid);
+    /// # Ok(()) }
+    /// ```
     pub fn update<T: Serialize + ?Sized>(&self, group: &str, meta: &T) -> Result<()> {
         self.group(group, Permission::Join)?;
         let meta = Meta::encode(meta)?;
@@ -233,7 +251,30 @@ impl Instance {
     }
 
     /// Each member of `group` once, with its slots and metadata, sorted by pid (checked as
-    /// `pg.get_members`). See [`join_with`](Self::join_with) for an example.
+    /// `pg.get_members`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> procgroups::Result<()> {
+    /// # let node = procgroups::Node::builder()
+    /// #     .mdns(false)
+    /// #     .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+    /// #     .scope("app:pg", procgroups::ScopeConfig::default())
+    /// #     .build()
+    /// #     .await?;
+    /// let p = node.spawn_process();
+    /// let pg = p.open("app:pg")?;
+    /// let other = node.spawn_process();
+    /// other.open("app:pg")?.join("lobby")?;             // no metadata
+    /// pg.join_with("lobby", &"alice")?;
+    /// pg.join("lobby")?;                                 // a second slot, the same value
+    /// let members = pg.get_members_with_meta("lobby")?;
+    /// assert_eq!(members.len(), 2);                      // each process once
+    /// let alice = members.iter().find(|m| m.pid == p.pid()).unwrap();
+    /// assert_eq!((alice.slots, alice.meta.as_ref().unwrap().decode::<String>()?), (2, "alice".into()));
+    /// assert!(members.iter().any(|m| m.pid == other.pid() && m.meta.is_none()));
+    /// # Ok(()) }
+    /// ```
     pub fn get_members_with_meta(&self, group: &str) -> Result<Vec<MemberMeta>> {
         self.group(group, Permission::GetMembers)?;
         Ok(self.scope.members_with_meta(group))
@@ -269,15 +310,48 @@ impl Instance {
     }
 
     /// The slots of `group` held by processes of this node, in O(1) (checked as
-    /// `pg.get_local_members`). See [`member_count`](Self::member_count).
+    /// `pg.get_local_members`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> procgroups::Result<()> {
+    /// # let node = procgroups::Node::builder()
+    /// #     .mdns(false)
+    /// #     .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+    /// #     .scope("app:pg", procgroups::ScopeConfig::default())
+    /// #     .build()
+    /// #     .await?;
+    /// let p = node.spawn_process();
+    /// let pg = p.open("app:pg")?;
+    /// pg.join(["g", "g"])?;
+    /// assert_eq!(pg.local_member_count("g")?, 2);
+    /// assert_eq!(pg.local_member_count("nowhere")?, 0);
+    /// # Ok(()) }
+    /// ```
     pub fn local_member_count(&self, group: &str) -> Result<usize> {
         self.group(group, Permission::GetLocalMembers)?;
         Ok(self.scope.local_member_count(group))
     }
 
     /// The groups that have at least one member anywhere, in O(1) (checked as
-    /// `pg.which_groups`). Registered names are not groups. See
-    /// [`member_count`](Self::member_count).
+    /// `pg.which_groups`). Registered names are not groups.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> procgroups::Result<()> {
+    /// # let node = procgroups::Node::builder()
+    /// #     .mdns(false)
+    /// #     .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+    /// #     .scope("app:pg", procgroups::ScopeConfig::default())
+    /// #     .build()
+    /// #     .await?;
+    /// let p = node.spawn_process();
+    /// let pg = p.open("app:pg")?;
+    /// assert_eq!(pg.group_count()?, 0);
+    /// pg.join(["a", "b", "b"])?;
+    /// assert_eq!(pg.group_count()?, 2);
+    /// # Ok(()) }
+    /// ```
     pub fn group_count(&self) -> Result<usize> {
         self.usable()?;
         self.check(Permission::WhichGroups, &self.scope.id)?;
@@ -333,6 +407,24 @@ impl Instance {
     /// Gives up `name`, which this process registered; `NotFound`
     /// ([`NotRegistered`](Error::NotRegistered)) when it does not hold it. Checked as
     /// `pg.register`. See [`register`](Self::register).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> procgroups::Result<()> {
+    /// # let node = procgroups::Node::builder()
+    /// #     .mdns(false)
+    /// #     .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+    /// #     .scope("app:pg", procgroups::ScopeConfig::default())
+    /// #     .build()
+    /// #     .await?;
+    /// let p = node.spawn_process();
+    /// let pg = p.open("app:pg")?;
+    /// pg.register("db-primary", &())?;
+    /// pg.unregister("db-primary")?;
+    /// assert_eq!(pg.whereis("db-primary")?, None);
+    /// assert_eq!(pg.unregister("db-primary").unwrap_err().kind(), procgroups::ErrorKind::NotFound);
+    /// # Ok(()) }
+    /// ```
     pub fn unregister(&self, name: &str) -> Result<()> {
         self.usable()?;
         valid_name(name)?;
@@ -342,12 +434,48 @@ impl Instance {
 
     /// The process that holds `name`, if any (checked as `pg.whereis`). See
     /// [`register`](Self::register).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> procgroups::Result<()> {
+    /// # let node = procgroups::Node::builder()
+    /// #     .mdns(false)
+    /// #     .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+    /// #     .scope("app:pg", procgroups::ScopeConfig::default())
+    /// #     .build()
+    /// #     .await?;
+    /// let p = node.spawn_process();
+    /// let pg = p.open("app:pg")?;
+    /// assert_eq!(pg.whereis("db-primary")?, None);
+    /// pg.register("db-primary", &())?;
+    /// assert_eq!(pg.whereis("db-primary")?, Some(p.pid()));
+    /// # Ok(()) }
+    /// ```
     pub fn whereis(&self, name: &str) -> Result<Option<Pid>> {
         Ok(self.whereis_with_meta(name)?.map(|r| r.pid))
     }
 
     /// The process that holds `name`, with the metadata it registered and when. See
     /// [`register`](Self::register).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> procgroups::Result<()> {
+    /// # let node = procgroups::Node::builder()
+    /// #     .mdns(false)
+    /// #     .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+    /// #     .scope("app:pg", procgroups::ScopeConfig::default())
+    /// #     .build()
+    /// #     .await?;
+    /// let p = node.spawn_process();
+    /// let pg = p.open("app:pg")?;
+    /// pg.register("db-primary", &"10.0.0.7:5432")?;
+    /// let holder = pg.whereis_with_meta("db-primary")?.unwrap();
+    /// assert_eq!(holder.pid, p.pid());
+    /// assert_eq!(holder.meta.decode::<String>()?, "10.0.0.7:5432");
+    /// assert!(holder.registered_at <= std::time::SystemTime::now());
+    /// # Ok(()) }
+    /// ```
     pub fn whereis_with_meta(&self, name: &str) -> Result<Option<Registration>> {
         self.usable()?;
         valid_name(name)?;
