@@ -129,7 +129,7 @@ impl ScopeCore {
 
     /// Every metadata value this node holds, by group (registered names' claims included):
     /// the oracle of tests and the simulator.
-    #[cfg(any(test, feature = "fuzzing"))]
+    #[cfg(test)]
     pub(crate) fn meta_view(
         &self,
     ) -> std::collections::BTreeMap<String, std::collections::BTreeMap<Pid, Meta>> {

@@ -734,7 +734,7 @@ impl ScopeCore {
 
     /// The names lost among the outputs, `(name, process, winner)`; the other outputs stay
     /// queued.
-    #[cfg(any(test, feature = "fuzzing"))]
+    #[cfg(test)]
     pub(crate) fn take_names_lost(&mut self) -> Vec<(String, u64, Pid)> {
         let mut lost = Vec::new();
         self.outputs.retain(|o| match o {
