@@ -326,7 +326,7 @@ impl Scope {
             Refusal::Taken { name, holder } => Error::NameTaken {
                 scope: self.id.to_string(),
                 name,
-                holder: Box::new(holder),
+                holder,
             },
         }
     }

@@ -128,7 +128,8 @@ pub(crate) enum Refusal {
     Rejected(#[from] Rejection),
     /// A local registration of a name another process holds.
     #[error("the name {name:?} is held by {holder}")]
-    Taken { name: String, holder: Pid },
+    /// Boxed: every local operation returns a `Result` of this, and a Pid is large.
+    Taken { name: String, holder: Box<Pid> },
 }
 
 /// One change of membership, for subscribers: `count` slots of `pid` joined or left `group`,

@@ -67,7 +67,7 @@ impl ScopeCore {
             Some(holder) => {
                 return Err(Refusal::Taken {
                     name: name.to_owned(),
-                    holder: holder.pid,
+                    holder: Box::new(holder.pid),
                 });
             }
             None => {

@@ -194,7 +194,7 @@ fn a_name_has_one_holder_and_goes_with_its_process() {
         a.register(2, "alice", 50, meta("mallory")),
         Err(Refusal::Taken {
             name: "alice".into(),
-            holder: me
+            holder: Box::new(me)
         })
     );
     // The holder registering again replaces the value and keeps its place in time.
@@ -281,7 +281,7 @@ fn a_name_held_by_a_node_taken_for_down_is_free() {
         b.register(7, "alice", 20, meta("b")).unwrap_err(),
         Refusal::Taken {
             name: "alice".into(),
-            holder: Pid::new(a.local_peer(), 1)
+            holder: Box::new(Pid::new(a.local_peer(), 1))
         }
     );
     b.peer_down(a.local_peer());
