@@ -18,23 +18,9 @@ use support::{WAIT, connect, cut, eventually, next_message, spawn};
 const SCOPE: &str = "test:calls";
 /// What a call may take past its timeout on a loaded machine.
 const MARGIN: Duration = Duration::from_secs(2);
-/// Attempts of a batch before it is given up: the first and `RETRIES` retries.
-const RETRIES: u32 = 2;
-/// The retry delays: short, so that a dead node is given up quickly.
-const RETRY_DELAY: Duration = Duration::from_millis(50);
-
-/// Short retries, a breaker that does not open first, and a `node_down_grace` that outlasts
-/// the test (a dead node's members stay, so that a call still asks them).
+/// Deliveries given up quickly, with a dead node's members kept (the test's calls still ask its members).
 fn config() -> ScopeConfig {
-    ScopeConfig::builder()
-        .broadcast_timeout(Duration::from_secs(2))
-        .max_retries(RETRIES)
-        .retry_base_delay(RETRY_DELAY)
-        .retry_max_delay(RETRY_DELAY)
-        .circuit_breaker_failures(10)
-        .node_down_grace(Duration::from_secs(120))
-        .build()
-        .expect("a valid config")
+    support::quick_give_up()
 }
 
 async fn node() -> Node {

@@ -29,8 +29,8 @@ pub mod view;
 pub mod wait;
 
 pub use nodes::{
-    app_swarm, builder, connect, cut, drive_pausable, embedded_pausable, grace, loopback, node,
-    spawn,
+    RETRIES, app_swarm, builder, connect, cut, drive_pausable, embedded_pausable, grace, loopback,
+    node, quick_give_up, spawn,
 };
 pub use view::{View, converge, converge_each, diff, replay, truth, view};
 pub use wait::{WAIT, block_on, eventually, holds_for, next_event, next_message};

@@ -37,6 +37,27 @@ pub fn grace(grace: std::time::Duration) -> ScopeConfig {
         .expect("a valid config")
 }
 
+/// Attempts of a delivery batch before it is given up under [`quick_give_up`]: the first and
+/// `RETRIES` retries.
+pub const RETRIES: u32 = 2;
+/// The retry delays of [`quick_give_up`]: short, so that a dead node is given up quickly.
+pub const RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Short retries, a breaker that does not open first, and a `node_down_grace` that outlasts
+/// the test: a dead node's members stay, so that a broadcast or a call still targets them and
+/// its delivery is given up after `RETRIES` retries.
+pub fn quick_give_up() -> ScopeConfig {
+    ScopeConfig::builder()
+        .broadcast_timeout(std::time::Duration::from_secs(2))
+        .max_retries(RETRIES)
+        .retry_base_delay(RETRY_DELAY)
+        .retry_max_delay(RETRY_DELAY)
+        .circuit_breaker_failures(10)
+        .node_down_grace(std::time::Duration::from_secs(120))
+        .build()
+        .expect("a valid config")
+}
+
 /// A new process of `node` and its instance of `scope`.
 pub fn spawn(node: &Node, scope: &str) -> (Process, Instance) {
     let p = node.spawn_process();
