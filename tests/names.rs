@@ -481,16 +481,18 @@ async fn restart(graceful: bool) {
     assert_eq!(wb.group_count().unwrap(), 1);
 }
 
+/// A scope configuration with `max_meta_bytes` set to `bytes`.
+fn cap(bytes: usize) -> ScopeConfig {
+    ScopeConfig::builder()
+        .max_meta_bytes(bytes)
+        .build()
+        .expect("a valid config")
+}
+
 /// 5. A local value over `max_meta_bytes` is `LimitReached` (for a join, an update and a
 /// name); a remote one, from a node with a larger cap, is held without its value and counted.
 #[tokio::test]
 async fn values_over_the_cap_are_refused() {
-    let cap = |bytes| {
-        ScopeConfig::builder()
-            .max_meta_bytes(bytes)
-            .build()
-            .expect("a valid config")
-    };
     let (big, small) = (node_with(cap(4096)).await, node_with(cap(256)).await);
     connect(&small, &big).await;
     let (p_small, g_small) = spawn(&small);
@@ -803,18 +805,11 @@ async fn a_name_goes_with_its_node() {
 /// without its value, but the two nodes must still agree on one holder when a process of
 /// the peer claims the name at the same instant.
 ///
-/// FAILS (library bug, left in on purpose): the peer drops the claim's bytes, its time
-/// included, so the claim "does not decode" and ranks last there (`proto::registry::rank`),
-/// while its own node ranks it by its time: each node answers its own process, for good, and
-/// neither process is told it lost.
+/// The peer keeps the claim's time (its value replaced by null), so both nodes rank it the
+/// same (`proto::registry::rank`); before, the claim ranked last there and each node answered
+/// its own process for good.
 #[tokio::test]
 async fn a_name_over_a_peers_cap_still_has_one_holder() {
-    let cap = |bytes| {
-        ScopeConfig::builder()
-            .max_meta_bytes(bytes)
-            .build()
-            .expect("a valid config")
-    };
     let (big, small) = (node_with(cap(4096)).await, node_with(cap(256)).await);
     connect(&small, &big).await;
     let (p_big, g_big) = spawn(&big);
