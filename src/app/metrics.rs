@@ -214,12 +214,14 @@ impl Collector for NodeCollector {
         family(
             e,
             "deltas",
-            "Membership deltas: sent (local changes published), applied, duplicate, rejected.",
+            "Membership deltas: sent (local changes published on gossipsub), streamed (written \
+             to a peer's delta stream, one per peer), applied, duplicate, rejected.",
             counters(
                 &scopes,
                 "outcome",
                 &[
                     ("sent", |s| s.deltas_sent),
+                    ("streamed", |s| s.deltas_streamed),
                     ("applied", |s| s.deltas_applied),
                     ("duplicate", |s| s.deltas_duplicate),
                     ("rejected", |s| s.deltas_rejected),
@@ -365,6 +367,13 @@ impl Collector for NodeCollector {
                     ("lost", node_stats.frames_lost),
                 ],
             ),
+        )?;
+        single(
+            e,
+            "delta_frames_lost",
+            "Delta frames taken by a peer's delta stream and lost when it broke (the peer \
+             catches up by a sync).",
+            ConstCounter::new(node_stats.delta_frames_lost),
         )?;
         single(
             e,

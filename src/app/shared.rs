@@ -90,6 +90,7 @@ impl NodeShared {
             frames_sent: read(&net.stats.frames_sent),
             frames_received: read(&net.stats.frames_received),
             frames_lost: read(&net.stats.frames_lost),
+            delta_frames_lost: read(&net.stats.delta_frames_lost),
             batches_duplicate: read(&net.stats.batches_duplicate),
             requests_failed: read(&net.stats.requests_failed),
             malformed: read(&net.stats.malformed),

@@ -49,8 +49,11 @@ pub struct ScopeStats {
     pub breakers: BreakerCounts,
     /// Local changes waiting for the network (the action queue).
     pub deltas_queued: usize,
-    /// Deltas of local changes published to the scope's gossipsub topic.
+    /// Deltas of local changes published to the scope's gossipsub topic (for peers this node
+    /// has no delta stream to).
     pub deltas_sent: u64,
+    /// Deltas of local changes written to peers' delta streams, one per peer and delta.
+    pub deltas_streamed: u64,
     /// Deltas of peers applied.
     pub deltas_applied: u64,
     /// Deltas already applied (a gossip duplicate, or covered by a sync).
@@ -127,6 +130,9 @@ pub struct NodeStats {
     /// by the peer's outbox (breaker open, queue full), or waiting when the node stopped. Each
     /// is a [`FailedNode`](crate::FailedNode) of its [`Delivery`](crate::Delivery).
     pub frames_lost: u64,
+    /// Delta frames taken by a peer's delta stream and lost when the stream or its
+    /// connection broke; the peer catches up by a sync (a Discover follows at once).
+    pub delta_frames_lost: u64,
     /// Batches received twice (a retry whose first try had arrived) and delivered once.
     pub batches_duplicate: u64,
     /// Requests of the sync protocol (Discover, Sync, Goodbye) that failed (timeout,
@@ -159,6 +165,7 @@ pub struct NodeStats {
 impl ScopeCounters {
     pub(crate) fn fill(&self, stats: &mut ScopeStats) {
         stats.deltas_sent = read(&self.net.deltas_published);
+        stats.deltas_streamed = read(&self.net.deltas_streamed);
         stats.syncs_served = read(&self.net.syncs_served);
         stats.broadcasts = read(&self.broadcasts);
         stats.delivered_local = read(&self.slots_local);

@@ -24,6 +24,8 @@ pub(crate) struct NetStats {
     pub frames_sent: AtomicU64,
     pub frames_received: AtomicU64,
     pub frames_lost: AtomicU64,
+    /// Delta frames taken by a peer's delta stream and lost with it.
+    pub delta_frames_lost: AtomicU64,
     pub batches_duplicate: AtomicU64,
     /// Shared with the request-response codecs, which count the malformed frames they read.
     pub malformed: Arc<AtomicU64>,

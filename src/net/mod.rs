@@ -7,6 +7,7 @@
 
 pub(crate) mod behaviour;
 pub mod codec;
+pub mod delta_stream;
 pub(crate) mod handle;
 pub(crate) mod host;
 pub(crate) mod keep_alive;

@@ -13,6 +13,7 @@ use libp2p::{
 };
 
 use crate::net::codec::Codec;
+use crate::net::delta_stream::{DeltaStreamConfig, DeltaStreamEvent, DeltaStreams};
 use crate::net::keep_alive::KeepAlive;
 use crate::net::relay::{RelayAdmission, RelayConfig, relay_server};
 use crate::net::wire::{
@@ -35,8 +36,8 @@ pub const IDENTIFY_PROTOCOL: &str = "/procgroups/1";
 pub struct BehaviourConfig {
     /// Discover peers on the LAN by mDNS. Default `true`.
     pub mdns: bool,
-    /// Largest gossipsub message (a delta), in bytes. Default 256 KiB; the core cuts deltas
-    /// below its `MAX_DELTA_BYTES` (60 KiB).
+    /// Largest gossipsub message (a delta), and largest frame of the delta stream, in bytes.
+    /// Default 256 KiB; the core cuts deltas below its `MAX_DELTA_BYTES` (60 KiB).
     pub max_transmit_size: usize,
     /// Largest request frame of either request-response protocol. Default 1 MiB.
     pub max_request_bytes: usize,
@@ -114,6 +115,7 @@ impl BehaviourConfig {
 ///
 /// | field | protocol | what for |
 /// |---|---|---|
+/// | `delta_streams` | `/procgroups/deltas/1` ([`DeltaStreams`]): a long-lived stream each way per connected peer | deltas between peers connected to each other, authenticated by the connection |
 /// | `gossipsub` | gossipsub, one topic per scope (`procgroups/<scope-id>/1`), signed messages, strict validation, manual acceptance | membership deltas; a delta is accepted only when its origin is the message's signed source and the core takes it |
 /// | `sync` | `/procgroups/sync/1` request-response ([`SyncCodec`]) | Discover (versions), Sync (paged full state), Goodbye |
 /// | `deliver` | `/procgroups/deliver/1` request-response ([`DeliverCodec`]) | batches of `broadcast` and `send` frames |
@@ -134,7 +136,10 @@ impl BehaviourConfig {
 #[derive(NetworkBehaviour)]
 #[behaviour(to_swarm = "ProtocolsEvent", prelude = "libp2p::swarm::derive_prelude")]
 pub struct Protocols {
-    /// Deltas.
+    /// Deltas to the peers this node is connected to. First, so that it is polled first: a
+    /// delta's latency is the one users see.
+    pub delta_streams: DeltaStreams,
+    /// Deltas for the peers reached through others.
     pub gossipsub: gossipsub::Behaviour,
     /// Discover, Sync, Goodbye.
     pub sync: request_response::Behaviour<SyncCodec>,
@@ -166,6 +171,8 @@ pub struct Protocols {
 /// An event of one of the [`Protocols`].
 #[derive(Debug)]
 pub enum ProtocolsEvent {
+    /// From the delta streams.
+    DeltaStream(DeltaStreamEvent),
     /// From gossipsub.
     Gossipsub(gossipsub::Event),
     /// From the sync protocol.
@@ -203,6 +210,7 @@ macro_rules! from_event {
 }
 
 from_event! {
+    DeltaStream(DeltaStreamEvent) => std::convert::identity,
     Gossipsub(gossipsub::Event) => std::convert::identity,
     Sync(request_response::Event<SyncRequest, SyncResponse>) => std::convert::identity,
     Deliver(request_response::Event<DeliverBatch, DeliverAck>) => std::convert::identity,
@@ -318,6 +326,10 @@ impl Protocols {
                 .with_timeout(config.ping_timeout),
         );
         Ok(Self {
+            delta_streams: DeltaStreams::new(DeltaStreamConfig {
+                max_frame_bytes: config.max_transmit_size,
+                ..DeltaStreamConfig::default()
+            }),
             gossipsub,
             sync,
             deliver,

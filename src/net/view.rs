@@ -12,6 +12,8 @@ use libp2p::PeerId;
 pub(crate) struct ScopeNetCounters {
     /// Deltas handed to gossipsub.
     pub deltas_published: AtomicU64,
+    /// Deltas written to peers' delta streams, one per peer.
+    pub deltas_streamed: AtomicU64,
     /// Deltas refused before they reached the core (no source, not admitted, malformed).
     pub deltas_rejected: AtomicU64,
     /// Sync pages served to peers.

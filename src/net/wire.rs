@@ -1,5 +1,5 @@
-//! What nodes say to each other over request-response, besides the deltas (which travel over
-//! gossipsub as a CBOR [`Delta`]).
+//! What nodes say to each other over request-response, and the frame of the delta stream
+//! ([`DeltaFrame`]); on gossipsub, a delta travels as a bare CBOR [`Delta`].
 //!
 //! Two protocols: `/procgroups/sync/1` (membership: Discover, Sync pages, Goodbye) and
 //! `/procgroups/deliver/1` (message batches of `broadcast` and `send`, and the requests and
@@ -17,6 +17,25 @@ pub use crate::proto::messages::{Delta, Op, SyncGroup, SyncMember, SyncState, Ve
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/procgroups/sync/1");
 /// The delivery protocol.
 pub const DELIVER_PROTOCOL: StreamProtocol = StreamProtocol::new("/procgroups/deliver/1");
+
+/// A frame of the delta stream (`/procgroups/deltas/1`): one delta of one scope, from the
+/// peer at the other end of the connection.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DeltaFrame {
+    /// The scope id.
+    pub scope: String,
+    /// The delta; its `origin` must be the sending peer.
+    pub delta: Delta,
+}
+
+/// [`DeltaFrame`] borrowed, for encoding a delta without copying it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DeltaFrameRef<'a> {
+    /// The scope id.
+    pub scope: &'a str,
+    /// The delta.
+    pub delta: &'a Delta,
+}
 
 /// Peers listed in one Discover answer, at most (and addresses per peer, at most 8).
 pub const MAX_PEERS_EXCHANGED: usize = 64;

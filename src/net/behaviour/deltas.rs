@@ -1,11 +1,16 @@
-//! Deltas: the scopes' changes published on gossipsub, and peers' deltas validated (the
-//! origin must be the message's signed source) and handed to the cores.
+//! Deltas: the scopes' changes written to the delta streams of the peers this node is
+//! connected to, and published on gossipsub for the others; peers' deltas validated (the
+//! origin must be the authenticated sender: the stream's peer, or the gossipsub message's
+//! signed source) and handed to the cores.
 
 use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
 use libp2p::PeerId;
 use libp2p::gossipsub::{self, MessageAcceptance};
 
+use crate::net::delta_stream::DeltaStreamEvent;
+use crate::net::wire::{DeltaFrame, DeltaFrameRef};
 use crate::proto::messages::Delta;
 use crate::proto::{Input, Outcome, Output, Refusal};
 use crate::vocab::error::Result;
@@ -20,7 +25,41 @@ impl Behaviour {
         }
     }
 
+    /// Sends `delta` on the delta stream of every peer of the scope that has one open, and
+    /// publishes it on gossipsub as well if any peer of the scope has none (it is not
+    /// connected, its stream is still opening or full, or it does not speak the protocol):
+    /// gossipsub reaches it, directly or through others. A peer that gets it both ways takes
+    /// it once (the core's versions).
     pub(super) fn publish_delta(&mut self, scope: usize, delta: Delta) {
+        let net = &self.scopes[scope];
+        let mut frame = Vec::new();
+        let framed = DeltaFrameRef {
+            scope: net.scope.id(),
+            delta: &delta,
+        };
+        if let Err(e) = ciborium::into_writer(&framed, &mut frame) {
+            tracing::error!(error = %e, "cannot encode a delta");
+            return;
+        }
+        let frame = Bytes::from(frame);
+        let mut gossip = net.peers.is_empty();
+        let mut streamed = 0;
+        for peer in &net.peers {
+            match self.protocols.delta_streams.send(*peer, frame.clone()) {
+                Ok(()) => streamed += 1,
+                Err(_) => gossip = true,
+            }
+        }
+        let counters = net.scope.counters();
+        counters
+            .deltas_streamed
+            .fetch_add(streamed, Ordering::Relaxed);
+        if gossip {
+            self.gossip_delta(scope, delta);
+        }
+    }
+
+    fn gossip_delta(&mut self, scope: usize, delta: Delta) {
         let mut data = Vec::new();
         if let Err(e) = ciborium::into_writer(&delta, &mut data) {
             tracing::error!(error = %e, "cannot encode a delta");
@@ -121,6 +160,60 @@ impl Behaviour {
         }
     }
 
+    pub(super) fn on_delta_stream_event(&mut self, event: DeltaStreamEvent) {
+        match event {
+            DeltaStreamEvent::Frame { peer, data } => self.on_delta_frame(peer, &data),
+            DeltaStreamEvent::Opened { peer } => {
+                tracing::debug!(%peer, "delta stream open");
+            }
+            DeltaStreamEvent::Lost { peer, frames } => {
+                tracing::debug!(%peer, frames, "delta frames lost with their stream");
+                self.shared
+                    .stats
+                    .delta_frames_lost
+                    .fetch_add(frames as u64, Ordering::Relaxed);
+                // The peer may not see a gap until our next change: tell it our versions now
+                // (if the connection is gone, the next one does).
+                if self.peers.get(&peer).is_some_and(|p| p.is_connected()) {
+                    self.send_discover(peer, None);
+                }
+            }
+            DeltaStreamEvent::Malformed { peer, error } => {
+                tracing::warn!(%peer, %error, "malformed delta stream");
+                self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A frame of `peer`'s delta stream: a delta the core checks against `peer`, the
+    /// connection's authenticated end.
+    fn on_delta_frame(&mut self, peer: PeerId, data: &[u8]) {
+        let frame: DeltaFrame = match ciborium::from_reader(data) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "malformed delta frame");
+                self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let Some(&scope) = self.by_id.get(&frame.scope) else {
+            // Peers send deltas only for the scopes we told them we host.
+            tracing::warn!(%peer, scope = %frame.scope, "delta frame of a scope not hosted here");
+            self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let input = Input::Delta {
+            sender: peer,
+            delta: frame.delta,
+        };
+        match self.feed(scope, input) {
+            Ok(_) => self.note_sharing(peer, scope),
+            Err(rejection) => {
+                tracing::warn!(%peer, scope = %self.scopes[scope].scope.id(), %rejection, "streamed delta rejected");
+            }
+        }
+    }
+
     /// `peer` hosts `scope`: keep its connections, publish our changes for it.
     pub(super) fn note_sharing(&mut self, peer: PeerId, scope: usize) {
         if peer == self.me {
@@ -130,6 +223,7 @@ impl Behaviour {
         if p.scopes.insert(scope) {
             self.scopes[scope].peers.push(peer);
             self.protocols.keep_alive.set(peer, true);
+            self.protocols.delta_streams.want(peer);
             self.relaying.admission.add(peer);
             self.feed(scope, Input::PeerShares).ok();
             self.reserve_if_useful(peer);

@@ -353,6 +353,7 @@ impl Behaviour {
                 }
             }
             ProtocolsEvent::Gossipsub(_) => {}
+            ProtocolsEvent::DeltaStream(event) => self.on_delta_stream_event(event),
             ProtocolsEvent::Sync(event) => self.on_sync_event(event),
             ProtocolsEvent::Deliver(event) => self.on_deliver_event(event),
             ProtocolsEvent::Mdns(mdns::Event::Discovered(found)) => self.on_mdns_found(found),
