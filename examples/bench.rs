@@ -47,8 +47,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::{Parser, ValueEnum};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, Swarm, noise, tcp, yamux};
+use procgroups::behaviour::delta_stream::{DeltaStreamEvent, DeltaStreams};
 use procgroups::behaviour::{BehaviourConfig, Protocols};
 use procgroups::{
     DEFAULT_MAILBOX_CAPACITY, EventKind, Inbox, Instance, Node, Process, ScopeConfig,
@@ -296,23 +298,46 @@ enum FloorCmd {
     /// `[seq, application send time, swarm send time]`, u64 little-endian each; the swarm
     /// thread writes the third.
     Publish(Vec<u8>),
+    /// The same, as one frame on the delta stream to the peer.
+    Stream(Vec<u8>),
     Stop,
+}
+
+/// Which floor a message took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FloorPath {
+    Gossip,
+    Stream,
 }
 
 enum FloorEvent {
     Listening(Multiaddr),
     Subscribed,
-    Message { data: Vec<u8>, swarm_at: u64 },
+    /// The delta stream to the peer is open.
+    StreamOpen,
+    Message {
+        path: FloorPath,
+        data: Vec<u8>,
+        swarm_at: u64,
+    },
 }
 
-/// A bare gossipsub swarm on its own thread.
+/// The floors' protocols: a node's gossipsub and a node's delta stream, nothing else.
+#[derive(NetworkBehaviour)]
+#[behaviour(prelude = "libp2p::swarm::derive_prelude")]
+struct FloorProtocols {
+    streams: DeltaStreams,
+    gossipsub: gossipsub::Behaviour,
+}
+
+/// A bare swarm of gossipsub and the delta stream, on its own thread.
 struct Floor {
     commands: mpsc::UnboundedSender<FloorCmd>,
     events: mpsc::UnboundedReceiver<FloorEvent>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-fn floor_swarm() -> Res<Swarm<gossipsub::Behaviour>> {
+fn floor_swarm() -> Res<Swarm<FloorProtocols>> {
     let swarm = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
@@ -321,13 +346,16 @@ fn floor_swarm() -> Res<Swarm<gossipsub::Behaviour>> {
             yamux::Config::default,
         )?
         .with_behaviour(|key| {
-            // Exactly a node's gossipsub, without the other protocols.
+            // Exactly a node's gossipsub and delta stream, without the other protocols.
             let config = BehaviourConfig {
                 mdns: false,
                 ..BehaviourConfig::default()
             };
             Protocols::new(key, &config)
-                .map(|p| p.gossipsub)
+                .map(|p| FloorProtocols {
+                    streams: p.delta_streams,
+                    gossipsub: p.gossipsub,
+                })
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
@@ -336,12 +364,13 @@ fn floor_swarm() -> Res<Swarm<gossipsub::Behaviour>> {
 }
 
 async fn floor_loop(
-    mut swarm: Swarm<gossipsub::Behaviour>,
+    mut swarm: Swarm<FloorProtocols>,
     mut commands: mpsc::UnboundedReceiver<FloorCmd>,
     events: mpsc::UnboundedSender<FloorEvent>,
 ) {
     let topic = IdentTopic::new(FLOOR_TOPIC);
     let me = *swarm.local_peer_id();
+    let mut peer = None;
     loop {
         tokio::select! {
             event = swarm.select_next_some() => match event {
@@ -349,24 +378,37 @@ async fn floor_loop(
                     let addr = address.with_p2p(me).unwrap_or_else(|a| a);
                     events.send(FloorEvent::Listening(addr)).ok();
                 }
-                SwarmEvent::Behaviour(gossipsub::Event::Subscribed { .. }) => {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                    peer = Some(peer_id);
+                    swarm.behaviour_mut().streams.want(peer_id);
+                }
+                SwarmEvent::Behaviour(FloorProtocolsEvent::Gossipsub(gossipsub::Event::Subscribed { .. })) => {
                     events.send(FloorEvent::Subscribed).ok();
                 }
-                SwarmEvent::Behaviour(gossipsub::Event::Message {
+                SwarmEvent::Behaviour(FloorProtocolsEvent::Gossipsub(gossipsub::Event::Message {
                     propagation_source,
                     message_id,
                     message,
-                }) => {
+                })) => {
                     let swarm_at = now_ns();
                     // As a node does: hand it over, then report the validation.
                     events
-                        .send(FloorEvent::Message { data: message.data, swarm_at })
+                        .send(FloorEvent::Message { path: FloorPath::Gossip, data: message.data, swarm_at })
                         .ok();
-                    swarm.behaviour_mut().report_message_validation_result(
+                    swarm.behaviour_mut().gossipsub.report_message_validation_result(
                         &message_id,
                         &propagation_source,
                         MessageAcceptance::Accept,
                     );
+                }
+                SwarmEvent::Behaviour(FloorProtocolsEvent::Streams(DeltaStreamEvent::Opened { .. })) => {
+                    events.send(FloorEvent::StreamOpen).ok();
+                }
+                SwarmEvent::Behaviour(FloorProtocolsEvent::Streams(DeltaStreamEvent::Frame { data, .. })) => {
+                    let swarm_at = now_ns();
+                    events
+                        .send(FloorEvent::Message { path: FloorPath::Stream, data: data.to_vec(), swarm_at })
+                        .ok();
                 }
                 _ => {}
             },
@@ -378,8 +420,17 @@ async fn floor_loop(
                 }
                 Some(FloorCmd::Publish(mut data)) => {
                     data[16..24].copy_from_slice(&now_ns().to_le_bytes());
-                    if let Err(e) = swarm.behaviour_mut().publish(topic.clone(), data) {
+                    if let Err(e) = swarm.behaviour_mut().gossipsub.publish(topic.clone(), data) {
                         eprintln!("floor publish: {e}");
+                    }
+                }
+                Some(FloorCmd::Stream(mut data)) => {
+                    data[16..24].copy_from_slice(&now_ns().to_le_bytes());
+                    let sent = peer
+                        .ok_or("not connected")
+                        .and_then(|p| swarm.behaviour_mut().streams.send(p, data.into()).map_err(|_| "not sent"));
+                    if let Err(e) = sent {
+                        eprintln!("floor stream: {e}");
                     }
                 }
                 Some(FloorCmd::Stop) | None => return,
@@ -423,6 +474,7 @@ impl Floor {
                             .and_then(|_| {
                                 swarm
                                     .behaviour_mut()
+                                    .gossipsub
                                     .subscribe(&topic)
                                     .map_err(|e| e.to_string())
                             });
@@ -472,6 +524,19 @@ impl Floor {
                 return Ok(());
             }
         }
+    }
+
+    /// Subscribed to the peer's topic, and with a delta stream to it open, in either order.
+    async fn ready(&mut self) -> Res<()> {
+        let (mut subscribed, mut open) = (false, false);
+        while !(subscribed && open) {
+            match self.next().await? {
+                FloorEvent::Subscribed => subscribed = true,
+                FloorEvent::StreamOpen => open = true,
+                _ => {}
+            }
+        }
+        Ok(())
     }
 }
 
@@ -580,14 +645,18 @@ async fn b_latency(pg: &Instance, floor: &mut Floor, n: usize) -> Res<()> {
     let (mut sub, _) = pg.monitor("lat")?;
     say_cpu("ready");
     let (mut messages, mut joins) = (0, 0);
-    while messages < n || joins < n {
+    while messages < 2 * n || joins < n {
         tokio::select! {
             event = floor.events.recv() => match event {
-                Some(FloorEvent::Message { data, swarm_at }) => {
+                Some(FloorEvent::Message { path, data, swarm_at }) => {
                     let at = now_ns();
                     messages += 1;
+                    let tag = match path {
+                        FloorPath::Gossip => "floor",
+                        FloorPath::Stream => "stream",
+                    };
                     say(&format!(
-                        "floor {} {} {} {swarm_at} {at}",
+                        "{tag} {} {} {} {swarm_at} {at}",
                         read_u64(&data, 0),
                         read_u64(&data, 8),
                         read_u64(&data, 16)
@@ -932,14 +1001,15 @@ async fn run_a(args: Args) -> Res<()> {
         .ok_or_else(|| err("A's node has no address"))?;
     let mut b = ChildB::spawn(&args, &floor_addr, &node_addr)?;
     b.expect("ready").await?;
-    floor.subscribed().await?;
+    floor.ready().await?;
     if !eventually(WAIT, || !node.connected_peers().is_empty()).await {
         return Err(err("A: no connection from B's node"));
     }
 
     let mut rows = Vec::new();
-    let (floor_row, join_row) = latency(&args, &mut floor, &node, &mut b).await?;
+    let (floor_row, stream_row, join_row) = latency(&args, &mut floor, &node, &mut b).await?;
     rows.push(floor_row);
+    rows.push(stream_row);
     rows.push(join_row);
     drop(floor);
     b.send("floor-stop")?;
@@ -1048,7 +1118,12 @@ fn per_s(v: f64, unit: &str) -> String {
 }
 
 /// Rows 1 and 2, interleaved: a floor message, then a join, each waited for.
-async fn latency(args: &Args, floor: &mut Floor, node: &Node, b: &mut ChildB) -> Res<(Row, Row)> {
+async fn latency(
+    args: &Args,
+    floor: &mut Floor,
+    node: &Node,
+    b: &mut ChildB,
+) -> Res<(Row, Row, Row)> {
     let total = args.warmup + args.latency_samples;
     let me = member(node)?;
     b.send(&format!("latency {total}"))?;
@@ -1056,26 +1131,40 @@ async fn latency(args: &Args, floor: &mut Floor, node: &Node, b: &mut ChildB) ->
     let (a0, b0) = (thread_cpu(), b.cpu.clone());
     let mut floor_app = Vec::new();
     let mut floor_swarm = Vec::new();
+    let mut stream_app = Vec::new();
+    let mut stream_swarm = Vec::new();
     let mut joins = Vec::new();
     for i in 0..total {
-        let mut data = vec![0u8; 24];
-        data[0..8].copy_from_slice(&(i as u64).to_le_bytes());
-        data[8..16].copy_from_slice(&now_ns().to_le_bytes());
-        floor.send(FloorCmd::Publish(data))?;
-        let f = b.expect("floor").await?;
-        let [seq, app_sent, swarm_sent, swarm_got, app_got] = f[..] else {
-            return Err(err("short floor report"));
-        };
-        if seq != i as u64 {
-            return Err(err(format!("floor message {seq} arrived, {i} expected")));
+        // The three one after the other, so that all see the same machine.
+        for (command, tag) in [
+            (FloorCmd::Publish as fn(Vec<u8>) -> FloorCmd, "floor"),
+            (FloorCmd::Stream, "stream"),
+        ] {
+            let mut data = vec![0u8; 24];
+            data[0..8].copy_from_slice(&(i as u64).to_le_bytes());
+            data[8..16].copy_from_slice(&now_ns().to_le_bytes());
+            floor.send(command(data))?;
+            let f = b.expect(tag).await?;
+            let [seq, app_sent, swarm_sent, swarm_got, app_got] = f[..] else {
+                return Err(err(format!("short {tag} report")));
+            };
+            if seq != i as u64 {
+                return Err(err(format!("{tag} message {seq} arrived, {i} expected")));
+            }
+            if i >= args.warmup {
+                let (app, swarm) = match tag {
+                    "floor" => (&mut floor_app, &mut floor_swarm),
+                    _ => (&mut stream_app, &mut stream_swarm),
+                };
+                app.push(app_got.saturating_sub(app_sent) as f64);
+                swarm.push(swarm_got.saturating_sub(swarm_sent) as f64);
+            }
         }
 
         let t0 = now_ns();
         me.pg.join("lat")?;
         let j = b.expect("join").await?;
         if i >= args.warmup {
-            floor_app.push(app_got.saturating_sub(app_sent) as f64);
-            floor_swarm.push(swarm_got.saturating_sub(swarm_sent) as f64);
             joins.push(j[0].saturating_sub(t0) as f64);
         }
     }
@@ -1103,8 +1192,11 @@ async fn latency(args: &Args, floor: &mut Floor, node: &Node, b: &mut ChildB) ->
     );
     let floor_median = median(&mut floor_app);
     let swarm_median = median(&mut floor_swarm);
+    let stream_median = median(&mut stream_app);
+    let stream_swarm_median = median(&mut stream_swarm);
     let join_median = median(&mut joins);
     let ratio = join_median / floor_median;
+    let stream_ratio = join_median / stream_median;
     let floor_row = Row {
         key: "gossipsub_floor",
         measure: "raw gossipsub one way, app to app (floor, median)".into(),
@@ -1124,18 +1216,44 @@ async fn latency(args: &Args, floor: &mut Floor, node: &Node, b: &mut ChildB) ->
             ),
         }),
     };
+    let stream_row = Row {
+        key: "stream_floor",
+        measure: "raw delta stream one way, app to app (floor, median)".into(),
+        shown: us(stream_median),
+        target: "—",
+        anchor: "—",
+        json: json!({
+            "median_us": stream_median / 1000.0,
+            "p10_us": percentile(&mut stream_app, 0.1) / 1000.0,
+            "p90_us": percentile(&mut stream_app, 0.9) / 1000.0,
+            "p99_us": percentile(&mut stream_app, 0.99) / 1000.0,
+            "swarm_to_swarm_median_us": stream_swarm_median / 1000.0,
+            "samples": stream_app.len(),
+            "notes": format!(
+                "{} sequential frames on /procgroups/deltas/1; swarm thread to swarm thread {}",
+                stream_app.len(),
+                us(stream_swarm_median)
+            ),
+        }),
+    };
     let mut join_row = Row {
         key: "join_visible",
         measure: "a join on node A visible on node B (median)".into(),
-        shown: format!("{} ({ratio:.2}× floor)", us(join_median)),
-        target: "≤ 1.2× floor",
-        anchor: "70–80 µs (no crypto)",
+        shown: format!(
+            "{} ({stream_ratio:.2}× stream, {ratio:.2}× gossipsub); p99 {}",
+            us(join_median),
+            us(percentile(&mut joins, 0.99))
+        ),
+        target: "≤ 1.5× stream floor",
+        anchor: "10.5–45 µs",
         json: json!({
             "median_us": join_median / 1000.0,
             "p10_us": percentile(&mut joins, 0.1) / 1000.0,
             "p90_us": percentile(&mut joins, 0.9) / 1000.0,
+            "p99_us": percentile(&mut joins, 0.99) / 1000.0,
             "ratio_to_floor": ratio,
-            "target_ratio": 1.2,
+            "ratio_to_stream_floor": stream_ratio,
+            "target_ratio_to_stream_floor": 1.5,
             "samples": joins.len(),
             "cpu": net_cpu,
         }),
@@ -1145,7 +1263,7 @@ async fn latency(args: &Args, floor: &mut Floor, node: &Node, b: &mut ChildB) ->
     {
         map.insert("notes".into(), Value::String(net_cpu_text));
     }
-    Ok((floor_row, join_row))
+    Ok((floor_row, stream_row, join_row))
 }
 
 /// Medians and the spread of a throughput row's trials.
