@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use procgroups::{
-    Event, EventKind, Instance, Keypair, Node, Pid, Process, ScopeConfig, Subscription,
+    Event, EventKind, Instance, Keypair, Node, Pid, Process, ScopeConfig, ScopeStats, Subscription,
 };
 
 mod support;
@@ -33,6 +33,10 @@ const DEFAULT_GRACE: Duration = Duration::from_secs(2);
 
 fn short_grace() -> ScopeConfig {
     grace(SHORT_GRACE)
+}
+
+fn stats(node: &Node) -> ScopeStats {
+    node.stats(SCOPE).expect("the scope is hosted")
 }
 
 fn builder(config: ScopeConfig) -> procgroups::NodeBuilder {
@@ -878,6 +882,60 @@ async fn a_node_that_dials_one_member_meets_the_others() {
     })
     .await;
     for n in [&a, &b, &c] {
+        n.shutdown().await;
+    }
+}
+
+/// Between nodes connected to each other, deltas go on the delta streams and nowhere else:
+/// every change reaches the other two once, none goes through gossipsub, none is a
+/// duplicate.
+#[tokio::test]
+async fn deltas_between_connected_nodes_take_the_delta_streams_only() {
+    let (a, b) = pair().await;
+    let c = node().await;
+    connect(&c, &a).await;
+    eventually("c connected to b too", WAIT, || {
+        c.connected_peers().contains(&b.peer_id())
+    })
+    .await;
+    let nodes = [&a, &b, &c];
+    let members: Vec<(Process, Instance)> = nodes.iter().map(|n| spawn(n)).collect();
+    // A first change each, seen everywhere: by then every stream has had its round trips.
+    for (_, pg) in &members {
+        pg.join("warm").unwrap();
+    }
+    let pids: Vec<Pid> = members.iter().map(|(p, _)| p.pid()).collect();
+    let warm = truth(&[("warm", &pids[..])]);
+    let each: Vec<_> = members.iter().map(|(_, pg)| (pg, &warm)).collect();
+    converge("the warm-up everywhere", &each).await;
+    let before: Vec<ScopeStats> = nodes.iter().map(|n| stats(n)).collect();
+
+    for (_, pg) in &members {
+        pg.join("g").unwrap();
+        pg.join("g").unwrap();
+        pg.leave("warm").unwrap();
+    }
+    let after = truth(&[(
+        "g",
+        &[pids[0], pids[0], pids[1], pids[1], pids[2], pids[2]][..],
+    )]);
+    let each: Vec<_> = members.iter().map(|(_, pg)| (pg, &after)).collect();
+    converge("the changes everywhere", &each).await;
+    for (n, s0) in nodes.iter().zip(&before) {
+        let s1 = stats(n);
+        assert_eq!(
+            s1.deltas_sent, s0.deltas_sent,
+            "nothing on gossipsub: {s1:?}"
+        );
+        assert!(
+            s1.deltas_streamed >= s0.deltas_streamed + 2,
+            "its changes streamed to both peers: {s1:?}"
+        );
+        assert!(s1.deltas_applied >= s0.deltas_applied + 2, "{s1:?}");
+        assert_eq!(s1.deltas_duplicate, s0.deltas_duplicate, "{s1:?}");
+        assert_eq!(s1.deltas_rejected, s0.deltas_rejected, "{s1:?}");
+    }
+    for n in nodes {
         n.shutdown().await;
     }
 }

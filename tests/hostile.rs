@@ -19,8 +19,8 @@
 use std::time::{Duration, Instant};
 
 use procgroups::wire::{
-    CallTag, DeliverBatch, Delta, Frame, Op, SyncGroup, SyncMember, SyncRequest, SyncResponse,
-    Version,
+    CallTag, DeliverBatch, Delta, DeltaFrameRef, Frame, Op, SyncGroup, SyncMember, SyncRequest,
+    SyncResponse, Version,
 };
 use procgroups::{EventKind, Instance, Node, Pid, Process, ScopeConfig, ScopeStats};
 
@@ -408,8 +408,10 @@ async fn frames_over_the_caps_are_refused() {
     )
     .await;
 
-    // (d) Still working.
+    // (d) Still working; H, which has no delta stream, gets B's join by gossipsub.
+    let gossip0 = h.seen().gossip;
     let (pb2, _) = honest_join_propagates(&b, &ga, "later", Duration::from_secs(5)).await;
+    eventually("B's join gossiped to H", WAIT, || h.seen().gossip > gossip0).await;
     let mut expected = expected;
     expected.insert("later".into(), vec![pb2.pid()]);
     converge("the honest views", &[&ga, &gb], &expected).await;
@@ -445,6 +447,96 @@ async fn events(
         out.push((ev.kind, ev.group.to_string(), ev.pids.to_vec()));
     }
     out
+}
+
+/// The delta stream: a frame is taken only as the sending peer's own delta of a scope this
+/// node hosts. A delta naming another origin is rejected by the core (the origin check holds
+/// without a signature: the sender is the connection's authenticated peer); undecodable bytes,
+/// an unknown scope and a frame over the cap are counted as malformed (the last also drops the
+/// stream it came on). None changes a view, and the peer's own valid delta is still applied
+/// on a new stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_delta_frames_are_refused_and_counted() {
+    let (a, b) = pair(ScopeConfig::default()).await;
+    let ((pa, ga), (pb, gb), view) = one_member_each(&a, &b).await;
+    let h = Hostile::with_delta_stream(SCOPE);
+    attach(&h, &[&a]).await;
+    eventually("H's delta stream to A open", WAIT, || {
+        h.seen().streams_open.contains(&a.peer_id())
+    })
+    .await;
+    let (a0, na0) = (stats(&a), a.node_stats());
+    let frame_of = |scope: &str, delta: &Delta| cbor(&DeltaFrameRef { scope, delta });
+
+    // (a) B's process joining "evil", said by H.
+    let as_b = Delta {
+        origin: b.peer_id(),
+        incarnation: rand::random(),
+        seq: 1,
+        groups: vec!["evil".into()],
+        ops: vec![Op {
+            group: 0,
+            id: pb.pid().id(),
+            change: 1,
+            meta: None,
+        }],
+    };
+    h.stream_frame(a.peer_id(), frame_of(SCOPE, &as_b))
+        .await
+        .unwrap();
+    eventually("A rejects the delta of another origin", WAIT, || {
+        stats(&a).deltas_rejected == a0.deltas_rejected + 1
+    })
+    .await;
+    // (b) Not CBOR; (c) a scope A does not host.
+    h.stream_frame(a.peer_id(), vec![0xff, 0x00, 0x13])
+        .await
+        .unwrap();
+    let own = h.delta(&[("h", 1, 1)], false);
+    h.stream_frame(a.peer_id(), frame_of("test:elsewhere", &own))
+        .await
+        .unwrap();
+    eventually("A counts both as malformed", WAIT, || {
+        a.node_stats().malformed == na0.malformed + 2
+    })
+    .await;
+    // (d) A frame over A's cap (`max_transmit_size`, 256 KiB by default).
+    h.stream_frame(a.peer_id(), vec![0; 300 * 1024])
+        .await
+        .unwrap();
+    eventually("A counts the frame over its cap", WAIT, || {
+        a.node_stats().malformed == na0.malformed + 3
+    })
+    .await;
+    converge("nothing changed", &[&ga, &gb], &view).await;
+    assert_eq!(
+        stats(&a).deltas_applied,
+        a0.deltas_applied,
+        "{:?}",
+        stats(&a)
+    );
+
+    // (e) H's own delta is applied, on the stream H opens again once A dropped its old one.
+    let own = h.delta(&[("h", 1, 1)], true);
+    let frame = frame_of(SCOPE, &own);
+    let h1 = Pid::new(h.peer_id, 1);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        // A frame sent before H saw its old stream break is lost with it: send again.
+        let sent = h.stream_frame(a.peer_id(), frame.clone()).await;
+        if sent.is_ok() && ga.get_members("h").unwrap().contains(&h1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "H's own streamed delta never applied on A"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(stats(&a).deltas_rejected, a0.deltas_rejected + 1);
+    assert_eq!(ga.get_members("g").unwrap().count(&pa.pid()), 1);
+    assert!(ga.get_members("evil").unwrap().is_empty());
+    finish(vec![a, b], vec![h]).await;
 }
 
 /// 4. Valid deltas of the hostile peer's own origin, sent out of order and then again: each
@@ -509,7 +601,11 @@ async fn replayed_and_reordered_deltas_apply_once_in_order() {
     for (s0, s1, joins) in [(&a0, &a1, 1), (&b0, &b1, 0)] {
         // Each of the five applied once (by delta: no sync was needed), plus B's join on A.
         assert_eq!(s1.deltas_applied, s0.deltas_applied + 5 + joins, "{s1:?}");
-        assert_eq!(s1.deltas_duplicate, s0.deltas_duplicate + 7 + joins, "{s1:?}");
+        assert_eq!(
+            s1.deltas_duplicate,
+            s0.deltas_duplicate + 7 + joins,
+            "{s1:?}"
+        );
         assert_eq!(s1.deltas_rejected, s0.deltas_rejected, "{s1:?}");
         assert_eq!(s1.syncs_applied, s0.syncs_applied, "{s1:?}");
     }

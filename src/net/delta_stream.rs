@@ -8,8 +8,8 @@
 //! once the behaviour [wants](DeltaStreams::want) it, on one of its connections; frames are
 //! written in the order [`send`](DeltaStreams::send) took them, every frame that is ready
 //! before one flush, and at most [`DeltaStreamConfig::max_queued_frames`] wait to be written:
-//! beyond that `send` refuses, which is the backpressure. Frames lost with their stream or
-//! connection are reported ([`DeltaStreamEvent::Lost`]). What the frames say is the
+//! beyond that `send` refuses, which is the backpressure. A stream that closes is reported
+//! with the frames lost with it ([`DeltaStreamEvent::Closed`]). What the frames say is the
 //! behaviour's business; this module only carries bytes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 use asynchronous_codec::Framed;
 use bytes::Bytes;
 use futures::{Sink, StreamExt};
+use libp2p::PeerId;
 use libp2p::core::transport::PortUse;
 use libp2p::core::upgrade::ReadyUpgrade;
 use libp2p::core::{Endpoint, Multiaddr};
@@ -27,10 +28,9 @@ use libp2p::swarm::handler::{
 };
 use libp2p::swarm::{
     ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
-    NetworkBehaviour, NotifyHandler, Stream, StreamProtocol, StreamUpgradeError,
-    SubstreamProtocol, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+    NetworkBehaviour, NotifyHandler, Stream, StreamProtocol, StreamUpgradeError, SubstreamProtocol,
+    THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
-use libp2p::PeerId;
 use unsigned_varint::codec::UviBytes;
 
 /// The protocol id of the delta stream.
@@ -105,12 +105,13 @@ pub enum DeltaStreamEvent {
         /// The peer.
         peer: PeerId,
     },
-    /// Frames taken for `peer` that were not written: their stream or connection broke.
-    Lost {
+    /// The stream to `peer` closed (it broke, or its connection did), or could not be
+    /// opened; a wanted peer's next [`send`](DeltaStreams::send) or connection opens another.
+    Closed {
         /// The peer.
         peer: PeerId,
-        /// How many frames.
-        frames: usize,
+        /// Frames taken for it that were not written.
+        lost_frames: usize,
     },
     /// `peer` sent what is not a frame (one over the size cap, or a broken length): the
     /// stream it came on is dropped.
@@ -241,17 +242,19 @@ impl DeltaStreams {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
-        let on_it = matches!(p.outbound, Outbound::Open(c) | Outbound::Opening(c) if c == connection);
+        let on_it =
+            matches!(p.outbound, Outbound::Open(c) | Outbound::Opening(c) if c == connection);
         if !on_it {
             return;
         }
-        let frames = lost.max(p.queued);
+        let lost_frames = lost.max(p.queued);
         p.outbound = Outbound::Closed;
         p.queued = 0;
-        if frames > 0 {
-            self.pending
-                .push_back(ToSwarm::GenerateEvent(DeltaStreamEvent::Lost { peer, frames }));
-        }
+        self.pending
+            .push_back(ToSwarm::GenerateEvent(DeltaStreamEvent::Closed {
+                peer,
+                lost_frames,
+            }));
     }
 }
 
@@ -311,9 +314,13 @@ impl NetworkBehaviour for DeltaStreams {
         event: THandlerOutEvent<Self>,
     ) {
         match event {
-            HandlerEvent::Frame(data) => self
-                .pending
-                .push_back(ToSwarm::GenerateEvent(DeltaStreamEvent::Frame { peer, data })),
+            HandlerEvent::Frame(data) => {
+                self.pending
+                    .push_back(ToSwarm::GenerateEvent(DeltaStreamEvent::Frame {
+                        peer,
+                        data,
+                    }))
+            }
             HandlerEvent::Opened => {
                 if let Some(p) = self.peers.get_mut(&peer)
                     && p.outbound == Outbound::Opening(connection)
@@ -340,13 +347,20 @@ impl NetworkBehaviour for DeltaStreams {
                     p.outbound = Outbound::Unsupported;
                 }
             }
-            HandlerEvent::Malformed(error) => self.pending.push_back(ToSwarm::GenerateEvent(
-                DeltaStreamEvent::Malformed { peer, error },
-            )),
+            HandlerEvent::Malformed(error) => {
+                self.pending
+                    .push_back(ToSwarm::GenerateEvent(DeltaStreamEvent::Malformed {
+                        peer,
+                        error,
+                    }))
+            }
         }
     }
 
-    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<DeltaStreamEvent, THandlerInEvent<Self>>> {
+    fn poll(
+        &mut self,
+        _: &mut Context<'_>,
+    ) -> Poll<ToSwarm<DeltaStreamEvent, THandlerInEvent<Self>>> {
         match self.pending.pop_front() {
             Some(event) => Poll::Ready(event),
             None => Poll::Pending,
@@ -503,7 +517,8 @@ impl Handler {
                     if e.kind() == std::io::ErrorKind::InvalidData
                         || e.kind() == std::io::ErrorKind::PermissionDenied
                     {
-                        self.events.push_back(HandlerEvent::Malformed(e.to_string()));
+                        self.events
+                            .push_back(HandlerEvent::Malformed(e.to_string()));
                     }
                     self.readers.swap_remove(i);
                 }
@@ -599,5 +614,188 @@ impl ConnectionHandler for Handler {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context, Poll};
+
+    use futures::task::noop_waker_ref;
+    use libp2p::core::ConnectedPoint;
+    use libp2p::swarm::behaviour::{ConnectionClosed, ConnectionEstablished};
+
+    use super::*;
+
+    fn endpoint() -> ConnectedPoint {
+        ConnectedPoint::Listener {
+            local_addr: "/ip4/127.0.0.1/tcp/1".parse().expect("multiaddr"),
+            send_back_addr: "/ip4/127.0.0.1/tcp/2".parse().expect("multiaddr"),
+        }
+    }
+
+    fn connect(streams: &mut DeltaStreams, peer: PeerId, n: usize) -> ConnectionId {
+        let id = ConnectionId::new_unchecked(n);
+        let e = endpoint();
+        let addr = e.get_remote_address().clone();
+        assert!(
+            streams
+                .handle_established_inbound_connection(id, peer, &addr, &addr)
+                .is_ok()
+        );
+        streams.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
+            peer_id: peer,
+            connection_id: id,
+            endpoint: &e,
+            failed_addresses: &[],
+            other_established: n - 1,
+        }));
+        id
+    }
+
+    fn disconnect(streams: &mut DeltaStreams, peer: PeerId, id: ConnectionId, left: usize) {
+        let e = endpoint();
+        streams.on_swarm_event(FromSwarm::ConnectionClosed(ConnectionClosed {
+            peer_id: peer,
+            connection_id: id,
+            endpoint: &e,
+            cause: None,
+            remaining_established: left,
+        }));
+    }
+
+    /// Everything the behaviour asked for, in order.
+    fn drain(streams: &mut DeltaStreams) -> Vec<ToSwarm<DeltaStreamEvent, Command>> {
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let mut out = Vec::new();
+        while let Poll::Ready(action) = streams.poll(&mut cx) {
+            out.push(action);
+        }
+        out
+    }
+
+    /// The connections asked to open a stream.
+    fn opens_on(actions: &[ToSwarm<DeltaStreamEvent, Command>]) -> Vec<ConnectionId> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                ToSwarm::NotifyHandler {
+                    handler: NotifyHandler::One(c),
+                    event: Command::Open,
+                    ..
+                } => Some(*c),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn small() -> DeltaStreams {
+        DeltaStreams::new(DeltaStreamConfig {
+            max_frame_bytes: 16,
+            max_queued_frames: 2,
+        })
+    }
+
+    #[test]
+    fn a_wanted_peer_gets_one_stream_and_its_frames_are_bounded() {
+        let mut streams = small();
+        let peer = PeerId::random();
+        assert_eq!(streams.send(peer, Bytes::from_static(b"x")), Err(NotSent::NotOpen));
+        let c1 = connect(&mut streams, peer, 1);
+        assert!(opens_on(&drain(&mut streams)).is_empty(), "not wanted yet");
+        streams.want(peer);
+        assert_eq!(opens_on(&drain(&mut streams)), vec![c1]);
+        // A second connection opens nothing more, and frames wait for the stream.
+        connect(&mut streams, peer, 2);
+        assert!(opens_on(&drain(&mut streams)).is_empty());
+        assert_eq!(streams.send(peer, Bytes::from_static(b"x")), Err(NotSent::NotOpen));
+        streams.on_connection_handler_event(peer, c1, HandlerEvent::Opened);
+        assert!(streams.is_open(&peer));
+        assert!(matches!(
+            drain(&mut streams)[..],
+            [ToSwarm::GenerateEvent(DeltaStreamEvent::Opened { .. })]
+        ));
+
+        // Two frames wait at most; a written one makes room; an oversized one never goes.
+        assert_eq!(streams.send(peer, Bytes::from_static(b"1")), Ok(()));
+        assert_eq!(streams.send(peer, Bytes::from_static(b"2")), Ok(()));
+        assert_eq!(streams.send(peer, Bytes::from_static(b"3")), Err(NotSent::Full));
+        streams.on_connection_handler_event(peer, c1, HandlerEvent::Written { frames: 1 });
+        assert_eq!(streams.send(peer, Bytes::from_static(b"3")), Ok(()));
+        assert_eq!(
+            streams.send(peer, Bytes::from(vec![0; 17])),
+            Err(NotSent::TooLarge)
+        );
+        let sent: Vec<_> = drain(&mut streams)
+            .into_iter()
+            .filter_map(|a| match a {
+                ToSwarm::NotifyHandler {
+                    handler: NotifyHandler::One(c),
+                    event: Command::Send(frame),
+                    ..
+                } => Some((c, frame)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            sent,
+            vec![
+                (c1, Bytes::from_static(b"1")),
+                (c1, Bytes::from_static(b"2")),
+                (c1, Bytes::from_static(b"3")),
+            ],
+            "in order, on the stream's connection"
+        );
+    }
+
+    #[test]
+    fn frames_lost_with_their_connection_are_reported_and_another_stream_opens() {
+        let mut streams = small();
+        let peer = PeerId::random();
+        streams.want(peer);
+        let c1 = connect(&mut streams, peer, 1);
+        let c2 = connect(&mut streams, peer, 2);
+        // The first connection of a wanted peer carries the stream at once.
+        assert_eq!(opens_on(&drain(&mut streams)), vec![c1]);
+        streams.on_connection_handler_event(peer, c1, HandlerEvent::Opened);
+        drain(&mut streams);
+        streams.send(peer, Bytes::from_static(b"1")).unwrap();
+        streams.send(peer, Bytes::from_static(b"2")).unwrap();
+        streams.on_connection_handler_event(peer, c1, HandlerEvent::Written { frames: 1 });
+        disconnect(&mut streams, peer, c1, 1);
+        let actions = drain(&mut streams);
+        assert!(
+            actions.iter().any(|a| matches!(
+                a,
+                ToSwarm::GenerateEvent(DeltaStreamEvent::Closed { lost_frames: 1, .. })
+            )),
+            "the unwritten frame is reported"
+        );
+        assert_eq!(opens_on(&actions), vec![c2], "on the connection left");
+        assert!(!streams.is_open(&peer));
+
+        // A stream that breaks reports what its handler had not written, and the next
+        // send opens another.
+        streams.on_connection_handler_event(peer, c2, HandlerEvent::Opened);
+        drain(&mut streams);
+        streams.send(peer, Bytes::from_static(b"3")).unwrap();
+        drain(&mut streams);
+        streams.on_connection_handler_event(peer, c2, HandlerEvent::Failed { frames: 1 });
+        assert!(matches!(
+            drain(&mut streams)[..],
+            [ToSwarm::GenerateEvent(DeltaStreamEvent::Closed { lost_frames: 1, .. })]
+        ));
+        assert_eq!(streams.send(peer, Bytes::from_static(b"4")), Err(NotSent::NotOpen));
+        assert_eq!(opens_on(&drain(&mut streams)), vec![c2]);
+
+        // A peer that refuses the protocol is not asked again on that connection.
+        streams.on_connection_handler_event(peer, c2, HandlerEvent::Unsupported);
+        assert_eq!(
+            streams.send(peer, Bytes::from_static(b"5")),
+            Err(NotSent::Unsupported)
+        );
+        assert!(opens_on(&drain(&mut streams)).is_empty());
+        disconnect(&mut streams, peer, c2, 0);
+        assert_eq!(streams.send(peer, Bytes::from_static(b"6")), Err(NotSent::NotOpen));
     }
 }

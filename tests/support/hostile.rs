@@ -13,6 +13,11 @@
 //! queued other answers ([`Hostile::script_sync`]), a Goodbye with an ack, a delivery batch
 //! with an ack, or never ([`Hostile::stall_deliveries`]: it stops reading delivery streams).
 //!
+//! With [`Hostile::with_delta_stream`] it also speaks `/procgroups/deltas/1` (procgroups' own
+//! `DeltaStreams`, with a frame cap of `RAW_READ_LIMIT` so that it can send frames the nodes
+//! must refuse): [`Hostile::stream_frame`] sends any bytes as one frame; without it, the nodes
+//! see a peer that does not speak the protocol and reach it by gossipsub alone.
+//!
 //! It runs as a task of the test's runtime; [`Hostile::stop`] (or dropping it) ends the task
 //! and closes its connections.
 
@@ -24,9 +29,11 @@ use std::time::Duration;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, noise, tcp, yamux};
 use procgroups::Keypair;
+use procgroups::behaviour::delta_stream::{DeltaStreamConfig, DeltaStreamEvent, DeltaStreams};
 use procgroups::behaviour::scope_topic;
 use procgroups::wire::{
     DELIVER_PROTOCOL, DeliverAck, DeliverBatch, Delta, Op, SYNC_PROTOCOL, SyncGroup, SyncMember,
@@ -152,6 +159,7 @@ impl request_response::Codec for RawCodec {
 #[derive(NetworkBehaviour)]
 #[behaviour(prelude = "libp2p::swarm::derive_prelude")]
 struct Protocols {
+    streams: Toggle<DeltaStreams>,
     gossipsub: gossipsub::Behaviour,
     sync: request_response::Behaviour<RawCodec>,
     deliver: request_response::Behaviour<RawCodec>,
@@ -219,6 +227,10 @@ pub struct Seen {
     pub batches: Vec<(PeerId, DeliverBatch)>,
     /// Gossipsub messages received on the topic.
     pub gossip: usize,
+    /// Frames received on delta streams (with [`Hostile::with_delta_stream`]).
+    pub frames: usize,
+    /// Peers its delta stream to is open to.
+    pub streams_open: HashSet<PeerId>,
     /// Answers to the next Sync requests, in order, instead of its own state.
     sync_script: VecDeque<SyncResponse>,
     /// The peers its Discover answers name (peer exchange); none by default.
@@ -245,6 +257,7 @@ impl Seen {
 
 enum Command {
     Dial(Multiaddr),
+    Frame(PeerId, Vec<u8>, oneshot::Sender<Result<(), String>>),
     Publish(Vec<u8>, oneshot::Sender<Result<(), String>>),
     Request {
         proto: Proto,
@@ -273,6 +286,15 @@ impl Hostile {
 
     /// A hostile peer whose gossipsub messages are signed, or forged.
     pub fn with_authorship(scope: &str, authorship: Authorship) -> Hostile {
+        Self::build(scope, authorship, false)
+    }
+
+    /// A hostile peer that signs its messages and also speaks the delta stream.
+    pub fn with_delta_stream(scope: &str) -> Hostile {
+        Self::build(scope, Authorship::Signed, true)
+    }
+
+    fn build(scope: &str, authorship: Authorship, delta_stream: bool) -> Hostile {
         let keypair = Keypair::generate_ed25519();
         let peer_id = keypair.public().to_peer_id();
         let stall = Arc::new(AtomicBool::new(false));
@@ -305,7 +327,14 @@ impl Hostile {
                 .with_request_timeout(Duration::from_secs(15))
                 .with_max_concurrent_streams(20_000)
         };
+        let streams = delta_stream.then(|| {
+            DeltaStreams::new(DeltaStreamConfig {
+                max_frame_bytes: RAW_READ_LIMIT as usize,
+                ..DeltaStreamConfig::default()
+            })
+        });
         let protocols = Protocols {
+            streams: streams.into(),
             gossipsub,
             sync: request_response::Behaviour::with_codec(
                 RawCodec {
@@ -493,6 +522,14 @@ impl Hostile {
         delta
     }
 
+    /// Sends `bytes` as one frame on its delta stream to `peer` (with
+    /// [`with_delta_stream`](Self::with_delta_stream)); an error if no stream to it is open.
+    pub async fn stream_frame(&self, peer: PeerId, bytes: Vec<u8>) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Frame(peer, bytes, tx));
+        rx.await.expect("the hostile peer's task answers")
+    }
+
     /// Publishes a delta (encoded as nodes encode theirs).
     pub async fn publish_delta(&self, delta: &Delta) -> Result<(), String> {
         self.publish(cbor(delta)).await
@@ -545,6 +582,13 @@ impl Driver {
             Command::Dial(addr) => {
                 self.swarm.dial(addr).expect("dial");
             }
+            Command::Frame(peer, bytes, reply) => {
+                let result = match self.swarm.behaviour_mut().streams.as_mut() {
+                    Some(streams) => streams.send(peer, bytes.into()).map_err(|e| e.to_string()),
+                    None => Err("this hostile peer does not speak the delta stream".into()),
+                };
+                reply.send(result).ok();
+            }
             Command::Publish(data, reply) => {
                 let result = self
                     .swarm
@@ -575,13 +619,28 @@ impl Driver {
         match event {
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 self.seen().connected.insert(peer_id);
+                if let Some(streams) = self.swarm.behaviour_mut().streams.as_mut() {
+                    streams.want(peer_id);
+                }
             }
+            SwarmEvent::Behaviour(ProtocolsEvent::Streams(event)) => match event {
+                DeltaStreamEvent::Frame { .. } => self.seen().frames += 1,
+                DeltaStreamEvent::Opened { peer } => {
+                    self.seen().streams_open.insert(peer);
+                }
+                DeltaStreamEvent::Closed { peer, .. } => {
+                    self.seen().streams_open.remove(&peer);
+                }
+                _ => {}
+            },
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,
                 ..
             } => {
-                self.seen().connected.remove(&peer_id);
+                let mut seen = self.seen();
+                seen.connected.remove(&peer_id);
+                seen.streams_open.remove(&peer_id);
             }
             SwarmEvent::Behaviour(ProtocolsEvent::Gossipsub(event)) => match event {
                 gossipsub::Event::Subscribed { peer_id, topic }

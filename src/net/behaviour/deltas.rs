@@ -166,15 +166,15 @@ impl Behaviour {
             DeltaStreamEvent::Opened { peer } => {
                 tracing::debug!(%peer, "delta stream open");
             }
-            DeltaStreamEvent::Lost { peer, frames } => {
-                tracing::debug!(%peer, frames, "delta frames lost with their stream");
+            DeltaStreamEvent::Closed { peer, lost_frames } => {
+                tracing::debug!(%peer, lost_frames, "delta stream closed");
                 self.shared
                     .stats
                     .delta_frames_lost
-                    .fetch_add(frames as u64, Ordering::Relaxed);
+                    .fetch_add(lost_frames as u64, Ordering::Relaxed);
                 // The peer may not see a gap until our next change: tell it our versions now
                 // (if the connection is gone, the next one does).
-                if self.peers.get(&peer).is_some_and(|p| p.is_connected()) {
+                if lost_frames > 0 && self.peers.get(&peer).is_some_and(|p| p.is_connected()) {
                     self.send_discover(peer, None);
                 }
             }
