@@ -110,7 +110,8 @@ pub enum DeltaStreamEvent {
     Closed {
         /// The peer.
         peer: PeerId,
-        /// Frames taken for it that were not written.
+        /// Frames taken for it and not known to be written (a connection that closes takes
+        /// the frames it had not reported written with it).
         lost_frames: usize,
     },
     /// `peer` sent what is not a frame (one over the size cap, or a broken length): the
@@ -237,8 +238,9 @@ impl DeltaStreams {
         Handler::new(self.config)
     }
 
-    /// The stream on `connection` to `peer` is gone with `lost` frames; open another.
-    fn on_stream_lost(&mut self, peer: PeerId, connection: ConnectionId, lost: usize) {
+    /// The stream on `connection` to `peer` is gone, with `lost` frames unwritten if its
+    /// handler said (otherwise every frame not reported written counts).
+    fn on_stream_lost(&mut self, peer: PeerId, connection: ConnectionId, lost: Option<usize>) {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -247,7 +249,7 @@ impl DeltaStreams {
         if !on_it {
             return;
         }
-        let lost_frames = lost.max(p.queued);
+        let lost_frames = lost.unwrap_or(p.queued);
         p.outbound = Outbound::Closed;
         p.queued = 0;
         self.pending
@@ -293,7 +295,7 @@ impl NetworkBehaviour for DeltaStreams {
         match event {
             FromSwarm::ConnectionEstablished(e) => self.open(e.peer_id),
             FromSwarm::ConnectionClosed(e) => {
-                self.on_stream_lost(e.peer_id, e.connection_id, 0);
+                self.on_stream_lost(e.peer_id, e.connection_id, None);
                 if let Some(p) = self.peers.get_mut(&e.peer_id) {
                     p.connections.retain(|c| *c != e.connection_id);
                     if p.connections.is_empty() {
@@ -338,7 +340,7 @@ impl NetworkBehaviour for DeltaStreams {
                 }
             }
             HandlerEvent::Failed { frames } => {
-                self.on_stream_lost(peer, connection, frames);
+                self.on_stream_lost(peer, connection, Some(frames));
             }
             HandlerEvent::Unsupported => {
                 if let Some(p) = self.peers.get_mut(&peer)
@@ -420,6 +422,8 @@ pub struct Handler {
     queue: VecDeque<Bytes>,
     /// Frames handed to the stream since its last flush.
     unflushed: usize,
+    /// Frames written and flushed, not yet reported to the behaviour.
+    unreported: usize,
     readers: Vec<Framing>,
     events: VecDeque<HandlerEvent>,
 }
@@ -431,6 +435,7 @@ impl Handler {
             writer: Writer::Idle,
             queue: VecDeque::new(),
             unflushed: 0,
+            unreported: 0,
             readers: Vec::new(),
             events: VecDeque::new(),
         }
@@ -449,6 +454,7 @@ impl Handler {
         let frames = self.queue.len() + self.unflushed;
         self.queue.clear();
         self.unflushed = 0;
+        self.unreported = 0;
         self.writer = Writer::Idle;
         self.events.push_back(HandlerEvent::Failed { frames });
     }
@@ -481,9 +487,15 @@ impl Handler {
         if !broken && self.unflushed > 0 {
             match Sink::poll_flush(Pin::new(&mut **framed), cx) {
                 Poll::Ready(Ok(())) => {
-                    self.events.push_back(HandlerEvent::Written {
-                        frames: std::mem::take(&mut self.unflushed),
-                    });
+                    self.unreported += std::mem::take(&mut self.unflushed);
+                    // Reported in batches: each report wakes the swarm, and the behaviour
+                    // needs the count only to bound the frames waiting, so its count may run
+                    // up to a quarter of the cap ahead of the truth.
+                    if self.unreported >= (self.config.max_queued_frames / 4).max(1) {
+                        self.events.push_back(HandlerEvent::Written {
+                            frames: std::mem::take(&mut self.unreported),
+                        });
+                    }
                     progress = true;
                 }
                 Poll::Ready(Err(_)) => broken = true,
