@@ -335,13 +335,18 @@ impl LocalProcs {
     /// Notes that `id` has no slot left in the group at `group`; a process left in no group is
     /// dropped.
     pub(crate) fn remove(&mut self, id: u64, group: u32) {
-        let packed = PackedId::new(id);
-        if self.one.get(&packed) == Some(&group) {
-            self.one.remove(&packed);
-        } else if let Some(set) = self.many.get_mut(&id) {
-            set.remove(&group);
-            if set.is_empty() {
-                self.many.remove(&id);
+        match self.one.entry(PackedId::new(id)) {
+            hashbrown::hash_map::Entry::Occupied(e) if *e.get() == group => {
+                e.remove();
+            }
+            hashbrown::hash_map::Entry::Occupied(_) => {}
+            hashbrown::hash_map::Entry::Vacant(_) => {
+                if let Some(set) = self.many.get_mut(&id) {
+                    set.remove(&group);
+                    if set.is_empty() {
+                        self.many.remove(&id);
+                    }
+                }
             }
         }
     }
