@@ -2,7 +2,8 @@
 //!
 //! Layout: groups map to the nodes that have members in them, and each node to its processes'
 //! slot counts. Nodes are interned (`u32`; the local node is 0), so a slot costs a few bytes,
-//! not a `PeerId`. Member lists are built on the first read after a change and cached, so a
+//! not a `PeerId`; groups too (`Groups`), so that a local process's groups are `u32` indices,
+//! not shared names. Member lists are built on the first read after a change and cached, so a
 //! burst of joins costs nothing until somebody reads.
 
 use std::collections::{BTreeMap, VecDeque};
