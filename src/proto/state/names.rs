@@ -131,7 +131,7 @@ impl ScopeCore {
             };
             let losers: Vec<(u64, u32)> = self
                 .groups
-                .get(&*group)
+                .get(&group)
                 .and_then(|g| g.node(LOCAL))
                 .map(|n| {
                     n.ids
