@@ -367,3 +367,45 @@ pub(crate) fn sorted(names: impl Iterator<Item = GroupName>) -> Arc<[GroupName]>
     v.sort_unstable();
     v.into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_freed_group_index_is_taken_again_and_the_old_name_is_gone() {
+        let mut groups = Groups::new(7);
+        let a = groups.get_or_insert("a").map(|(i, _)| i);
+        let b = groups.get_or_insert("b").map(|(i, _)| i);
+        assert!(groups.get_or_insert("a") == a.map(|i| (i, Fresh::No)));
+        groups.remove(a.expect("an index"));
+        assert_eq!((groups.len(), groups.index("a")), (1, None));
+        let c = groups.get_or_insert("c").map(|(i, _)| i);
+        assert_eq!(c, a, "the freed index is reused");
+        assert_eq!(groups.at(c.expect("an index")).map(|g| &*g.name), Some("c"));
+        assert_eq!(groups.index("b"), b);
+        let names: Vec<&str> = groups.values().map(|g| &*g.name).collect();
+        assert_eq!(names.len(), 2);
+    }
+
+    #[test]
+    fn a_process_moves_between_one_group_and_several() {
+        let mut procs = LocalProcs::new(7);
+        let id = u64::MAX - 1; // both halves of the packed id matter
+        procs.insert(id, 3);
+        procs.insert(id, 3);
+        procs.insert(id, 5);
+        procs.insert(9, 1);
+        procs.remove(id, 4); // not one of its groups: nothing changes
+        let mut groups: Vec<u32> = procs.take(id).collect();
+        groups.sort_unstable();
+        assert_eq!(groups, [3, 5]);
+        assert_eq!(procs.take(id).count(), 0, "taken once");
+        procs.remove(9, 1);
+        assert_eq!(
+            procs.take(9).count(),
+            0,
+            "the last group removed drops the process"
+        );
+    }
+}
