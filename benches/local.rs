@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{
-    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+    BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
 use procgroups::{Inbox, Instance, Node, Process, ScopeConfig, Subscription};
 
@@ -84,6 +84,33 @@ fn join_leave(c: &mut Criterion) {
         assert!(me.pg.get_members("g").unwrap().is_empty());
         drop(me);
         drop(filler);
+    }
+    group.finish();
+}
+
+/// The exit of a process in `n` groups, each held by another process too (so the exit leaves
+/// the groups standing): the exit alone is timed, not the spawn and the joins before it.
+fn exit(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("exit");
+    for n in [1usize, 100, 1000] {
+        let node = node(&rt);
+        let names: Vec<String> = (0..n).map(|i| format!("exit-{i}")).collect();
+        let filler = member(&node);
+        filler.pg.join(&names).expect("filler join");
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &names, |b, names| {
+            b.iter_batched(
+                || {
+                    let m = member(&node);
+                    m.pg.join(names).expect("join");
+                    m
+                },
+                drop,
+                BatchSize::SmallInput,
+            );
+        });
+        assert_eq!(filler.pg.get_members(&names[0]).unwrap().len(), 1);
     }
     group.finish();
 }
@@ -365,6 +392,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = join_leave, join_batch, get_members, events_fanout, broadcast_local, send
+    targets = join_leave, exit, join_batch, get_members, events_fanout, broadcast_local, send
 }
 criterion_main!(benches);

@@ -1,11 +1,18 @@
-//! Group names and the tables of slots behind each group: per group, the nodes with members in
-//! it; per node, its processes' slot counts (inline for the common single process); per local
-//! process, the groups it is in.
+//! Group names and the tables of slots behind each group: the groups by name, each at an index
+//! of its own; per group, the nodes with members in it; per node, its processes' slot counts
+//! (inline for the common single process); per local process, the indices of the groups it is
+//! in.
+//!
+//! Every membership slot is in two tables (a group's processes, a process's groups), so that a
+//! join, a leave and an exit are each O(1) per group; their entries are kept small (12 bytes:
+//! an id stored as two `u32`s and a `u32`), because at 1M entries a table sits just past a
+//! power-of-two resize and holds about two buckets per entry.
 
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use foldhash::fast::FixedState;
-use hashbrown::{HashMap, HashSet};
+use hashbrown::{HashMap, HashSet, HashTable};
 
 use crate::vocab::members::Members;
 use crate::vocab::meta::Meta;
@@ -44,6 +51,27 @@ pub(crate) fn wire_group_problem(name: &str) -> Option<&'static str> {
     }
 }
 
+/// A process id stored as two `u32`s, so that a table entry of an id and a `u32` takes 12
+/// bytes, not the 16 bytes a `(u64, u32)` pads to. Hashed as the `u64` it stands for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PackedId([u32; 2]);
+
+impl PackedId {
+    pub(crate) fn new(id: u64) -> Self {
+        Self([id as u32, (id >> 32) as u32])
+    }
+
+    pub(crate) fn get(self) -> u64 {
+        u64::from(self.0[0]) | (u64::from(self.0[1]) << 32)
+    }
+}
+
+impl Hash for PackedId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.get());
+    }
+}
+
 pub(crate) struct NodeSlots {
     pub(crate) node: u32,
     pub(crate) slots: usize,
@@ -54,21 +82,21 @@ pub(crate) struct NodeSlots {
 /// common case of a process alone in its group on that node), a map beyond.
 pub(crate) enum Ids {
     One(u64, u32),
-    Many(Map<u64, u32>),
+    Many(Map<PackedId, u32>),
 }
 
 impl Ids {
     pub(crate) fn get(&self, id: u64) -> Option<u32> {
         match self {
             Ids::One(only, count) => (*only == id).then_some(*count),
-            Ids::Many(map) => map.get(&id).copied(),
+            Ids::Many(map) => map.get(&PackedId::new(id)).copied(),
         }
     }
 
     pub(crate) fn get_mut(&mut self, id: u64) -> Option<&mut u32> {
         match self {
             Ids::One(only, count) => (*only == id).then_some(count),
-            Ids::Many(map) => map.get_mut(&id),
+            Ids::Many(map) => map.get_mut(&PackedId::new(id)),
         }
     }
 
@@ -87,13 +115,13 @@ impl Ids {
             }
             Ids::One(only, count) => {
                 let mut map = Map::with_capacity_and_hasher(4, FixedState::with_seed(seed));
-                map.insert(*only, *count);
-                map.insert(id, n);
+                map.insert(PackedId::new(*only), *count);
+                map.insert(PackedId::new(id), n);
                 *self = Ids::Many(map);
                 true
             }
             Ids::Many(map) => {
-                let count = map.entry(id).or_insert(0);
+                let count = map.entry(PackedId::new(id)).or_insert(0);
                 let fresh = *count == 0;
                 *count += n;
                 fresh
@@ -106,7 +134,7 @@ impl Ids {
             Ids::One(only, count) if *only == id => *count = 0,
             Ids::One(..) => {}
             Ids::Many(map) => {
-                map.remove(&id);
+                map.remove(&PackedId::new(id));
             }
         }
     }
@@ -114,7 +142,7 @@ impl Ids {
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
         let (one, many) = match self {
             Ids::One(id, count) => (Some((*id, *count)).filter(|(_, c)| *c > 0), None),
-            Ids::Many(map) => (None, Some(map.iter().map(|(i, c)| (*i, *c)))),
+            Ids::Many(map) => (None, Some(map.iter().map(|(i, c)| (i.get(), *c)))),
         };
         one.into_iter().chain(many.into_iter().flatten())
     }
@@ -151,45 +179,186 @@ pub(crate) fn push_slots(out: &mut Vec<(u32, u64)>, slots: &NodeSlots) {
     }
 }
 
-/// The groups a local process has slots in: inline for the common case of one group, so a
-/// process in a single group costs no allocation of its own.
-pub(crate) enum ProcGroups {
-    One(GroupName),
-    Many(Box<Set<GroupName>>),
+/// The groups by name, each at an index that stays its own while the group exists (a freed
+/// index is taken again by a later group). The per-process table refers to a group by its
+/// index: 4 bytes, not a 16-byte shared name.
+pub(crate) struct Groups {
+    /// Indices into `slab`, hashed by the name of the group there: the name is not stored
+    /// twice.
+    by_name: HashTable<u32>,
+    slab: Vec<Option<GroupState>>,
+    free: Vec<u32>,
+    hasher: FixedState,
 }
 
-impl ProcGroups {
-    pub(crate) fn insert(&mut self, name: GroupName, seed: u64) {
-        match self {
-            ProcGroups::One(first) if *first == name => {}
-            ProcGroups::One(first) => {
-                let mut set = Set::with_hasher(FixedState::with_seed(seed));
-                set.insert(first.clone());
-                set.insert(name);
-                *self = ProcGroups::Many(Box::new(set));
+impl Groups {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self {
+            by_name: HashTable::new(),
+            slab: Vec::new(),
+            free: Vec::new(),
+            hasher: FixedState::with_seed(seed),
+        }
+    }
+
+    /// The number of groups.
+    pub(crate) fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub(crate) fn index(&self, name: &str) -> Option<u32> {
+        let slab = &self.slab;
+        self.by_name
+            .find(self.hasher.hash_one(name), |i| Self::is(slab, *i, name))
+            .copied()
+    }
+
+    fn is(slab: &[Option<GroupState>], index: u32, name: &str) -> bool {
+        slab.get(index as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|g| &*g.name == name)
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&GroupState> {
+        self.at(self.index(name)?)
+    }
+
+    pub(crate) fn get_mut(&mut self, name: &str) -> Option<&mut GroupState> {
+        let index = self.index(name)?;
+        self.at_mut(index)
+    }
+
+    pub(crate) fn at(&self, index: u32) -> Option<&GroupState> {
+        self.slab.get(index as usize)?.as_ref()
+    }
+
+    pub(crate) fn at_mut(&mut self, index: u32) -> Option<&mut GroupState> {
+        self.slab.get_mut(index as usize)?.as_mut()
+    }
+
+    /// Every group, in no particular order.
+    pub(crate) fn values(&self) -> impl Iterator<Item = &GroupState> + '_ {
+        self.slab.iter().flatten()
+    }
+
+    /// The index of `name`, and whether the group is new: a new one is made empty. `None`
+    /// when every `u32` index is taken (the limit checks before refuse that many groups).
+    pub(crate) fn get_or_insert(&mut self, name: &str) -> Option<(u32, Fresh)> {
+        let hash = self.hasher.hash_one(name);
+        let slab = &self.slab;
+        if let Some(index) = self.by_name.find(hash, |i| Self::is(slab, *i, name)) {
+            return Some((*index, Fresh::No));
+        }
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => u32::try_from(self.slab.len()).ok()?,
+        };
+        let group = GroupState {
+            name: name.into(),
+            slots: 0,
+            nodes: Vec::new(),
+            members: None,
+            local: None,
+            meta: None,
+        };
+        match self.slab.get_mut(index as usize) {
+            Some(slot) => *slot = Some(group),
+            None => self.slab.push(Some(group)),
+        }
+        let (slab, hasher) = (&self.slab, &self.hasher);
+        self.by_name.insert_unique(hash, index, |i| {
+            hasher.hash_one(slab[*i as usize].as_ref().map_or("", |g| &*g.name))
+        });
+        Some((index, Fresh::Yes))
+    }
+
+    /// Removes the group at `index`; its index may be taken again.
+    pub(crate) fn remove(&mut self, index: u32) {
+        let Some(group) = self.slab.get_mut(index as usize).and_then(Option::take) else {
+            return;
+        };
+        let hash = self.hasher.hash_one(&*group.name);
+        if let Ok(entry) = self.by_name.find_entry(hash, |i| *i == index) {
+            entry.remove();
+        }
+        self.free.push(index);
+    }
+}
+
+/// Whether [`Groups::get_or_insert`] made the group.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fresh {
+    Yes,
+    No,
+}
+
+/// Local process id → the indices of the groups it has slots in (the counts live in the
+/// groups). A process in one group (the common case) is a 12-byte entry of `one`; a process in
+/// several is in `many` instead, with a set of its groups. A process is in one of the two
+/// tables or in neither.
+pub(crate) struct LocalProcs {
+    one: Map<PackedId, u32>,
+    many: Map<u64, Set<u32>>,
+    seed: u64,
+}
+
+impl LocalProcs {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self {
+            one: Map::with_hasher(FixedState::with_seed(seed)),
+            many: Map::with_hasher(FixedState::with_seed(seed)),
+            seed,
+        }
+    }
+
+    /// Notes that `id` has slots in the group at `group`.
+    pub(crate) fn insert(&mut self, id: u64, group: u32) {
+        if let Some(set) = self.many.get_mut(&id) {
+            set.insert(group);
+            return;
+        }
+        match self.one.entry(PackedId::new(id)) {
+            hashbrown::hash_map::Entry::Vacant(e) => {
+                e.insert(group);
             }
-            ProcGroups::Many(set) => {
-                set.insert(name);
+            hashbrown::hash_map::Entry::Occupied(e) if *e.get() == group => {}
+            hashbrown::hash_map::Entry::Occupied(e) => {
+                let first = e.remove();
+                let mut set = Set::with_hasher(FixedState::with_seed(self.seed));
+                set.insert(first);
+                set.insert(group);
+                self.many.insert(id, set);
             }
         }
     }
 
-    /// Removes `name`; `true` when no group is left.
-    pub(crate) fn remove(&mut self, name: &str) -> bool {
-        match self {
-            ProcGroups::One(only) => &**only == name,
-            ProcGroups::Many(set) => {
-                set.remove(name);
-                set.is_empty()
+    /// Notes that `id` has no slot left in the group at `group`; a process left in no group is
+    /// dropped.
+    pub(crate) fn remove(&mut self, id: u64, group: u32) {
+        match self.one.entry(PackedId::new(id)) {
+            hashbrown::hash_map::Entry::Occupied(e) if *e.get() == group => {
+                e.remove();
+            }
+            hashbrown::hash_map::Entry::Occupied(_) => {}
+            hashbrown::hash_map::Entry::Vacant(_) => {
+                if let Some(set) = self.many.get_mut(&id) {
+                    set.remove(&group);
+                    if set.is_empty() {
+                        self.many.remove(&id);
+                    }
+                }
             }
         }
     }
 
-    pub(crate) fn into_names(self) -> Vec<GroupName> {
-        match self {
-            ProcGroups::One(name) => vec![name],
-            ProcGroups::Many(set) => set.into_iter().collect(),
-        }
+    /// Drops `id`, with the indices of the groups it was in.
+    pub(crate) fn take(&mut self, id: u64) -> impl Iterator<Item = u32> + use<> {
+        let one = self.one.remove(&PackedId::new(id));
+        let many = match one {
+            Some(_) => None,
+            None => self.many.remove(&id),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
     }
 }
 
@@ -197,4 +366,46 @@ pub(crate) fn sorted(names: impl Iterator<Item = GroupName>) -> Arc<[GroupName]>
     let mut v: Vec<GroupName> = names.collect();
     v.sort_unstable();
     v.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_freed_group_index_is_taken_again_and_the_old_name_is_gone() {
+        let mut groups = Groups::new(7);
+        let a = groups.get_or_insert("a").map(|(i, _)| i);
+        let b = groups.get_or_insert("b").map(|(i, _)| i);
+        assert!(groups.get_or_insert("a") == a.map(|i| (i, Fresh::No)));
+        groups.remove(a.expect("an index"));
+        assert_eq!((groups.len(), groups.index("a")), (1, None));
+        let c = groups.get_or_insert("c").map(|(i, _)| i);
+        assert_eq!(c, a, "the freed index is reused");
+        assert_eq!(groups.at(c.expect("an index")).map(|g| &*g.name), Some("c"));
+        assert_eq!(groups.index("b"), b);
+        let names: Vec<&str> = groups.values().map(|g| &*g.name).collect();
+        assert_eq!(names.len(), 2);
+    }
+
+    #[test]
+    fn a_process_moves_between_one_group_and_several() {
+        let mut procs = LocalProcs::new(7);
+        let id = u64::MAX - 1; // both halves of the packed id matter
+        procs.insert(id, 3);
+        procs.insert(id, 3);
+        procs.insert(id, 5);
+        procs.insert(9, 1);
+        procs.remove(id, 4); // not one of its groups: nothing changes
+        let mut groups: Vec<u32> = procs.take(id).collect();
+        groups.sort_unstable();
+        assert_eq!(groups, [3, 5]);
+        assert_eq!(procs.take(id).count(), 0, "taken once");
+        procs.remove(9, 1);
+        assert_eq!(
+            procs.take(9).count(),
+            0,
+            "the last group removed drops the process"
+        );
+    }
 }

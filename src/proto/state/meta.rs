@@ -33,13 +33,7 @@ impl ScopeCore {
     ) -> Result<(), LimitError> {
         self.check_meta(name, &meta)?;
         self.check_join(id, &[name])?;
-        let seed = self.hash_seed;
-        let added = self.add(LOCAL, name, id, 1, Some(meta));
-        if added.id_fresh
-            && let Some(name) = added.name
-        {
-            self.note_local_group(id, name, seed);
-        }
+        self.add_local(name, id, Some(meta))?;
         self.local_changed();
         Ok(())
     }

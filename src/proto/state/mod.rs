@@ -2,7 +2,8 @@
 //!
 //! Layout: groups map to the nodes that have members in them, and each node to its processes'
 //! slot counts. Nodes are interned (`u32`; the local node is 0), so a slot costs a few bytes,
-//! not a `PeerId`. Member lists are built on the first read after a change and cached, so a
+//! not a `PeerId`; groups too (`Groups`), so that a local process's groups are `u32` indices,
+//! not shared names. Member lists are built on the first read after a change and cached, so a
 //! burst of joins costs nothing until somebody reads.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -13,7 +14,7 @@ use foldhash::fast::FixedState;
 use libp2p::PeerId;
 
 use super::groups::{
-    GroupName, GroupState, Ids, Map, NodeSlots, ProcGroups, Set, push_slots, sorted,
+    Fresh, GroupName, GroupState, Groups, Ids, LocalProcs, Map, NodeSlots, Set, push_slots, sorted,
 };
 use super::input::{Change, Input, LimitError, Outcome, Output, Refusal};
 use super::messages::{Delta, Op, Version};
@@ -41,6 +42,8 @@ const DELTA_OVERHEAD: usize = 96;
 pub(crate) const REORDER_WINDOW: Duration = Duration::from_millis(250);
 /// Early deltas held per origin, at most; one more pulls its state at once.
 pub(crate) const REORDER_CAPACITY: usize = 64;
+/// The most groups a core holds whatever the configuration: each has a `u32` index.
+const MAX_GROUP_INDICES: usize = u32::MAX as usize;
 /// Deltas are cut below this many bytes (well under gossipsub's
 /// `BehaviourConfig::max_transmit_size`).
 pub(crate) const MAX_DELTA_BYTES: usize = 60 * 1024;
@@ -133,9 +136,9 @@ pub(crate) struct ScopeCore {
     /// seen (rare), never shrunk.
     nodes: Arc<[PeerId]>,
     node_index: Map<PeerId, u32>,
-    groups: Map<GroupName, GroupState>,
+    groups: Groups,
     /// Local process id → the groups it has slots in (the counts live in the groups).
-    local_procs: Map<u64, ProcGroups>,
+    local_procs: LocalProcs,
     origins: Map<u32, OriginState>,
     pending: Vec<Op>,
     pending_names: Vec<GroupName>,
@@ -182,8 +185,8 @@ impl ScopeCore {
             publishing: false,
             nodes: vec![local].into(),
             node_index,
-            groups: Map::with_hasher(hasher()),
-            local_procs: Map::with_hasher(hasher()),
+            groups: Groups::new(seed),
+            local_procs: LocalProcs::new(seed),
             origins: Map::with_hasher(hasher()),
             pending: Vec::new(),
             pending_names: Vec::new(),
@@ -313,30 +316,41 @@ impl ScopeCore {
     /// Names must be valid. Refused when a limit would be exceeded.
     fn on_join(&mut self, id: u64, names: &[&str]) -> Result<(), LimitError> {
         self.check_join(id, names)?;
-        let seed = self.hash_seed;
         for name in names {
-            let added = self.add(LOCAL, name, id, 1, None);
-            if added.id_fresh
-                && let Some(name) = added.name
-            {
-                self.note_local_group(id, name, seed);
-            }
+            self.add_local(name, id, None)?;
         }
         self.local_changed();
         Ok(())
     }
 
-    fn note_local_group(&mut self, id: u64, name: GroupName, seed: u64) {
-        match self.local_procs.entry(id) {
-            hashbrown::hash_map::Entry::Occupied(mut e) => e.get_mut().insert(name, seed),
-            hashbrown::hash_map::Entry::Vacant(e) => {
-                e.insert(ProcGroups::One(name));
-            }
+    /// Adds one slot of local process `id` to `name`, and the group to the process's, after
+    /// the limit checks. Refused only when no group index is left, which `check_join` rules
+    /// out first.
+    fn add_local(&mut self, name: &str, id: u64, meta: Option<Meta>) -> Result<(), LimitError> {
+        let added = self
+            .add(LOCAL, name, id, 1, meta)
+            .ok_or_else(|| LimitError {
+                limit: Limit::MaxGroups,
+                group: name.to_owned(),
+                max: MAX_GROUP_INDICES,
+            })?;
+        if added.id_fresh {
+            self.local_procs.insert(id, added.group);
+        }
+        Ok(())
+    }
+
+    /// The most groups this node holds: the configured `max_groups`, and never more than a
+    /// `u32` indexes.
+    fn max_groups(&self) -> usize {
+        match self.cfg.max_groups {
+            0 => MAX_GROUP_INDICES,
+            max => max.min(MAX_GROUP_INDICES),
         }
     }
 
     fn check_join(&self, id: u64, names: &[&str]) -> Result<(), LimitError> {
-        let (max_groups, max_members) = (self.cfg.max_groups, self.cfg.max_members_per_group);
+        let (max_groups, max_members) = (self.max_groups(), self.cfg.max_members_per_group);
         // Occurrences per distinct name, in first-seen order (the error names the first group
         // that does not fit). A scan for small batches, a map for large ones.
         let mut tally: Vec<(&str, usize)> = Vec::with_capacity(names.len());
@@ -372,7 +386,7 @@ impl ScopeCore {
                 Some(g) => g.slots,
                 None => {
                     new_groups += 1;
-                    if max_groups != 0 && self.groups.len() + new_groups > max_groups {
+                    if self.groups.len() + new_groups > max_groups {
                         return Err(LimitError {
                             limit: Limit::MaxGroups,
                             group: name.to_owned(),
@@ -403,11 +417,8 @@ impl ScopeCore {
                 continue;
             }
             left += 1;
-            if removed.id_gone
-                && let Some(groups) = self.local_procs.get_mut(&id)
-                && groups.remove(name)
-            {
-                self.local_procs.remove(&id);
+            if removed.id_gone {
+                self.local_procs.remove(id, removed.group);
             }
         }
         if left > 0 {
@@ -418,12 +429,13 @@ impl ScopeCore {
 
     /// Removes every slot of `id` in every group, in one change.
     fn on_exit(&mut self, id: u64) {
-        let Some(groups) = self.local_procs.remove(&id) else {
+        let mut groups = self.local_procs.take(id).peekable();
+        if groups.peek().is_none() {
             return;
-        };
-        for name in groups.into_names() {
-            let n = self.groups.get(&name).map_or(0, |g| g.count(LOCAL, id));
-            self.remove(LOCAL, &name, id, n);
+        }
+        for group in groups {
+            let n = self.groups.at(group).map_or(0, |g| g.count(LOCAL, id));
+            self.remove_at(LOCAL, group, id, n);
         }
         self.local_changed();
     }
@@ -490,7 +502,14 @@ impl ScopeCore {
     pub(crate) fn which_groups(&mut self) -> Arc<[GroupName]> {
         let groups = &self.groups;
         self.groups_cache
-            .get_or_insert_with(|| sorted(groups.keys().filter(|n| !is_name_group(n)).cloned()))
+            .get_or_insert_with(|| {
+                sorted(
+                    groups
+                        .values()
+                        .filter(|g| !is_name_group(&g.name))
+                        .map(|g| g.name.clone()),
+                )
+            })
             .clone()
     }
 
@@ -545,29 +564,17 @@ impl ScopeCore {
 
     /// Adds `n` slots of `(node, id)` to `name`, without limit checks; `meta`, if given,
     /// replaces the process's metadata there.
-    fn add(&mut self, node: u32, name: &str, id: u64, n: u32, meta: Option<Meta>) -> Added {
+    /// `None` only when no group index is left, which the limit checks before rule out.
+    fn add(&mut self, node: u32, name: &str, id: u64, n: u32, meta: Option<Meta>) -> Option<Added> {
         let seed = self.hash_seed;
-        let group = match self.groups.entry_ref(name) {
-            hashbrown::hash_map::EntryRef::Occupied(e) => e.into_mut(),
-            hashbrown::hash_map::EntryRef::Vacant(e) => {
-                let key: GroupName = name.into();
-                self.groups_cache = None;
-                if is_name_group(name) {
-                    self.name_groups += 1;
-                }
-                e.insert_with_key(
-                    key.clone(),
-                    GroupState {
-                        name: key,
-                        slots: 0,
-                        nodes: Vec::new(),
-                        members: None,
-                        local: None,
-                        meta: None,
-                    },
-                )
+        let (index, fresh) = self.groups.get_or_insert(name)?;
+        if fresh == Fresh::Yes {
+            self.groups_cache = None;
+            if is_name_group(name) {
+                self.name_groups += 1;
             }
-        };
+        }
+        let group = self.groups.at_mut(index)?;
         let pos = match group.nodes.iter().position(|s| s.node == node) {
             Some(pos) => pos,
             None => {
@@ -621,21 +628,26 @@ impl ScopeCore {
         if publish && let Some(name) = &name {
             self.queue_op(name, id, i64::from(n), published_meta);
         }
-        Added {
+        Some(Added {
             name: name.filter(|_| node_fresh || id_fresh),
+            group: index,
             node_fresh,
             id_fresh,
-        }
+        })
     }
 
     /// Removes up to `n` slots of `(node, id)` from `name`.
     fn remove(&mut self, node: u32, name: &str, id: u64, n: u32) -> Removed {
-        let nothing = Removed {
-            count: 0,
-            id_gone: false,
-            node_gone: false,
-        };
-        let Some(group) = self.groups.get_mut(name) else {
+        match self.groups.index(name) {
+            Some(index) => self.remove_at(node, index, id, n),
+            None => Removed::NOTHING,
+        }
+    }
+
+    /// Removes up to `n` slots of `(node, id)` from the group at `index`.
+    fn remove_at(&mut self, node: u32, index: u32, id: u64, n: u32) -> Removed {
+        let nothing = Removed::NOTHING;
+        let Some(group) = self.groups.at_mut(index) else {
             return nothing;
         };
         let Some(pos) = group.nodes.iter().position(|s| s.node == node) else {
@@ -699,7 +711,7 @@ impl ScopeCore {
         let name = (emptied || publish).then(|| group.name.clone());
         if let Some(name) = name {
             if emptied {
-                self.groups.remove(name.as_ref());
+                self.groups.remove(index);
                 self.groups_cache = None;
                 if named {
                     self.name_groups -= 1;
@@ -711,6 +723,7 @@ impl ScopeCore {
         }
         Removed {
             count: removed,
+            group: index,
             id_gone,
             node_gone: gone,
         }
@@ -787,6 +800,8 @@ impl ScopeCore {
 struct Added {
     /// The group's shared name, when the node or the process is new to it.
     name: Option<GroupName>,
+    /// The group's index.
+    group: u32,
     /// The node had no slot in the group before.
     node_fresh: bool,
     /// The process had no slot in the group before.
@@ -797,10 +812,21 @@ struct Added {
 struct Removed {
     /// Slots removed.
     count: u32,
+    /// The group's index (free again if the group emptied).
+    group: u32,
     /// The process has no slot left in the group.
     id_gone: bool,
     /// The node has no slot left in the group.
     node_gone: bool,
+}
+
+impl Removed {
+    const NOTHING: Self = Self {
+        count: 0,
+        group: 0,
+        id_gone: false,
+        node_gone: false,
+    };
 }
 
 impl ScopeCore {

@@ -89,11 +89,8 @@ impl ScopeCore {
         {
             self.set_meta(LOCAL, &group, id, Some(claim));
         } else {
-            let seed = self.hash_seed;
-            let added = self.add(LOCAL, &group, id, 1, Some(claim));
-            if let Some(name) = added.name {
-                self.note_local_group(id, name, seed);
-            }
+            self.add_local(&group, id, Some(claim))
+                .map_err(Refusal::Limit)?;
         }
         self.local_changed();
         Ok(())
@@ -115,11 +112,9 @@ impl ScopeCore {
     }
 
     fn drop_claim(&mut self, id: u64, group: &str, held: u32) {
-        self.remove(LOCAL, group, id, held);
-        if let Some(groups) = self.local_procs.get_mut(&id)
-            && groups.remove(group)
-        {
-            self.local_procs.remove(&id);
+        let removed = self.remove(LOCAL, group, id, held);
+        if removed.id_gone {
+            self.local_procs.remove(id, removed.group);
         }
     }
 
@@ -136,7 +131,7 @@ impl ScopeCore {
             };
             let losers: Vec<(u64, u32)> = self
                 .groups
-                .get(&*group)
+                .get(&group)
                 .and_then(|g| g.node(LOCAL))
                 .map(|n| {
                     n.ids

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 
-use super::{OriginState, ScopeCore};
+use super::{Added, OriginState, ScopeCore};
 use bytes::Bytes;
 
 use crate::proto::groups::{GroupName, Map, Set, wire_group_problem};
@@ -174,11 +174,17 @@ impl ScopeCore {
             );
         }
         if room > 0 {
-            let added = self.add(node, name, id, room, meta);
-            if added.node_fresh
-                && let Some(name) = added.name
-            {
-                origin.groups.insert(name);
+            // `room` is 0 when no group index is left, so `add` finds one.
+            match self.add(node, name, id, room, meta) {
+                Some(Added {
+                    node_fresh: true,
+                    name: Some(name),
+                    ..
+                }) => {
+                    origin.groups.insert(name);
+                }
+                Some(_) => {}
+                None => self.stats.slots_refused += u64::from(room),
             }
         }
     }
@@ -203,14 +209,12 @@ impl ScopeCore {
     /// How many of `n` new slots of `name` the limits let this node hold.
     pub(super) fn room(&self, name: &str, n: u32) -> u32 {
         let max_members = self.cfg.max_members_per_group;
-        if max_members == 0 && self.cfg.max_groups == 0 {
+        if max_members == 0 && self.groups.len() < self.max_groups() {
             return n;
         }
         let current = match self.groups.get(name) {
             Some(g) => g.slots,
-            None if self.cfg.max_groups != 0 && self.groups.len() >= self.cfg.max_groups => {
-                return 0;
-            }
+            None if self.groups.len() >= self.max_groups() => return 0,
             None => 0,
         };
         if max_members == 0 {
