@@ -712,7 +712,10 @@ mod tests {
     fn a_wanted_peer_gets_one_stream_and_its_frames_are_bounded() {
         let mut streams = small();
         let peer = PeerId::random();
-        assert_eq!(streams.send(peer, Bytes::from_static(b"x")), Err(NotSent::NotOpen));
+        assert_eq!(
+            streams.send(peer, Bytes::from_static(b"x")),
+            Err(NotSent::NotOpen)
+        );
         let c1 = connect(&mut streams, peer, 1);
         assert!(opens_on(&drain(&mut streams)).is_empty(), "not wanted yet");
         streams.want(peer);
@@ -720,7 +723,10 @@ mod tests {
         // A second connection opens nothing more, and frames wait for the stream.
         connect(&mut streams, peer, 2);
         assert!(opens_on(&drain(&mut streams)).is_empty());
-        assert_eq!(streams.send(peer, Bytes::from_static(b"x")), Err(NotSent::NotOpen));
+        assert_eq!(
+            streams.send(peer, Bytes::from_static(b"x")),
+            Err(NotSent::NotOpen)
+        );
         streams.on_connection_handler_event(peer, c1, HandlerEvent::Opened);
         assert!(streams.is_open(&peer));
         assert!(matches!(
@@ -731,7 +737,10 @@ mod tests {
         // Two frames wait at most; a written one makes room; an oversized one never goes.
         assert_eq!(streams.send(peer, Bytes::from_static(b"1")), Ok(()));
         assert_eq!(streams.send(peer, Bytes::from_static(b"2")), Ok(()));
-        assert_eq!(streams.send(peer, Bytes::from_static(b"3")), Err(NotSent::Full));
+        assert_eq!(
+            streams.send(peer, Bytes::from_static(b"3")),
+            Err(NotSent::Full)
+        );
         streams.on_connection_handler_event(peer, c1, HandlerEvent::Written { frames: 1 });
         assert_eq!(streams.send(peer, Bytes::from_static(b"3")), Ok(()));
         assert_eq!(
@@ -795,9 +804,15 @@ mod tests {
         streams.on_connection_handler_event(peer, c2, HandlerEvent::Failed { frames: 1 });
         assert!(matches!(
             drain(&mut streams)[..],
-            [ToSwarm::GenerateEvent(DeltaStreamEvent::Closed { lost_frames: 1, .. })]
+            [ToSwarm::GenerateEvent(DeltaStreamEvent::Closed {
+                lost_frames: 1,
+                ..
+            })]
         ));
-        assert_eq!(streams.send(peer, Bytes::from_static(b"4")), Err(NotSent::NotOpen));
+        assert_eq!(
+            streams.send(peer, Bytes::from_static(b"4")),
+            Err(NotSent::NotOpen)
+        );
         assert_eq!(opens_on(&drain(&mut streams)), vec![c2]);
 
         // A peer that refuses the protocol is not asked again on that connection.
@@ -808,6 +823,9 @@ mod tests {
         );
         assert!(opens_on(&drain(&mut streams)).is_empty());
         disconnect(&mut streams, peer, c2, 0);
-        assert_eq!(streams.send(peer, Bytes::from_static(b"6")), Err(NotSent::NotOpen));
+        assert_eq!(
+            streams.send(peer, Bytes::from_static(b"6")),
+            Err(NotSent::NotOpen)
+        );
     }
 }
