@@ -1197,45 +1197,20 @@ async fn latency(
     let join_median = median(&mut joins);
     let ratio = join_median / floor_median;
     let stream_ratio = join_median / stream_median;
-    let floor_row = Row {
-        key: "gossipsub_floor",
-        measure: "raw gossipsub one way, app to app (floor, median)".into(),
-        shown: us(floor_median),
-        target: "—",
-        anchor: "—",
-        json: json!({
-            "median_us": floor_median / 1000.0,
-            "p10_us": percentile(&mut floor_app, 0.1) / 1000.0,
-            "p90_us": percentile(&mut floor_app, 0.9) / 1000.0,
-            "swarm_to_swarm_median_us": swarm_median / 1000.0,
-            "samples": floor_app.len(),
-            "notes": format!(
-                "{} sequential signed messages; swarm thread to swarm thread {}",
-                floor_app.len(),
-                us(swarm_median)
-            ),
-        }),
-    };
-    let stream_row = Row {
-        key: "stream_floor",
-        measure: "raw delta stream one way, app to app (floor, median)".into(),
-        shown: us(stream_median),
-        target: "—",
-        anchor: "—",
-        json: json!({
-            "median_us": stream_median / 1000.0,
-            "p10_us": percentile(&mut stream_app, 0.1) / 1000.0,
-            "p90_us": percentile(&mut stream_app, 0.9) / 1000.0,
-            "p99_us": percentile(&mut stream_app, 0.99) / 1000.0,
-            "swarm_to_swarm_median_us": stream_swarm_median / 1000.0,
-            "samples": stream_app.len(),
-            "notes": format!(
-                "{} sequential frames on /procgroups/deltas/1; swarm thread to swarm thread {}",
-                stream_app.len(),
-                us(stream_swarm_median)
-            ),
-        }),
-    };
+    let floor_row = floor_row_of(
+        "gossipsub_floor",
+        "raw gossipsub one way, app to app (floor, median)",
+        "sequential signed messages",
+        &mut floor_app,
+        swarm_median,
+    );
+    let stream_row = floor_row_of(
+        "stream_floor",
+        "raw delta stream one way, app to app (floor, median)",
+        "sequential frames on /procgroups/deltas/1",
+        &mut stream_app,
+        stream_swarm_median,
+    );
     let mut join_row = Row {
         key: "join_visible",
         measure: "a join on node A visible on node B (median)".into(),
@@ -1264,6 +1239,37 @@ async fn latency(
         map.insert("notes".into(), Value::String(net_cpu_text));
     }
     Ok((floor_row, stream_row, join_row))
+}
+
+/// A floor's row: the app-to-app times `app` (ns), the median of its swarm-to-swarm times.
+fn floor_row_of(
+    key: &'static str,
+    measure: &str,
+    what: &str,
+    app: &mut [f64],
+    swarm_median: f64,
+) -> Row {
+    let app_median = median(app);
+    Row {
+        key,
+        measure: measure.into(),
+        shown: us(app_median),
+        target: "—",
+        anchor: "—",
+        json: json!({
+            "median_us": app_median / 1000.0,
+            "p10_us": percentile(app, 0.1) / 1000.0,
+            "p90_us": percentile(app, 0.9) / 1000.0,
+            "p99_us": percentile(app, 0.99) / 1000.0,
+            "swarm_to_swarm_median_us": swarm_median / 1000.0,
+            "samples": app.len(),
+            "notes": format!(
+                "{} {what}; swarm thread to swarm thread {}",
+                app.len(),
+                us(swarm_median)
+            ),
+        }),
+    }
 }
 
 /// Medians and the spread of a throughput row's trials.

@@ -282,7 +282,9 @@ async fn metrics_count_members_deltas_and_deliveries() {
         (3, 5, 4)
     );
     assert_eq!(stats.peers, 1);
-    assert!(stats.deltas_sent >= 1, "{stats:?}");
+    // Two connected nodes: the deltas go on the delta stream, none on gossipsub.
+    assert!(stats.deltas_streamed >= 1, "{stats:?}");
+    assert_eq!(stats.deltas_sent, 0, "{stats:?}");
     assert_eq!(
         (
             stats.broadcasts,
@@ -330,6 +332,7 @@ async fn metrics_count_members_deltas_and_deliveries() {
         ("procgroups_frames_total{outcome=\"sent\"}".to_owned(), 1.0),
         ("procgroups_frames_total{outcome=\"lost\"}".to_owned(), 0.0),
         ("procgroups_frames_waiting".to_owned(), 0.0),
+        ("procgroups_delta_frames_lost_total".to_owned(), 0.0),
     ] {
         assert_eq!(sample(&m, &key), value, "{key}");
     }
@@ -339,6 +342,13 @@ async fn metrics_count_members_deltas_and_deliveries() {
             &format!("procgroups_deltas_total{{{scope},outcome=\"sent\"}}")
         ),
         stats.deltas_sent as f64
+    );
+    assert_eq!(
+        sample(
+            &m,
+            &format!("procgroups_deltas_total{{{scope},outcome=\"streamed\"}}")
+        ),
+        stats.deltas_streamed as f64
     );
     let m = scrape(&reg_b);
     assert_eq!(

@@ -178,10 +178,13 @@ pub enum Event {
 ///
 /// What it does:
 /// - **Deltas**: a local change wakes it; everything queued since its last turn goes out as
-///   one delta (cut below the core's `MAX_DELTA_BYTES`), so a single join is published at
-///   once and a burst batches itself. A delta is accepted (and forwarded by gossipsub) only if
-///   its origin is the message's signed source and the core takes it; otherwise it is
-///   rejected, and gossipsub does not forward it.
+///   one delta (cut below the core's `MAX_DELTA_BYTES`), so a single join is sent at once and
+///   a burst batches itself. It goes on the delta stream of every connected peer of the scope
+///   ([`DeltaStreams`](crate::behaviour::delta_stream::DeltaStreams)), and on gossipsub too
+///   while some peer of the scope has no stream. A delta is accepted only if its origin is the
+///   authenticated sender (the stream's peer, or the gossipsub message's signed source) and
+///   the core takes it; gossipsub forwards only what was accepted, and a streamed delta is
+///   never forwarded.
 /// - **Discover** on every new connection, both ways, at most `MAX_DISCOVERS_IN_FLIGHT` in
 ///   flight (the rest wait their turn), and again when the peer subscribes to a scope's topic
 ///   (a delta published between its sync and its subscription is not lost). The answer also
