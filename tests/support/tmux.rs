@@ -183,7 +183,13 @@ impl Tmux {
         }
     }
 
-    /// The exit status of the program, once it has exited.
+    /// The exit status of the program, once it has exited; 128 + the signal's number when a
+    /// signal killed it, as a shell reports it.
+    ///
+    /// A pane can be dead (its terminal closed) before tmux has its status: tmux 3.3 built
+    /// with libutempter puts utempter's own SIGCHLD handler in while it removes the pane's
+    /// utmp record on the terminal's close, and a program that exits then is never reaped
+    /// (tmux/tmux issue 311). Sending the server SIGCHLD again makes it reap the program.
     pub fn exit_status(&self) -> Option<i32> {
         let mut command = self.command();
         command.args([
@@ -191,12 +197,21 @@ impl Tmux {
             "-p",
             "-t",
             &self.name,
-            "#{pane_dead} #{pane_dead_status}",
+            "#{pane_dead}:#{pane_dead_status}:#{pane_dead_signal}:#{pid}",
         ]);
         let out = self.run(command, "read the pane's state");
         let state = String::from_utf8_lossy(&out.stdout);
-        match state.split_whitespace().collect::<Vec<_>>()[..] {
-            ["1", status] => status.parse().ok(),
+        match state.trim().split(':').collect::<Vec<_>>()[..] {
+            ["1", "", "", server] => {
+                // Best effort: the next look at the pane tells whether it worked.
+                Command::new("kill")
+                    .args(["-s", "CHLD", server])
+                    .status()
+                    .ok();
+                None
+            }
+            ["1", "", signal, _] => signal.parse::<i32>().ok().map(|signal| 128 + signal),
+            ["1", status, _, _] => status.parse().ok(),
             _ => None,
         }
     }
