@@ -76,7 +76,7 @@ pub use testing::fuzzing;
 pub use vocab::config;
 
 pub use app::calls::{CallResults, DEFAULT_CALL_TIMEOUT, Reply};
-pub use app::health::{HealthProblem, HealthStatus, PeerPaths, ScopeHealth};
+pub use app::health::{HealthProblem, HealthStatus, PeerPaths, RefusedSlots, ScopeHealth};
 pub use app::instance::{GroupNames, Instance};
 pub use app::mailbox::{Inbox, Message};
 pub use app::node::{DEFAULT_MAILBOX_CAPACITY, Node, NodeBuilder};

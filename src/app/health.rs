@@ -142,6 +142,23 @@ pub enum HealthProblem {
         /// `action_queue_max_size`.
         max: usize,
     },
+    /// Some peers' slots did not fit the budgets this node gives each peer
+    /// (`max_groups`, `max_members_per_group`): their members are missing from this node's
+    /// view. The state of such a peer is pulled again whenever it leaves slots, so the view
+    /// becomes whole once they fit. [`HealthStatus::Degraded`].
+    SlotsRefused {
+        /// The peers, the most refused first.
+        peers: Vec<RefusedSlots>,
+    },
+}
+
+/// A peer's slots that this node does not hold, see [`HealthProblem::SlotsRefused`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedSlots {
+    /// The peer whose processes the slots are of.
+    pub peer: PeerId,
+    /// How many slots are missing.
+    pub slots: u64,
 }
 
 impl HealthProblem {
@@ -149,9 +166,9 @@ impl HealthProblem {
     pub fn status(&self) -> HealthStatus {
         match self {
             HealthProblem::LoopStalled { .. } | HealthProblem::Stopped => HealthStatus::Unhealthy,
-            HealthProblem::Partitioned { .. } | HealthProblem::Backlog { .. } => {
-                HealthStatus::Degraded
-            }
+            HealthProblem::Partitioned { .. }
+            | HealthProblem::Backlog { .. }
+            | HealthProblem::SlotsRefused { .. } => HealthStatus::Degraded,
         }
     }
 }
@@ -175,6 +192,18 @@ impl fmt::Display for HealthProblem {
                 f,
                 "{queued} local changes wait for the network (action_queue_max_size {max})"
             ),
+            HealthProblem::SlotsRefused { peers } => {
+                let slots: u64 = peers.iter().map(|p| p.slots).sum();
+                write!(
+                    f,
+                    "{slots} slot(s) of {} peer(s) refused by max_groups or max_members_per_group",
+                    peers.len()
+                )?;
+                if let Some(first) = peers.first() {
+                    write!(f, " ({}: {})", first.peer, first.slots)?;
+                }
+                Ok(())
+            }
         }
     }
 }

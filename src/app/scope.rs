@@ -154,7 +154,10 @@ impl ScopeState {
     /// are for the network layer and wait in `for_net` until it takes them.
     fn flush(&mut self, dropped: &AtomicU64) {
         let mut run: Option<Run> = None;
-        let subscribers = &mut self.subscribers;
+        // The events of one input go out together after it: a subscriber's task wakes once
+        // for all of them rather than once per event while the rest are still being made.
+        let mut events = Vec::new();
+        let subscribers = &self.subscribers;
         while let Some(output) = self.core.poll_output() {
             let change = match output {
                 Output::Changed(change) => change,
@@ -179,7 +182,7 @@ impl ScopeState {
                 continue;
             }
             if let Some(run) = run.take() {
-                subscribers.publish(run.into_event(), dropped);
+                events.push(run.into_event());
             }
             if subscribers.wants(&change.group) {
                 run = Some(Run {
@@ -191,7 +194,10 @@ impl ScopeState {
             }
         }
         if let Some(run) = run {
-            subscribers.publish(run.into_event(), dropped);
+            events.push(run.into_event());
+        }
+        for event in events {
+            self.subscribers.publish(event, dropped);
         }
         let record = !self.subscribers.is_empty();
         self.core.set_record_changes(record);
@@ -488,6 +494,11 @@ impl Scope {
     /// Local changes waiting for the network.
     pub(crate) fn queued_deltas(&self) -> usize {
         self.lock().core.queued_deltas()
+    }
+
+    /// Peers some of whose slots this node refused by their budgets, and how many each.
+    pub(crate) fn refused_slots(&self) -> Vec<(libp2p::PeerId, u64)> {
+        self.lock().core.refused_slots()
     }
 
     /// The scope's figures: sizes and the core's counters read under one lock.

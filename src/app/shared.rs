@@ -11,7 +11,7 @@ use libp2p::PeerId;
 use bytes::Bytes;
 
 use crate::app::calls::{CallRef, Calls, ReplyRoute};
-use crate::app::health::{HealthProblem, PeerPaths, ScopeHealth};
+use crate::app::health::{HealthProblem, PeerPaths, RefusedSlots, ScopeHealth};
 use crate::app::mailbox::{Mailroom, Message, ProcessShared, ProcessTable};
 use crate::app::metrics::MetricsSource;
 use crate::app::scope::Scope;
@@ -143,6 +143,15 @@ impl NodeShared {
         let max = scope.config.action_queue_max_size();
         if queued >= max {
             problems.push(HealthProblem::Backlog { queued, max });
+        }
+        let refused = scope.refused_slots();
+        if !refused.is_empty() {
+            problems.push(HealthProblem::SlotsRefused {
+                peers: refused
+                    .into_iter()
+                    .map(|(peer, slots)| RefusedSlots { peer, slots })
+                    .collect(),
+            });
         }
         ScopeHealth::new(scope.id.to_string(), problems, paths)
     }

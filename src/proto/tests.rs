@@ -493,11 +493,70 @@ fn limits_cap_what_peers_make_this_node_hold() {
     a.exit(2);
     relay(&mut a, &mut b);
     assert!(b.view().is_empty());
-    // Local joins count remote slots too.
+    // Each origin has budgets of its own: a's slots take nothing from b's local joins.
     a.join(1, &["g", "g", "g"]).unwrap();
+    a.join(2, &["h"]).unwrap();
     relay(&mut a, &mut b);
-    let err = b.join(9, &["g"]).unwrap_err();
-    assert_eq!(err.limit, crate::Limit::MaxMembersPerGroup);
+    b.join(9, &["g", "g", "g"]).unwrap();
+    b.join(9, &["i"]).unwrap();
+    assert_eq!(b.view()["g"].values().sum::<u32>(), 6);
+    // ... and the local budgets are the same as before, counted over b's own slots.
+    assert_eq!(
+        b.join(9, &["g"]).unwrap_err().limit,
+        crate::Limit::MaxMembersPerGroup
+    );
+    assert_eq!(
+        b.join(9, &["j"]).unwrap_err().limit,
+        crate::Limit::MaxGroups
+    );
+}
+
+#[test]
+fn one_origin_cannot_take_the_room_of_another() {
+    let mut cfg = config();
+    cfg.max_groups = 2;
+    let (mut hostile, mut honest, mut b) = (core(), core(), core_with(cfg));
+    hostile.join(1, &["h1", "h2", "h3"]).unwrap();
+    relay(&mut hostile, &mut b);
+    honest.join(1, &["x", "y"]).unwrap();
+    relay(&mut honest, &mut b);
+    assert_mirrors(&honest, &b);
+    assert_eq!(
+        b.refused_slots(),
+        vec![(hostile.local_peer(), 1)],
+        "only the origin over its budget is cut"
+    );
+}
+
+#[test]
+fn refused_slots_come_back_once_they_fit() {
+    let mut cfg = config();
+    cfg.max_groups = 2;
+    cfg.max_members_per_group = 2;
+    let (mut a, mut b) = (core(), core_with(cfg));
+    let sender = a.local_peer();
+    a.join(1, &["g", "h", "i"]).unwrap();
+    a.join(2, &["g", "g"]).unwrap();
+    relay(&mut a, &mut b);
+    assert_eq!(b.refused_slots(), vec![(sender, 2)], "i, and one slot of g");
+    assert_eq!(b.poll_request(), None, "nothing to pull while nothing fits");
+    // a leaves h and one of 2's slots of g: the versions agree, yet the state is pulled.
+    a.leave(1, &["h"]);
+    a.leave(2, &["g"]);
+    relay(&mut a, &mut b);
+    assert_eq!(b.poll_request(), Some(sender));
+    assert_eq!(
+        b.handle_sync(sender, a.sync_state(), T0),
+        Ok(SyncOutcome::Applied),
+        "a state of the applied version applies while slots are refused"
+    );
+    assert_mirrors(&a, &b);
+    assert_eq!(b.refused_slots(), vec![]);
+    // Once whole, a state of the same version is stale again.
+    assert_eq!(
+        b.handle_sync(sender, a.sync_state(), T0),
+        Ok(SyncOutcome::Stale)
+    );
 }
 
 #[test]

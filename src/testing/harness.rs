@@ -645,21 +645,28 @@ impl Session {
         assert_eq!(local.len(), local_total, "local_members({group:?})");
     }
 
+    /// Every node, this one and each peer, within its own budgets: at most `max_groups` groups
+    /// and `max_members_per_group` slots per group.
     fn check_limits(&self) {
-        if self.cfg.max_groups != 0 {
-            assert!(
-                self.view.len() <= self.cfg.max_groups,
-                "{} groups",
-                self.view.len()
-            );
+        let mut groups_of: BTreeMap<PeerId, usize> = BTreeMap::new();
+        for (name, members) in &self.view {
+            let mut slots_of: BTreeMap<PeerId, usize> = BTreeMap::new();
+            for (pid, slots) in members {
+                *slots_of.entry(pid.node()).or_default() += *slots as usize;
+            }
+            for (node, slots) in slots_of {
+                *groups_of.entry(node).or_default() += 1;
+                if self.cfg.max_members_per_group != 0 {
+                    assert!(
+                        slots <= self.cfg.max_members_per_group,
+                        "{slots} slots of {node} in {name:?}"
+                    );
+                }
+            }
         }
-        if self.cfg.max_members_per_group != 0 {
-            for (name, members) in &self.view {
-                let slots: usize = members.values().map(|s| *s as usize).sum();
-                assert!(
-                    slots <= self.cfg.max_members_per_group,
-                    "{slots} slots in {name:?}"
-                );
+        if self.cfg.max_groups != 0 {
+            for (node, groups) in groups_of {
+                assert!(groups <= self.cfg.max_groups, "{groups} groups of {node}");
             }
         }
     }

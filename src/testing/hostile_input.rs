@@ -3,6 +3,7 @@
 //! checks made after every input are listed in [`harness`](super::harness); the fuzz targets
 //! in `fuzz/` run the same checks for longer.
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -311,11 +312,21 @@ fn mutate(mut bytes: Vec<u8>, mutations: &[(usize, u8, u8)]) -> Vec<u8> {
     bytes
 }
 
+/// Every node within its own budgets of the tight limits: 6 groups, 12 slots per group.
 fn assert_limits(view: &View) {
-    assert!(view.len() <= 6, "{} groups", view.len());
+    let mut groups_of: BTreeMap<PeerId, usize> = BTreeMap::new();
     for (name, members) in view {
-        let slots: u64 = members.values().map(|s| u64::from(*s)).sum();
-        assert!(slots <= 12, "{slots} slots in {name:?}");
+        let mut slots_of: BTreeMap<PeerId, u64> = BTreeMap::new();
+        for (pid, slots) in members {
+            *slots_of.entry(pid.node()).or_default() += u64::from(*slots);
+        }
+        for (node, slots) in slots_of {
+            assert!(slots <= 12, "{slots} slots of {node} in {name:?}");
+            *groups_of.entry(node).or_default() += 1;
+        }
+    }
+    for (node, groups) in groups_of {
+        assert!(groups <= 6, "{groups} groups of {node}");
     }
 }
 

@@ -123,6 +123,13 @@ struct OriginState {
     needs_sync: bool,
     /// When the sync request in flight was sent.
     sync_requested: Option<Duration>,
+    /// The origin's slots this node does not hold because they did not fit the origin's
+    /// budgets (see `room`), counted since its last sync: its view of the origin is short of
+    /// the truth by this many.
+    refused: u64,
+    /// The origin left slots while some of its slots were refused: room may have come back,
+    /// so its state is pulled again.
+    room_freed: bool,
 }
 
 /// The state machine of one scope on one node. See the module docs.
@@ -152,6 +159,9 @@ pub(crate) struct ScopeCore {
     stats: CoreStats,
     slots: usize,
     local_slots: usize,
+    /// How many groups this node's own processes have slots in: what `max_groups` bounds for
+    /// local joins (remote origins have budgets of their own, see `room`).
+    local_groups: usize,
     /// How many of `groups` hold registered names (`proto::registry`), which no list or
     /// count of groups shows.
     name_groups: usize,
@@ -199,6 +209,7 @@ impl ScopeCore {
             stats: CoreStats::default(),
             slots: 0,
             local_slots: 0,
+            local_groups: 0,
             name_groups: 0,
             names_touched: Vec::new(),
         }
@@ -373,20 +384,26 @@ impl ScopeCore {
                 }
             }
         }
+        // Only this node's own slots count: what peers hold never takes a local budget.
         let mut new_groups = 0;
         for (name, k) in tally {
-            let current = match self.groups.get(name) {
-                Some(g) if u64::from(g.count(LOCAL, id)) + k as u64 > u64::from(u32::MAX) => {
-                    return Err(LimitError {
-                        limit: Limit::MaxMembersPerGroup,
-                        group: name.to_owned(),
-                        max: u32::MAX as usize,
-                    });
-                }
-                Some(g) => g.slots,
+            let group = self.groups.get(name);
+            if let Some(g) = group
+                && u64::from(g.count(LOCAL, id)) + k as u64 > u64::from(u32::MAX)
+            {
+                return Err(LimitError {
+                    limit: Limit::MaxMembersPerGroup,
+                    group: name.to_owned(),
+                    max: u32::MAX as usize,
+                });
+            }
+            let current = match group.and_then(|g| g.node(LOCAL)) {
+                Some(local) => local.slots,
                 None => {
                     new_groups += 1;
-                    if self.groups.len() + new_groups > max_groups {
+                    if self.local_groups + new_groups > max_groups
+                        || (group.is_none() && self.groups.len() + new_groups > MAX_GROUP_INDICES)
+                    {
                         return Err(LimitError {
                             limit: Limit::MaxGroups,
                             group: name.to_owned(),
@@ -559,6 +576,8 @@ impl ScopeCore {
             gap_since: None,
             needs_sync: false,
             sync_requested: None,
+            refused: 0,
+            room_freed: false,
         })
     }
 
@@ -598,6 +617,7 @@ impl ScopeCore {
             group.local = None;
             if node_fresh {
                 self.local_groups_cache = None;
+                self.local_groups += 1;
             }
         }
         let published_meta = match meta {
@@ -691,6 +711,7 @@ impl ScopeCore {
             group.local = None;
             if gone {
                 self.local_groups_cache = None;
+                self.local_groups -= 1;
             }
         }
         let named = is_name_group(&group.name);
@@ -792,6 +813,12 @@ impl ScopeCore {
         let total: usize = self.groups.values().map(|g| g.slots).sum();
         assert_eq!(self.sizes().slots, total, "the slot counter");
         assert_eq!(self.sizes().local_slots, local, "the local slot counter");
+        let local_groups = self
+            .groups
+            .values()
+            .filter(|g| g.node(LOCAL).is_some())
+            .count();
+        assert_eq!(self.local_groups, local_groups, "the local group counter");
         out
     }
 }

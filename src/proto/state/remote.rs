@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 
-use super::{Added, OriginState, ScopeCore};
+use super::{Added, MAX_GROUP_INDICES, OriginState, ScopeCore};
 use bytes::Bytes;
 
 use crate::proto::groups::{GroupName, Map, Set, wire_group_problem};
@@ -64,6 +64,11 @@ impl ScopeCore {
                 DeltaOutcome::Held
             }
         };
+        if std::mem::take(&mut origin.room_freed) {
+            // The versions say this node is up to date, but slots refused before may fit now:
+            // only the origin's full state says which.
+            self.want_sync(&mut origin, now);
+        }
         self.origins.insert(node, origin);
         Ok(outcome)
     }
@@ -163,9 +168,12 @@ impl ScopeCore {
         // A process holds at most u32::MAX slots of a group: a peer announcing more (only a
         // hostile one can) is refused the excess like a limit.
         let held = self.groups.get(name).map_or(0, |g| g.count(node, id));
-        let room = self.room(name, n).min(u32::MAX - held);
+        let room = self
+            .room(node, origin.groups.len(), name, n)
+            .min(u32::MAX - held);
         if room < n {
             self.stats.slots_refused += u64::from(n - room);
+            origin.refused += u64::from(n - room);
             tracing::warn!(
                 group = name,
                 origin = %origin.peer,
@@ -184,7 +192,10 @@ impl ScopeCore {
                     origin.groups.insert(name);
                 }
                 Some(_) => {}
-                None => self.stats.slots_refused += u64::from(room),
+                None => {
+                    self.stats.slots_refused += u64::from(room);
+                    origin.refused += u64::from(room);
+                }
             }
         }
     }
@@ -201,20 +212,27 @@ impl ScopeCore {
         if removed.count < n {
             self.stats.leaves_unmatched += u64::from(n - removed.count);
         }
+        if origin.refused > 0 {
+            origin.room_freed = true;
+        }
         if removed.node_gone {
             origin.groups.remove(name);
         }
     }
 
-    /// How many of `n` new slots of `name` the limits let this node hold.
-    pub(super) fn room(&self, name: &str, n: u32) -> u32 {
+    /// How many of `n` new slots of `name` the limits let this node hold for the origin at
+    /// `node`, which has slots in `origin_groups` groups here. Each origin has budgets of its
+    /// own, the same as the local processes': at most `max_groups` groups and
+    /// `max_members_per_group` slots in one group. What one peer holds never takes room from
+    /// another or from this node's own processes.
+    pub(super) fn room(&self, node: u32, origin_groups: usize, name: &str, n: u32) -> u32 {
         let max_members = self.cfg.max_members_per_group;
-        if max_members == 0 && self.groups.len() < self.max_groups() {
-            return n;
-        }
-        let current = match self.groups.get(name) {
-            Some(g) => g.slots,
-            None if self.groups.len() >= self.max_groups() => return 0,
+        let group = self.groups.get(name);
+        let current = match group.and_then(|g| g.node(node)) {
+            Some(slots) => slots.slots,
+            None if origin_groups >= self.max_groups() => return 0,
+            // Only a peer's groups can be new here; the indices are finite.
+            None if group.is_none() && self.groups.len() >= MAX_GROUP_INDICES => return 0,
             None => 0,
         };
         if max_members == 0 {
@@ -303,14 +321,20 @@ impl ScopeCore {
         let mut origin = self.take_origin(node);
         origin.sync_requested = None;
         origin.needs_sync = false;
+        // A state of the version this node has applied still applies while some of the
+        // origin's slots were refused: it is how they come back once they fit.
         let stale = origin.alive
             && origin.version.is_some_and(|v| {
-                v.incarnation == state.version.incarnation && state.version.seq <= v.seq
+                v.incarnation == state.version.incarnation
+                    && (state.version.seq < v.seq
+                        || (state.version.seq == v.seq && origin.refused == 0))
             });
         let outcome = if stale {
             self.stats.syncs_stale += 1;
             SyncOutcome::Stale
         } else {
+            // Counted again by the replacement: what still does not fit.
+            origin.refused = 0;
             self.replace_origin_state(node, &mut origin, &state);
             origin.version = Some(state.version);
             origin.alive = true;
@@ -465,6 +489,20 @@ impl ScopeCore {
         self.origins.insert(node, origin);
     }
 
+    /// The origins some of whose slots this node does not hold because they did not fit their
+    /// budgets, with how many slots each: those peers' members are missing from this view.
+    /// Peers with the most refused first.
+    pub(crate) fn refused_slots(&self) -> Vec<(PeerId, u64)> {
+        let mut refused: Vec<(PeerId, u64)> = self
+            .origins
+            .values()
+            .filter(|o| o.alive && o.refused > 0)
+            .map(|o| (o.peer, o.refused))
+            .collect();
+        refused.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        refused
+    }
+
     /// What this node applied of `peer`, if anything and if it is not purged.
     pub(crate) fn applied_version(&self, peer: &PeerId) -> Option<Version> {
         let node = self.node_index.get(peer)?;
@@ -492,6 +530,8 @@ impl ScopeCore {
             self.remove_node_from_group(node, &name);
         }
         origin.alive = false;
+        origin.refused = 0;
+        origin.room_freed = false;
         origin.held.clear();
         origin.gap_since = None;
         origin.needs_sync = false;
