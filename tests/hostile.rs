@@ -22,7 +22,10 @@ use procgroups::wire::{
     CallTag, DeliverBatch, Delta, DeltaFrameRef, Frame, Op, SyncGroup, SyncMember, SyncRequest,
     SyncResponse, Version,
 };
-use procgroups::{EventKind, Instance, Node, Pid, Process, ScopeConfig, ScopeStats};
+use procgroups::{
+    EventKind, HealthProblem, HealthStatus, Instance, Node, Pid, Process, RefusedSlots, ScopeConfig,
+    ScopeStats,
+};
 
 mod support;
 use support::{View, WAIT, converge, eventually, truth};
@@ -736,8 +739,12 @@ async fn lying_sync_responses_touch_only_the_liar() {
 ///    room left (two groups) and the rest is refused and counted, the same way on both honest
 ///    nodes; honest local joins follow the config (a join into an existing group works, a new
 ///    group is `LimitReached` while the budget is full, and works once the peer leaves).
+/// A peer over its budget, `max_groups` 4: it gets four groups on each honest node and no
+/// more, takes nothing of the room of A's own processes or of B's, and the nodes say so in
+/// their health. Once the peer leaves enough for the rest to fit, they pull its state again
+/// (the versions already agree) and hold all of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remote_groups_beyond_max_groups_are_refused() {
+async fn a_peer_over_its_budget_takes_no_room_of_others_and_comes_back_whole() {
     let config = ScopeConfig::builder().max_groups(4).build().unwrap();
     let (a, b) = pair(config).await;
     let (pa, ga) = spawn(&a);
@@ -754,49 +761,69 @@ async fn remote_groups_beyond_max_groups_are_refused() {
     attach(&h, &[&a, &b]).await;
     let (a0, b0) = (stats(&a), stats(&b));
 
-    // Ten new groups, one slot each, then three more slots in the first.
+    // Ten new groups, one slot each, then three more slots in the first: four groups fit.
     let names: Vec<String> = (0..10).map(|i| format!("h{i}")).collect();
     let mut ops: Vec<(&str, u64, i64)> = names.iter().map(|n| (n.as_str(), 1, 1)).collect();
     ops.push(("h0", 2, 3));
     h.publish_delta(&h.delta(&ops, true)).await.unwrap();
     let (h1, h2) = (Pid::new(h.peer_id, 1), Pid::new(h.peer_id, 2));
-    let expected = truth(&[
+    let mut expected = truth(&[
         ("a", &[pa.pid()]),
         ("b", &[pb.pid()]),
         ("h0", &[h1, h2, h2, h2]),
         ("h1", &[h1]),
+        ("h2", &[h1]),
+        ("h3", &[h1]),
     ]);
-    converge("the room the limit leaves, on both", &[&ga, &gb], &expected).await;
+    converge("the peer's budget, on both", &[&ga, &gb], &expected).await;
     for (n, s0) in [(&a, &a0), (&b, &b0)] {
         let s1 = stats(n);
-        assert_eq!(s1.slots_refused, s0.slots_refused + 8, "{s1:?}");
-        assert_eq!(s1.groups, 4, "{s1:?}");
+        assert_eq!(s1.slots_refused, s0.slots_refused + 6, "{s1:?}");
+        let health = n.scope_health(SCOPE).unwrap();
+        assert_eq!(health.status, HealthStatus::Degraded, "{health}");
+        assert!(
+            health.problems.contains(&HealthProblem::SlotsRefused {
+                peers: vec![RefusedSlots {
+                    peer: h.peer_id,
+                    slots: 6
+                }],
+            }),
+            "{health:?}"
+        );
     }
 
-    // Local joins, as the config says: a fifth group is refused, an existing one is fine.
-    let err = ga.join("a2").unwrap_err();
+    // The peer's groups take nothing from anyone else's budget: A's processes join three new
+    // groups (four in all), and B's new group shows on A.
+    ga.join(["a2", "a3", "a4"]).unwrap();
+    gb.join("b2").unwrap();
+    for g in ["a2", "a3", "a4"] {
+        expected.insert(g.into(), vec![pa.pid()]);
+    }
+    expected.insert("b2".into(), vec![pb.pid()]);
+    converge("A's and B's new groups everywhere", &[&ga, &gb], &expected).await;
+    // A's own budget is as the config says.
+    let err = ga.join("a5").unwrap_err();
     assert_eq!(err.kind(), procgroups::ErrorKind::LimitReached, "{err}");
-    ga.join("h0").unwrap();
-    let mut expected = expected;
-    expected.get_mut("h0").unwrap().push(pa.pid());
-    expected.get_mut("h0").unwrap().sort();
-    converge("A's join into h0 propagates", &[&ga, &gb], &expected).await;
 
-    // The peer leaves everything it joined (also what was refused): the budget frees.
-    let mut leaves: Vec<(&str, u64, i64)> = names.iter().map(|n| (n.as_str(), 1, -1)).collect();
-    leaves.push(("h0", 2, -3));
+    // The peer leaves six groups, two held and four refused: the four left all fit now, and
+    // the honest nodes pull its state to find them.
+    let leaves: Vec<(&str, u64, i64)> = (0..6)
+        .map(|i| (names[i].as_str(), 1, -1))
+        .chain([("h0", 2, -3)])
+        .collect();
     h.publish_delta(&h.delta(&leaves, true)).await.unwrap();
-    let expected = truth(&[("a", &[pa.pid()]), ("b", &[pb.pid()]), ("h0", &[pa.pid()])]);
-    converge("the peer's slots gone", &[&ga, &gb], &expected).await;
-    // (d) An honest join into a new group works again and propagates.
-    ga.join("a2").unwrap();
-    let mut expected = expected;
-    expected.insert("a2".into(), vec![pa.pid()]);
-    converge("A's new group everywhere", &[&ga, &gb], &expected).await;
-    let (a1, b1) = (stats(&a), stats(&b));
-    assert_eq!(a1.slots_refused, a0.slots_refused + 8, "{a1:?}");
-    assert_eq!(b1.slots_refused, b0.slots_refused + 8, "{b1:?}");
-    eprintln!("max_groups: A {a0:?}\n  -> {a1:?}");
+    for g in ["h0", "h1", "h2", "h3"] {
+        expected.remove(g);
+    }
+    for g in &names[6..] {
+        expected.insert(g.clone(), vec![h1]);
+    }
+    converge("the peer's state whole, on both", &[&ga, &gb], &expected).await;
+    for n in [&a, &b] {
+        let health = n.scope_health(SCOPE).unwrap();
+        assert!(health.is_healthy(), "{health}");
+        assert!(h.seen().syncs_from(&n.peer_id()) >= 1, "pulled again");
+    }
     drop((pa, pb));
     finish(vec![a, b], vec![h]).await;
 }
