@@ -23,8 +23,8 @@ use procgroups::wire::{
     SyncResponse, Version,
 };
 use procgroups::{
-    EventKind, HealthProblem, HealthStatus, Instance, Node, Pid, Process, RefusedSlots, ScopeConfig,
-    ScopeStats,
+    EventKind, HealthProblem, HealthStatus, Instance, Node, Pid, Process, RefusedSlots,
+    ScopeConfig, ScopeStats,
 };
 
 mod support;

@@ -150,11 +150,22 @@ impl ScopeConfig {
     pub fn monitor_buffer(&self) -> usize {
         self.monitor_buffer
     }
-    /// Maximum number of distinct groups; `0` is unlimited. Default 0.
+    /// Maximum number of groups one node's processes are in; `0` is unlimited. Default 0.
+    ///
+    /// A budget per node: a local join is refused when this node's own processes would be in
+    /// more groups, whatever peers hold; each peer gets the same budget on this node, and
+    /// its slots in groups beyond it are refused and counted
+    /// ([`ScopeStats::slots_refused`](crate::ScopeStats::slots_refused)) without taking room
+    /// from anyone else. A node therefore holds at most `max_groups` groups per node it knows
+    /// of, itself included.
     pub fn max_groups(&self) -> usize {
         self.max_groups
     }
-    /// Maximum member slots per group, counting multi-joins; `0` is unlimited. Default 0.
+    /// Maximum member slots one node's processes hold in one group, counting multi-joins;
+    /// `0` is unlimited. Default 0.
+    ///
+    /// A budget per node and group, like [`max_groups`](Self::max_groups): local joins count
+    /// this node's own slots, and each peer's slots are counted on their own.
     pub fn max_members_per_group(&self) -> usize {
         self.max_members_per_group
     }

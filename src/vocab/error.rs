@@ -24,9 +24,10 @@ pub enum ErrorKind {
 /// Which configured limit refused an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Limit {
-    /// `max_groups`: the number of distinct non-empty groups in the scope.
+    /// `max_groups`: the number of groups this node's own processes are in.
     MaxGroups,
-    /// `max_members_per_group`: the number of member slots of one group, counting multi-joins.
+    /// `max_members_per_group`: the number of member slots this node's own processes hold in
+    /// one group, counting multi-joins.
     MaxMembersPerGroup,
     /// `max_meta_bytes`: the encoded size of one metadata value.
     MaxMetaBytes,
