@@ -8,6 +8,13 @@
 //! (often several at one instant, and on both sides of partitions): every live node then
 //! finds the same holder of each name, and no two live processes claim one.
 //!
+//! Every fourth node (`is_tight`) runs with `max_members_per_group` at `TIGHT_MEMBERS`: its
+//! own joins past it are refused, and each origin's slots past it in a group are refused on
+//! it. There the property is the truth restricted by the budgets: an origin's group that fits
+//! is held exactly; one that does not holds exactly `TIGHT_MEMBERS` of the origin's slots, none
+//! a process does not have; and the refused slots the node reports per origin are exactly the
+//! excess, so that nothing refused is lost once it fits.
+//!
 //! `PROCGROUPS_SIM_SEEDS` (default 500), `PROCGROUPS_SIM_NODES` (default 20) and
 //! `PROCGROUPS_SIM_SEED` (one seed, to replay a failure) tune the run.
 
@@ -42,6 +49,24 @@ fn meta_diff(held: &MetaView, expected: &MetaView) -> String {
                 .and_then(|m| m.get(pid))
                 .map(|m| m.as_bytes().to_vec())
         };
+        let (h, e) = (get(held), get(expected));
+        if h != e {
+            out.push_str(&format!("\n  {group:?} {pid}: held {h:?} / expected {e:?}"));
+        }
+    }
+    out
+}
+
+/// The slot counts that differ between two views: `group pid: held / expected`.
+fn view_diff(held: &View, expected: &View) -> String {
+    let mut out = String::new();
+    let keys: std::collections::BTreeSet<(&String, &Pid)> = held
+        .iter()
+        .chain(expected)
+        .flat_map(|(g, m)| m.keys().map(move |p| (g, p)))
+        .collect();
+    for (group, pid) in keys {
+        let get = |v: &View| v.get(group).and_then(|m| m.get(pid)).copied();
         let (h, e) = (get(held), get(expected));
         if h != e {
             out.push_str(&format!("\n  {group:?} {pid}: held {h:?} / expected {e:?}"));
@@ -136,10 +161,22 @@ struct Sim {
     seed: u64,
 }
 
-fn core_config(seed: u64) -> CoreConfig {
+/// The slots one origin may hold in one group on a tight node.
+const TIGHT_MEMBERS: u32 = 2;
+
+/// Every fourth node runs with `max_members_per_group` at [`TIGHT_MEMBERS`].
+fn is_tight(node: usize) -> bool {
+    node % 4 == 1
+}
+
+fn core_config(seed: u64, node: usize) -> CoreConfig {
     CoreConfig {
         max_groups: 0,
-        max_members_per_group: 0,
+        max_members_per_group: if is_tight(node) {
+            TIGHT_MEMBERS as usize
+        } else {
+            0
+        },
         reorder_window: Duration::from_millis(20),
         reorder_capacity: 8,
         sync_timeout: Duration::from_millis(60),
@@ -148,6 +185,18 @@ fn core_config(seed: u64) -> CoreConfig {
         hash_seed: seed,
         max_meta_bytes: 1024,
     }
+}
+
+/// Whether one more slot of each of `names` keeps node `i`'s own slots within its budget.
+fn fits_own_budget(node: &SimNode, i: usize, names: &[&str]) -> bool {
+    if !is_tight(i) {
+        return true;
+    }
+    names.iter().all(|name| {
+        let held: u32 = node.truth.values().filter_map(|g| g.get(*name)).sum();
+        let adding = names.iter().filter(|n| *n == name).count() as u32;
+        held + adding <= TIGHT_MEMBERS
+    })
 }
 
 impl Sim {
@@ -160,7 +209,7 @@ impl Sim {
                         .expect("32 bytes")
                         .public(),
                 );
-                let mut core = ScopeCore::new(peer, rng.r#gen(), core_config(seed));
+                let mut core = ScopeCore::new(peer, rng.r#gen(), core_config(seed, i));
                 core.share();
                 SimNode {
                     peer,
@@ -252,12 +301,14 @@ impl Sim {
                 let names: Vec<&str> = (0..k)
                     .map(|_| *GROUPS.choose(&mut self.rng).expect("non-empty"))
                     .collect();
-                node.core
-                    .join(id, &names)
-                    .expect("no limits in the simulator");
-                let slots = node.truth.get_mut(&id).expect("live process");
-                for name in names {
-                    *slots.entry(name.to_owned()).or_insert(0) += 1;
+                let fits = fits_own_budget(node, i, &names);
+                let joined = node.core.join(id, &names);
+                assert_eq!(joined.is_ok(), fits, "seed {}: join {names:?}", self.seed);
+                if joined.is_ok() {
+                    let slots = node.truth.get_mut(&id).expect("live process");
+                    for name in names {
+                        *slots.entry(name.to_owned()).or_insert(0) += 1;
+                    }
                 }
             }
             6..=7 if !procs.is_empty() => {
@@ -290,12 +341,19 @@ impl Sim {
                 let id = *procs.choose(&mut self.rng).expect("non-empty");
                 let group = *GROUPS.choose(&mut self.rng).expect("non-empty");
                 let meta = Meta::encode(&self.rng.gen_range(0..4u8)).expect("encodes");
-                node.core
-                    .join_with(id, group, meta.clone())
-                    .expect("no limits in the simulator");
-                let slots = node.truth.get_mut(&id).expect("live process");
-                *slots.entry(group.to_owned()).or_insert(0) += 1;
-                node.truth_meta.insert((id, group.to_owned()), meta);
+                let fits = fits_own_budget(node, i, &[group]);
+                let joined = node.core.join_with(id, group, meta.clone());
+                assert_eq!(
+                    joined.is_ok(),
+                    fits,
+                    "seed {}: join_with {group}",
+                    self.seed
+                );
+                if joined.is_ok() {
+                    let slots = node.truth.get_mut(&id).expect("live process");
+                    *slots.entry(group.to_owned()).or_insert(0) += 1;
+                    node.truth_meta.insert((id, group.to_owned()), meta);
+                }
             }
             11 if !procs.is_empty() => {
                 let id = *procs.choose(&mut self.rng).expect("non-empty");
@@ -395,7 +453,7 @@ impl Sim {
                 let node = &mut self.nodes[i];
                 node.alive = true;
                 node.life += 1;
-                node.core = ScopeCore::new(node.peer, incarnation, core_config(self.seed));
+                node.core = ScopeCore::new(node.peer, incarnation, core_config(self.seed, i));
                 node.core.share();
                 node.unreachable.clear();
             }
@@ -648,16 +706,93 @@ impl Sim {
         view
     }
 
+    /// What node `i`'s view must hold of `truth`: all of it, or on a tight node the truth
+    /// restricted by the budgets: a group of an origin that fits as it is, one that does not
+    /// as `held` has it once `held` is checked to be `TIGHT_MEMBERS` of the origin's slots,
+    /// none of them a process lacks. Also the slots refused, per origin.
+    fn restricted(&self, i: usize, truth: &View, held: &View) -> (View, BTreeMap<PeerId, u64>) {
+        let mut refused = BTreeMap::new();
+        if !is_tight(i) {
+            return (truth.clone(), refused);
+        }
+        let mut view = View::new();
+        for (group, members) in truth {
+            let mut of_origin: BTreeMap<PeerId, BTreeMap<Pid, u32>> = BTreeMap::new();
+            for (pid, slots) in members {
+                of_origin
+                    .entry(pid.node())
+                    .or_default()
+                    .insert(*pid, *slots);
+            }
+            for (origin, pids) in of_origin {
+                let total: u32 = pids.values().sum();
+                if origin == self.nodes[i].peer || total <= TIGHT_MEMBERS {
+                    view.entry(group.clone()).or_default().extend(pids);
+                    continue;
+                }
+                let kept: BTreeMap<Pid, u32> = held
+                    .get(group)
+                    .map(|m| {
+                        m.iter()
+                            .filter(|(p, _)| p.node() == origin)
+                            .map(|(p, s)| (*p, *s))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                assert_eq!(
+                    kept.values().sum::<u32>(),
+                    TIGHT_MEMBERS,
+                    "seed {}: node {i} holds {kept:?} of {origin}'s {pids:?} in {group:?}",
+                    self.seed
+                );
+                for (pid, slots) in &kept {
+                    assert!(
+                        pids.get(pid).is_some_and(|s| slots <= s),
+                        "seed {}: node {i} holds {slots} slots of {pid} in {group:?}, which has {:?}",
+                        self.seed,
+                        pids.get(pid)
+                    );
+                }
+                *refused.entry(origin).or_insert(0) += u64::from(total - TIGHT_MEMBERS);
+                view.entry(group.clone()).or_default().extend(kept);
+            }
+        }
+        (view, refused)
+    }
+
     fn check(&self) {
-        let expected = self.expected_view();
-        let expected_meta = self.expected_meta();
+        let truth = self.expected_view();
+        let truth_meta = self.expected_meta();
         for (i, node) in self.nodes.iter().enumerate().filter(|(_, n)| n.alive) {
             let view = node.core.view();
+            let (expected, refused) = self.restricted(i, &truth, &view);
             assert!(
                 view == expected,
-                "seed {}: node {i} did not converge\n  view:     {view:?}\n  expected: {expected:?}",
+                "seed {}: node {i} did not converge:{}",
+                self.seed,
+                view_diff(&view, &expected)
+            );
+            let held: BTreeMap<PeerId, u64> = node.core.refused_slots().into_iter().collect();
+            assert_eq!(
+                held, refused,
+                "seed {}: node {i}'s refused slots per origin",
                 self.seed
             );
+            // The metadata of what the node holds.
+            let expected_meta: MetaView = truth_meta
+                .iter()
+                .map(|(group, metas)| {
+                    let kept = metas
+                        .iter()
+                        .filter(|(pid, _)| {
+                            expected.get(group).is_some_and(|m| m.contains_key(*pid))
+                        })
+                        .map(|(pid, meta)| (*pid, meta.clone()))
+                        .collect::<BTreeMap<_, _>>();
+                    (group.clone(), kept)
+                })
+                .filter(|(_, kept)| !kept.is_empty())
+                .collect();
             let meta = node.core.meta_view();
             assert!(
                 meta == expected_meta,
@@ -761,6 +896,7 @@ fn run(seed: u64, nodes: usize) -> SimStats {
         held: sim.nodes.iter().map(|n| n.core.stats().deltas_held).sum(),
         purges: sim.nodes.iter().map(|n| n.core.stats().purges).sum(),
         restarts: sim.nodes.iter().map(|n| u64::from(n.life)).sum(),
+        refused: sim.nodes.iter().map(|n| n.core.stats().slots_refused).sum(),
     }
 }
 
@@ -771,6 +907,8 @@ struct SimStats {
     held: u64,
     purges: u64,
     restarts: u64,
+    /// Slots refused by the tight nodes' budgets.
+    refused: u64,
 }
 
 fn env(name: &str, default: u64) -> u64 {
@@ -801,6 +939,7 @@ fn every_seed_converges() {
                         total.held += stats.held;
                         total.purges += stats.purges;
                         total.restarts += stats.restarts;
+                        total.refused += stats.refused;
                     }
                     total
                 })
@@ -815,12 +954,13 @@ fn every_seed_converges() {
                 a.held += b.held;
                 a.purges += b.purges;
                 a.restarts += b.restarts;
+                a.refused += b.refused;
                 a
             })
     });
     // The faults must actually have happened, or the property proves little.
     assert!(
-        totals.slots > 0 && totals.syncs > 0 && totals.held > 0,
+        totals.slots > 0 && totals.syncs > 0 && totals.held > 0 && totals.refused > 0,
         "{totals:?}"
     );
     assert!(

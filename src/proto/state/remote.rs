@@ -64,9 +64,9 @@ impl ScopeCore {
                 DeltaOutcome::Held
             }
         };
-        if std::mem::take(&mut origin.room_freed) {
+        if origin.room_freed {
             // The versions say this node is up to date, but slots refused before may fit now:
-            // only the origin's full state says which.
+            // only the origin's full state says which. Wanted until a state is applied.
             self.want_sync(&mut origin, now);
         }
         self.origins.insert(node, origin);
@@ -180,6 +180,11 @@ impl ScopeCore {
                 refused = n - room,
                 "remote join refused by a limit"
             );
+        }
+        if room == 0 && held > 0 && meta.is_some() {
+            // The slot is refused, not the value: it is the process's, which this node holds.
+            self.set_meta(node, name, id, meta);
+            return;
         }
         if room > 0 {
             // `room` is 0 when no group index is left, so `add` finds one.
@@ -335,6 +340,7 @@ impl ScopeCore {
         } else {
             // Counted again by the replacement: what still does not fit.
             origin.refused = 0;
+            origin.room_freed = false;
             self.replace_origin_state(node, &mut origin, &state);
             origin.version = Some(state.version);
             origin.alive = true;
@@ -343,6 +349,11 @@ impl ScopeCore {
             SyncOutcome::Applied
         };
         self.release_held(node, &mut origin, true);
+        if origin.room_freed {
+            // A stale answer older than the leave that made room, or a leave among the deltas
+            // released after this state: ask again.
+            self.want_sync(&mut origin, now);
+        }
         if origin.gap_since.is_none() && !origin.held.is_empty() {
             origin.gap_since = Some(now);
             self.outputs.push_back(Output::Timer {
