@@ -842,14 +842,15 @@ fn memory_mib() -> (u64, u64) {
     (field("VmRSS:"), field("VmSize:"))
 }
 
-/// 7. A request flood: thousands of Discover and Sync requests at once, then requests that
-///    never finish. The node answers what it can, refuses the excess (libp2p serves at most
-///    100 streams per connection and protocol at once), and stays responsive: honest joins
-///    propagate within a bound while the flood goes on.
+/// 7. A request flood: 5000 Discover and Sync requests at once, then requests that never
+///    finish. The node serves the peer's budget (`request_burst`, then `requests_per_second`)
+///    and refuses the rest at once, each counted in `requests_over_budget` (libp2p also resets
+///    the streams past 100 per connection and protocol at once), and stays responsive: honest
+///    joins propagate within 100 ms while the flood goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_flood_is_bounded() {
-    const DISCOVERS: usize = 2000;
-    const SYNCS: usize = 1000;
+    const DISCOVERS: usize = 3334;
+    const SYNCS: usize = 1666;
     const STUCK: usize = 300;
     let (a, b) = pair(ScopeConfig::default()).await;
     let (pa, ga) = spawn(&a);
@@ -882,10 +883,11 @@ async fn a_request_flood_is_bounded() {
         let r = if i % 3 == 2 { &sync } else { &discover };
         answers.push(h.request_later(Proto::Sync, a.peer_id(), r.clone()));
     }
-    // Honest joins both ways while the flood goes on.
-    let (pb2, took_ab) = honest_join_propagates(&b, &ga, "during", Duration::from_secs(5)).await;
-    let (pa2, took_ba) = honest_join_propagates(&a, &gb, "during", Duration::from_secs(5)).await;
-    let (mut pages, mut discovered, mut refused) = (0, 0, 0);
+    // Honest joins both ways while the flood goes on: B's budget is its own.
+    let bound = Duration::from_millis(100);
+    let (pb2, took_ab) = honest_join_propagates(&b, &ga, "during", bound).await;
+    let (pa2, took_ba) = honest_join_propagates(&a, &gb, "during", bound).await;
+    let (mut pages, mut discovered, mut over_budget, mut refused) = (0, 0, 0, 0);
     for rx in answers {
         let answer = tokio::time::timeout(WAIT, rx)
             .await
@@ -902,6 +904,9 @@ async fn a_request_flood_is_bounded() {
                 pages += 1;
             }
             Ok(Ok(SyncResponse::Discover { .. })) => discovered += 1,
+            Ok(Ok(SyncResponse::Refused { reason })) if reason.contains("budget") => {
+                over_budget += 1;
+            }
             Ok(other) => panic!("an unexpected answer: {other:?}"),
             Err(_) => refused += 1,
         }
@@ -909,15 +914,34 @@ async fn a_request_flood_is_bounded() {
     let flood_took = started.elapsed();
     let (a1, na1, mem1) = (stats(&a), a.node_stats(), memory_mib());
     eprintln!(
-        "flood: {} requests in {flood_took:?}: {pages} pages, {discovered} discovers, {refused} \
-         refused; honest joins took {took_ab:?} (B->A) and {took_ba:?} (A->B) meanwhile; \
+        "flood: {} requests in {flood_took:?}: {pages} pages, {discovered} discovers, \
+         {over_budget} over the budget, {refused} streams reset; honest joins took {took_ab:?} (B->A) and {took_ba:?} (A->B) meanwhile; \
          syncs_served {} -> {}; memory (RSS, virtual) {mem0:?} -> {mem1:?} MiB",
         DISCOVERS + SYNCS,
         a0.syncs_served,
         a1.syncs_served,
     );
     // Every request ended: answered or refused, none left hanging; each page served counted.
-    assert_eq!(pages + discovered + refused, DISCOVERS + SYNCS);
+    assert_eq!(
+        pages + discovered + over_budget + refused,
+        DISCOVERS + SYNCS
+    );
+    // Served: at most the burst and what the rate refilled meanwhile; the rest refused at the
+    // budget, each counted.
+    let config = procgroups::behaviour::BehaviourConfig::default();
+    let allowed = f64::from(config.request_burst)
+        + f64::from(config.requests_per_second) * flood_took.as_secs_f64();
+    assert!(
+        (pages + discovered) as f64 <= allowed + 1.0,
+        "{} served, {allowed} allowed",
+        pages + discovered
+    );
+    assert!(over_budget > 0, "the budget refused nothing");
+    assert_eq!(
+        na1.requests_over_budget - na0.requests_over_budget,
+        over_budget as u64,
+        "{na1:?}"
+    );
     assert!(pages <= SYNCS && discovered <= DISCOVERS);
     assert!(a1.syncs_served >= a0.syncs_served + pages as u64, "{a1:?}");
     assert!(a1.syncs_served <= a0.syncs_served + SYNCS as u64, "{a1:?}");

@@ -384,12 +384,15 @@ impl Collector for NodeCollector {
         family(
             e,
             "errors",
-            "Failed requests of the sync and deliver protocols, malformed input from peers, peers not \
-             admitted, and peers named by peer exchange beyond max_known_peers.",
+            "Failed requests of the sync and deliver protocols, peers' requests over their budget or \
+             failed before an answer, malformed input from peers, peers not admitted, and peers \
+             named by peer exchange beyond max_known_peers.",
             node_counters(
                 "kind",
                 &[
                     ("request_failed", node_stats.requests_failed),
+                    ("request_over_budget", node_stats.requests_over_budget),
+                    ("inbound_request_failed", node_stats.inbound_requests_failed),
                     ("malformed", node_stats.malformed),
                     ("peer_refused", node_stats.peers_refused),
                     ("peer_ignored", node_stats.peers_ignored),

@@ -93,6 +93,8 @@ impl NodeShared {
             delta_frames_lost: read(&net.stats.delta_frames_lost),
             batches_duplicate: read(&net.stats.batches_duplicate),
             requests_failed: read(&net.stats.requests_failed),
+            requests_over_budget: read(&net.stats.requests_over_budget),
+            inbound_requests_failed: read(&net.stats.inbound_requests_failed),
             malformed: read(&net.stats.malformed),
             messages_dropped: read(&net.stats.messages_dropped),
             peers_refused: read(&net.stats.peers_refused),

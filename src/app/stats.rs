@@ -139,6 +139,15 @@ pub struct NodeStats {
     /// connection lost, refused). Failed delivery batches are retried, and their frames given
     /// up are counted in `frames_lost`.
     pub requests_failed: u64,
+    /// Peers' sync requests (Discover, Sync) refused because the peer was over its budget
+    /// ([`BehaviourConfig::requests_per_second`](crate::net::protocols::BehaviourConfig::requests_per_second)):
+    /// answered with a refusal, not served.
+    pub requests_over_budget: u64,
+    /// Peers' requests whose stream failed before this node answered (the connection
+    /// closed, the request timed out). Streams beyond request-response's limit of concurrent
+    /// inbound streams per connection are reset by libp2p without a report, and are not
+    /// counted.
+    pub inbound_requests_failed: u64,
     /// Malformed input from peers: undecodable, truncated or over-cap deltas, requests or
     /// responses, and answers that do not fit their request (another kind, another scope).
     pub malformed: u64,

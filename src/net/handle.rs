@@ -21,6 +21,10 @@ use crate::vocab::error::{Error, Result};
 #[derive(Debug, Default)]
 pub(crate) struct NetStats {
     pub requests_failed: AtomicU64,
+    /// Inbound sync requests refused by their peer's budget.
+    pub requests_over_budget: AtomicU64,
+    /// Inbound requests whose stream failed before an answer was sent (closed, timed out).
+    pub inbound_requests_failed: AtomicU64,
     pub frames_sent: AtomicU64,
     pub frames_received: AtomicU64,
     pub frames_lost: AtomicU64,

@@ -17,6 +17,7 @@ pub(crate) mod peer;
 pub mod protocols;
 pub mod relay;
 pub(crate) mod relaying;
+pub(crate) mod request_budget;
 pub(crate) mod swarm;
 pub(crate) mod view;
 pub mod wire;

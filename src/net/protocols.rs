@@ -59,9 +59,28 @@ pub struct BehaviourConfig {
     /// inventing others cannot make the node's memory grow. Such a peer is also forgotten
     /// when a dial to it fails (the next answer naming it brings it back).
     pub max_known_peers: usize,
+    /// Inbound requests of the sync protocol (Discover, Sync) a second that one peer may
+    /// make; the budget refills at this rate up to [`request_burst`](Self::request_burst).
+    /// A request over it is answered at once with `SyncResponse::Refused` (which an honest
+    /// requester retries later) and counted in
+    /// [`NodeStats::requests_over_budget`](crate::NodeStats::requests_over_budget); a
+    /// Goodbye is never refused. Default [`DEFAULT_REQUESTS_PER_SECOND`].
+    pub requests_per_second: u32,
+    /// Inbound requests one peer may make at once after a quiet time. Default
+    /// [`DEFAULT_REQUEST_BURST`].
+    pub request_burst: u32,
     /// Relay, hole punching and AutoNAT ([`RelayConfig`]).
     pub relay: RelayConfig,
 }
+
+/// Inbound requests a second a peer may make on the sync protocol, by default
+/// ([`BehaviourConfig::requests_per_second`]).
+pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 256;
+
+/// Inbound requests a peer may make at once after a quiet time, by default
+/// ([`BehaviourConfig::request_burst`]): room for a whole sync of the most pages a node asks
+/// for (256) and the Discovers beside it.
+pub const DEFAULT_REQUEST_BURST: u32 = 512;
 
 impl Default for BehaviourConfig {
     fn default() -> Self {
@@ -75,6 +94,8 @@ impl Default for BehaviourConfig {
             ping_interval: Duration::from_secs(1),
             ping_timeout: Duration::from_secs(5),
             max_known_peers: 4096,
+            requests_per_second: DEFAULT_REQUESTS_PER_SECOND,
+            request_burst: DEFAULT_REQUEST_BURST,
             relay: RelayConfig::default(),
         }
     }
@@ -106,6 +127,12 @@ impl BehaviourConfig {
         }
         if self.max_known_peers == 0 {
             return invalid("max_known_peers", "must be at least 1");
+        }
+        if self.requests_per_second == 0 {
+            return invalid("requests_per_second", "must be at least 1");
+        }
+        if self.request_burst == 0 {
+            return invalid("request_burst", "must be at least 1");
         }
         self.relay.validate()
     }

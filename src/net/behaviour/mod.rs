@@ -33,6 +33,7 @@ use crate::net::protocols::{
 };
 use crate::net::relay::RelayAdmission;
 use crate::net::relaying::Relaying;
+use crate::net::request_budget::RequestBudget;
 use crate::proto::Output;
 use crate::proto::messages::{SyncGroup, Version};
 use crate::vocab::error::{Error, Result};
@@ -253,6 +254,8 @@ pub struct Behaviour {
     allowed: Option<hashbrown::HashSet<PeerId>>,
     /// See [`BehaviourConfig::max_known_peers`].
     max_known_peers: usize,
+    /// Each connected peer's budget of inbound sync requests.
+    request_budget: RequestBudget,
     relaying: Relaying,
 }
 
@@ -326,6 +329,10 @@ impl Behaviour {
             shutdown: None,
             allowed: config.allowed,
             max_known_peers: config.behaviour.max_known_peers,
+            request_budget: RequestBudget::new(
+                config.behaviour.requests_per_second,
+                config.behaviour.request_burst,
+            ),
             relaying: Relaying::new(&config.behaviour.relay, admission),
         };
         let named: Vec<Multiaddr> = net.relaying.named().cloned().collect();

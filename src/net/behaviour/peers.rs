@@ -115,6 +115,7 @@ impl Behaviour {
             self.peers.entry(peer_id).or_default().lost(Instant::now());
             // Its identify info says again whether it relays when it is back.
             self.relaying.forget_relay(&peer_id);
+            self.request_budget.forget(&peer_id);
         }
         self.share_reach(peer_id);
     }

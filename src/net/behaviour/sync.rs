@@ -125,6 +125,10 @@ impl Behaviour {
             // A malformed request is counted by the codec (request-response reports no
             // failure for it); what is left here is a stream that failed otherwise.
             request_response::Event::InboundFailure { peer, error, .. } => {
+                self.shared
+                    .stats
+                    .inbound_requests_failed
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%peer, %error, "inbound sync request failed");
             }
             request_response::Event::ResponseSent { .. } => {}
@@ -152,6 +156,24 @@ impl Behaviour {
         request: SyncRequest,
         channel: ResponseChannel<SyncResponse>,
     ) {
+        // Answered cheaply rather than served: a flood from one peer costs little and leaves
+        // the others' budgets alone. A Goodbye, one per departure, always counts.
+        if !matches!(request, SyncRequest::Goodbye { .. })
+            && !self.request_budget.admit(peer, Instant::now())
+        {
+            self.shared
+                .stats
+                .requests_over_budget
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "a sync request over the peer's budget refused");
+            self.respond(
+                channel,
+                SyncResponse::Refused {
+                    reason: "over the request budget".into(),
+                },
+            );
+            return;
+        }
         match request {
             SyncRequest::Discover { scopes } => {
                 let shared: Vec<usize> = scopes
