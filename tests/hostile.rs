@@ -983,6 +983,41 @@ async fn a_request_flood_is_bounded() {
     finish(vec![a, b], vec![h]).await;
 }
 
+/// A peer that opens many connections at once: the node keeps `max_connections_per_peer` of
+/// them, refuses the rest as they complete and counts each (`connections_refused`), and
+/// honest joins go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_per_peer_limit_are_refused_and_counted() {
+    const DIALS: usize = 20;
+    let (a, b) = pair(ScopeConfig::default()).await;
+    let ((pa, ga), (pb, gb), _) = one_member_each(&a, &b).await;
+    let limit = procgroups::behaviour::BehaviourConfig::default().max_connections_per_peer as usize;
+    let h = Hostile::new(SCOPE);
+    let before = a.node_stats();
+    for _ in 0..DIALS {
+        h.dial(a.listen_addrs()[0].clone());
+    }
+    eventually("the limit's connections up, the rest refused", WAIT, || {
+        let refused = a.node_stats().connections_refused - before.connections_refused;
+        let up = h.seen().connections.get(&a.peer_id()).copied().unwrap_or(0);
+        if up == limit && refused as usize == DIALS - limit {
+            Ok(())
+        } else {
+            Err(format!("{up} up, {refused} refused"))
+        }
+    })
+    .await;
+    assert_eq!(
+        a.node_stats().peers,
+        before.peers + 1,
+        "one peer, however many connections"
+    );
+    let (p, took) = honest_join_propagates(&b, &ga, "after", Duration::from_millis(100)).await;
+    eprintln!("{DIALS} dials: {limit} kept, the rest refused; an honest join then took {took:?}");
+    drop((pa, pb, gb, p));
+    finish(vec![a, b], vec![h]).await;
+}
+
 /// Frames waiting for the network on one node beyond which remote sends are `Unavailable`
 /// (`outbox::MAX_QUEUED_FRAMES`, documented on `Instance::broadcast`).
 const MAX_FRAMES_WAITING: usize = 65_536;

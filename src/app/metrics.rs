@@ -385,13 +385,14 @@ impl Collector for NodeCollector {
             e,
             "errors",
             "Failed requests of the sync and deliver protocols, peers' requests over their budget or \
-             failed before an answer, malformed input from peers, peers not admitted, and peers \
+             failed before an answer, connections over the limits, malformed input from peers, peers not admitted, and peers \
              named by peer exchange beyond max_known_peers.",
             node_counters(
                 "kind",
                 &[
                     ("request_failed", node_stats.requests_failed),
                     ("request_over_budget", node_stats.requests_over_budget),
+                    ("connection_refused", node_stats.connections_refused),
                     ("inbound_request_failed", node_stats.inbound_requests_failed),
                     ("malformed", node_stats.malformed),
                     ("peer_refused", node_stats.peers_refused),

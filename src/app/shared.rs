@@ -94,6 +94,7 @@ impl NodeShared {
             batches_duplicate: read(&net.stats.batches_duplicate),
             requests_failed: read(&net.stats.requests_failed),
             requests_over_budget: read(&net.stats.requests_over_budget),
+            connections_refused: read(&net.stats.connections_refused),
             inbound_requests_failed: read(&net.stats.inbound_requests_failed),
             malformed: read(&net.stats.malformed),
             messages_dropped: read(&net.stats.messages_dropped),

@@ -139,6 +139,10 @@ pub struct NodeStats {
     /// connection lost, refused). Failed delivery batches are retried, and their frames given
     /// up are counted in `frames_lost`.
     pub requests_failed: u64,
+    /// Connections refused by the connection limits
+    /// ([`BehaviourConfig::max_connections_per_peer`](crate::net::protocols::BehaviourConfig::max_connections_per_peer),
+    /// `max_connections`, `max_pending_incoming`), incoming or dialed.
+    pub connections_refused: u64,
     /// Peers' sync requests (Discover, Sync) refused because the peer was over its budget
     /// ([`BehaviourConfig::requests_per_second`](crate::net::protocols::BehaviourConfig::requests_per_second)):
     /// answered with a refusal, not served.

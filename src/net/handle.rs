@@ -21,6 +21,8 @@ use crate::vocab::error::{Error, Result};
 #[derive(Debug, Default)]
 pub(crate) struct NetStats {
     pub requests_failed: AtomicU64,
+    /// Connections refused by the connection limits.
+    pub connections_refused: AtomicU64,
     /// Inbound sync requests refused by their peer's budget.
     pub requests_over_budget: AtomicU64,
     /// Inbound requests whose stream failed before an answer was sent (closed, timed out).

@@ -9,7 +9,8 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, autonat, dcutr, gossipsub, identify, kad, mdns, ping, relay, request_response,
+    StreamProtocol, autonat, connection_limits, dcutr, gossipsub, identify, kad, mdns, ping, relay,
+    request_response,
 };
 
 use crate::net::codec::Codec;
@@ -69,9 +70,32 @@ pub struct BehaviourConfig {
     /// Inbound requests one peer may make at once after a quiet time. Default
     /// [`DEFAULT_REQUEST_BURST`].
     pub request_burst: u32,
+    /// Established connections with one peer, at most; one more is refused by the
+    /// `connection_limits` behaviour and counted in
+    /// [`NodeStats::connections_refused`](crate::NodeStats::connections_refused). An honest
+    /// peer needs few (a direct one, a relayed one while hole punching, a second when both
+    /// dial at once). Default [`DEFAULT_MAX_CONNECTIONS_PER_PEER`].
+    pub max_connections_per_peer: u32,
+    /// Established connections in all, at most. Default [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: u32,
+    /// Incoming connections still in their handshake, at most: a peer that opens many and
+    /// never finishes them cannot hold more. Default [`DEFAULT_MAX_PENDING_INCOMING`].
+    pub max_pending_incoming: u32,
     /// Relay, hole punching and AutoNAT ([`RelayConfig`]).
     pub relay: RelayConfig,
 }
+
+/// Established connections with one peer, at most, by default
+/// ([`BehaviourConfig::max_connections_per_peer`]).
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: u32 = 8;
+
+/// Established connections in all, at most, by default
+/// ([`BehaviourConfig::max_connections`]).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+
+/// Incoming connections in their handshake, at most, by default
+/// ([`BehaviourConfig::max_pending_incoming`]).
+pub const DEFAULT_MAX_PENDING_INCOMING: u32 = 128;
 
 /// Inbound requests a second a peer may make on the sync protocol, by default
 /// ([`BehaviourConfig::requests_per_second`]).
@@ -96,6 +120,9 @@ impl Default for BehaviourConfig {
             max_known_peers: 4096,
             requests_per_second: DEFAULT_REQUESTS_PER_SECOND,
             request_burst: DEFAULT_REQUEST_BURST,
+            max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_pending_incoming: DEFAULT_MAX_PENDING_INCOMING,
             relay: RelayConfig::default(),
         }
     }
@@ -134,6 +161,18 @@ impl BehaviourConfig {
         if self.request_burst == 0 {
             return invalid("request_burst", "must be at least 1");
         }
+        if self.max_connections_per_peer == 0 {
+            return invalid("max_connections_per_peer", "must be at least 1");
+        }
+        if self.max_connections < self.max_connections_per_peer {
+            return invalid(
+                "max_connections",
+                "must be at least max_connections_per_peer",
+            );
+        }
+        if self.max_pending_incoming == 0 {
+            return invalid("max_pending_incoming", "must be at least 1");
+        }
         self.relay.validate()
     }
 }
@@ -142,6 +181,7 @@ impl BehaviourConfig {
 ///
 /// | field | protocol | what for |
 /// |---|---|---|
+/// | `connection_limits` | none | connections per peer, in all, and in their handshake, at most |
 /// | `delta_streams` | `/procgroups/deltas/1` ([`DeltaStreams`]): a long-lived stream each way per connected peer | deltas between peers connected to each other, authenticated by the connection |
 /// | `gossipsub` | gossipsub, one topic per scope (`procgroups/<scope-id>/1`), signed messages, strict validation, manual acceptance | membership deltas; a delta is accepted only when its origin is the message's signed source and the core takes it |
 /// | `sync` | `/procgroups/sync/1` request-response ([`SyncCodec`]) | Discover (versions), Sync (paged full state), Goodbye |
@@ -163,8 +203,13 @@ impl BehaviourConfig {
 #[derive(NetworkBehaviour)]
 #[behaviour(to_swarm = "ProtocolsEvent", prelude = "libp2p::swarm::derive_prelude")]
 pub struct Protocols {
-    /// Deltas to the peers this node is connected to. First, so that it is polled first: a
-    /// delta's latency is the one users see.
+    /// Connections per peer and in all, at most ([`BehaviourConfig::max_connections_per_peer`],
+    /// [`BehaviourConfig::max_connections`], [`BehaviourConfig::max_pending_incoming`]). First:
+    /// a connection it refuses must reach no other behaviour, which would keep state of a
+    /// connection the swarm never reports closed.
+    pub connection_limits: connection_limits::Behaviour,
+    /// Deltas to the peers this node is connected to. Polled right after the limits (whose
+    /// poll does nothing): a delta's latency is the one users see.
     pub delta_streams: DeltaStreams,
     /// Deltas for the peers reached through others.
     pub gossipsub: gossipsub::Behaviour,
@@ -382,6 +427,12 @@ impl Protocols {
                 .autonat
                 .then(autonat::v2::server::Behaviour::default)
                 .into(),
+            connection_limits: connection_limits::Behaviour::new(
+                connection_limits::ConnectionLimits::default()
+                    .with_max_established_per_peer(Some(config.max_connections_per_peer))
+                    .with_max_established(Some(config.max_connections))
+                    .with_max_pending_incoming(Some(config.max_pending_incoming)),
+            ),
         })
     }
 }

@@ -35,55 +35,10 @@ use crate::testing::drive::Drive;
 use crate::vocab::meta::Meta;
 use crate::{EventKind, Pid};
 
-/// The values that differ between two metadata views: `group pid: held / expected`.
-fn meta_diff(held: &MetaView, expected: &MetaView) -> String {
-    let mut out = String::new();
-    let keys: std::collections::BTreeSet<(&String, &Pid)> = held
-        .iter()
-        .chain(expected)
-        .flat_map(|(g, m)| m.keys().map(move |p| (g, p)))
-        .collect();
-    for (group, pid) in keys {
-        let get = |v: &MetaView| {
-            v.get(group)
-                .and_then(|m| m.get(pid))
-                .map(|m| m.as_bytes().to_vec())
-        };
-        let (h, e) = (get(held), get(expected));
-        if h != e {
-            out.push_str(&format!("\n  {group:?} {pid}: held {h:?} / expected {e:?}"));
-        }
-    }
-    out
-}
-
-/// The slot counts that differ between two views: `group pid: held / expected`.
-fn view_diff(held: &View, expected: &View) -> String {
-    let mut out = String::new();
-    let keys: std::collections::BTreeSet<(&String, &Pid)> = held
-        .iter()
-        .chain(expected)
-        .flat_map(|(g, m)| m.keys().map(move |p| (g, p)))
-        .collect();
-    for (group, pid) in keys {
-        let get = |v: &View| v.get(group).and_then(|m| m.get(pid)).copied();
-        let (h, e) = (get(held), get(expected));
-        if h != e {
-            out.push_str(&format!("\n  {group:?} {pid}: held {h:?} / expected {e:?}"));
-        }
-    }
-    out
-}
-
-/// The groups of the application in a view: what subscribers see.
-fn user_groups<V>(view: BTreeMap<String, V>) -> BTreeMap<String, V> {
-    view.into_iter()
-        .filter(|(g, _)| !is_name_group(g))
-        .collect()
-}
-
-type View = BTreeMap<String, BTreeMap<Pid, u32>>;
-type MetaView = BTreeMap<String, BTreeMap<Pid, Meta>>;
+mod views;
+use views::{
+    MetaView, TIGHT_MEMBERS, View, is_tight, meta_diff, restricted, user_groups, view_diff,
+};
 
 const GROUPS: [&str; 6] = ["g0", "g1", "g2", "g3", "g4", "a-much-longer-group-name"];
 /// Few names, so that claims meet often.
@@ -159,14 +114,6 @@ struct Sim {
     grace: u64,
     anti_entropy: u64,
     seed: u64,
-}
-
-/// The slots one origin may hold in one group on a tight node.
-const TIGHT_MEMBERS: u32 = 2;
-
-/// Every fourth node runs with `max_members_per_group` at [`TIGHT_MEMBERS`].
-fn is_tight(node: usize) -> bool {
-    node % 4 == 1
 }
 
 fn core_config(seed: u64, node: usize) -> CoreConfig {
@@ -706,66 +653,12 @@ impl Sim {
         view
     }
 
-    /// What node `i`'s view must hold of `truth`: all of it, or on a tight node the truth
-    /// restricted by the budgets: a group of an origin that fits as it is, one that does not
-    /// as `held` has it once `held` is checked to be `TIGHT_MEMBERS` of the origin's slots,
-    /// none of them a process lacks. Also the slots refused, per origin.
-    fn restricted(&self, i: usize, truth: &View, held: &View) -> (View, BTreeMap<PeerId, u64>) {
-        let mut refused = BTreeMap::new();
-        if !is_tight(i) {
-            return (truth.clone(), refused);
-        }
-        let mut view = View::new();
-        for (group, members) in truth {
-            let mut of_origin: BTreeMap<PeerId, BTreeMap<Pid, u32>> = BTreeMap::new();
-            for (pid, slots) in members {
-                of_origin
-                    .entry(pid.node())
-                    .or_default()
-                    .insert(*pid, *slots);
-            }
-            for (origin, pids) in of_origin {
-                let total: u32 = pids.values().sum();
-                if origin == self.nodes[i].peer || total <= TIGHT_MEMBERS {
-                    view.entry(group.clone()).or_default().extend(pids);
-                    continue;
-                }
-                let kept: BTreeMap<Pid, u32> = held
-                    .get(group)
-                    .map(|m| {
-                        m.iter()
-                            .filter(|(p, _)| p.node() == origin)
-                            .map(|(p, s)| (*p, *s))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                assert_eq!(
-                    kept.values().sum::<u32>(),
-                    TIGHT_MEMBERS,
-                    "seed {}: node {i} holds {kept:?} of {origin}'s {pids:?} in {group:?}",
-                    self.seed
-                );
-                for (pid, slots) in &kept {
-                    assert!(
-                        pids.get(pid).is_some_and(|s| slots <= s),
-                        "seed {}: node {i} holds {slots} slots of {pid} in {group:?}, which has {:?}",
-                        self.seed,
-                        pids.get(pid)
-                    );
-                }
-                *refused.entry(origin).or_insert(0) += u64::from(total - TIGHT_MEMBERS);
-                view.entry(group.clone()).or_default().extend(kept);
-            }
-        }
-        (view, refused)
-    }
-
     fn check(&self) {
         let truth = self.expected_view();
         let truth_meta = self.expected_meta();
         for (i, node) in self.nodes.iter().enumerate().filter(|(_, n)| n.alive) {
             let view = node.core.view();
-            let (expected, refused) = self.restricted(i, &truth, &view);
+            let (expected, refused) = restricted(i, node.peer, self.seed, &truth, &view);
             assert!(
                 view == expected,
                 "seed {}: node {i} did not converge:{}",

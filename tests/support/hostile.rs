@@ -218,6 +218,8 @@ impl Own {
 pub struct Seen {
     /// Peers connected to it.
     pub connected: HashSet<PeerId>,
+    /// Its established connections, per peer.
+    pub connections: HashMap<PeerId, usize>,
     /// Peers it knows to be subscribed to its scope's topic.
     pub subscribed: HashSet<PeerId>,
     /// Requests of the sync protocol received, per peer, decoded (undecodable ones are not
@@ -617,8 +619,16 @@ impl Driver {
 
     fn on_event(&mut self, event: SwarmEvent<ProtocolsEvent>) {
         match event {
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                self.seen().connected.insert(peer_id);
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                let mut seen = self.seen();
+                seen.connected.insert(peer_id);
+                seen.connections
+                    .insert(peer_id, num_established.get() as usize);
+                drop(seen);
                 if let Some(streams) = self.swarm.behaviour_mut().streams.as_mut() {
                     streams.want(peer_id);
                 }
@@ -635,12 +645,15 @@ impl Driver {
             },
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                num_established,
                 ..
             } => {
                 let mut seen = self.seen();
-                seen.connected.remove(&peer_id);
-                seen.streams_open.remove(&peer_id);
+                seen.connections.insert(peer_id, num_established as usize);
+                if num_established == 0 {
+                    seen.connected.remove(&peer_id);
+                    seen.streams_open.remove(&peer_id);
+                }
             }
             SwarmEvent::Behaviour(ProtocolsEvent::Gossipsub(event)) => match event {
                 gossipsub::Event::Subscribed { peer_id, topic }

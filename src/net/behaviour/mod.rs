@@ -503,6 +503,9 @@ impl NetworkBehaviour for Behaviour {
             FromSwarm::DialFailure(e)
                 if matches!(e.error, libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
             FromSwarm::DialFailure(e) => {
+                if let libp2p::swarm::DialError::Denied { cause } = e.error {
+                    self.count_connection_refused(cause);
+                }
                 if let Some(peer) = e.peer_id {
                     tracing::debug!(%peer, error = %e.error, "dial failed");
                     self.on_dial_failure(peer, e.connection_id);
@@ -517,6 +520,11 @@ impl NetworkBehaviour for Behaviour {
                 self.on_relay_listen_addr_expired(e.addr);
             }
             FromSwarm::ListenerClosed(e) => self.on_listener_closed(e.listener_id),
+            FromSwarm::ListenFailure(e) => {
+                if let libp2p::swarm::ListenError::Denied { cause } = e.error {
+                    self.count_connection_refused(cause);
+                }
+            }
             // Relayed addresses (reservations); the ones AutoNAT confirms come with its event.
             FromSwarm::ExternalAddrConfirmed(e) if crate::net::relay::is_relayed(e.addr) => {
                 self.note_external_addr(e.addr, true)

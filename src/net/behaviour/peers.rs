@@ -99,6 +99,18 @@ impl Behaviour {
         }
     }
 
+    /// A connection the `connection_limits` behaviour refused (another behaviour's refusal,
+    /// such as admission's, is counted where it is made).
+    pub(super) fn count_connection_refused(&self, cause: &libp2p::swarm::ConnectionDenied) {
+        if let Some(exceeded) = cause.downcast_ref::<libp2p::connection_limits::Exceeded>() {
+            tracing::debug!(%exceeded, "connection refused by a limit");
+            self.shared
+                .stats
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub(super) fn on_connection_closed(
         &mut self,
         peer_id: PeerId,
