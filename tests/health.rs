@@ -247,10 +247,15 @@ async fn metrics_count_members_deltas_and_deliveries() {
 
     let pa = a.spawn_process();
     let ga = pa.open(SCOPE).unwrap();
-    ga.join(["g", "g", "h"]).unwrap();
     let pb = b.spawn_process();
-    let mut inbox = pb.listen("news");
     let gb = pb.open(SCOPE).unwrap();
+    // Deltas made before a node's delta stream to the other is open go by gossipsub.
+    eventually("the delta streams open both ways", WAIT, || {
+        a.node_stats().delta_streams_open == 1 && b.node_stats().delta_streams_open == 1
+    })
+    .await;
+    ga.join(["g", "g", "h"]).unwrap();
+    let mut inbox = pb.listen("news");
     gb.join("g").unwrap();
     eventually("both views complete", WAIT, || {
         a.stats(SCOPE).unwrap().members == 4 && b.stats(SCOPE).unwrap().members == 4

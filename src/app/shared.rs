@@ -86,6 +86,7 @@ impl NodeShared {
             hole_punches_failed: read(&net.stats.hole_punches_failed),
             circuits_relayed: read(&net.stats.circuits_relayed),
             known_peers: net.known_peers.load(Ordering::Relaxed),
+            delta_streams_open: net.delta_streams_open.load(Ordering::Relaxed),
             frames_waiting: net.queued_frames.load(Ordering::Relaxed),
             frames_sent: read(&net.stats.frames_sent),
             frames_received: read(&net.stats.frames_received),

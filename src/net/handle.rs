@@ -63,6 +63,8 @@ pub(crate) struct NetShared {
     pub relay_reservations: AtomicUsize,
     /// Peers the behaviour keeps state of (connected or not), as of its last turn.
     pub known_peers: AtomicUsize,
+    /// Peers whose delta stream from this node is open.
+    pub delta_streams_open: AtomicUsize,
     pub stats: NetStats,
     pub heartbeat: Heartbeat,
     /// The behaviour stopped (shutdown, or every handle dropped).

@@ -165,9 +165,13 @@ impl Behaviour {
             DeltaStreamEvent::Frame { peer, data } => self.on_delta_frame(peer, &data),
             DeltaStreamEvent::Opened { peer } => {
                 tracing::debug!(%peer, "delta stream open");
+                self.delta_streams_open.insert(peer);
+                self.share_delta_streams_open();
             }
             DeltaStreamEvent::Closed { peer, lost_frames } => {
                 tracing::debug!(%peer, lost_frames, "delta stream closed");
+                self.delta_streams_open.remove(&peer);
+                self.share_delta_streams_open();
                 self.shared
                     .stats
                     .delta_frames_lost
@@ -183,6 +187,12 @@ impl Behaviour {
                 self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    fn share_delta_streams_open(&self) {
+        self.shared
+            .delta_streams_open
+            .store(self.delta_streams_open.len(), Ordering::Relaxed);
     }
 
     /// A frame of `peer`'s delta stream: a delta the core checks against `peer`, the

@@ -257,6 +257,8 @@ pub struct Behaviour {
     /// Each connected peer's budget of inbound sync requests.
     request_budget: RequestBudget,
     relaying: Relaying,
+    /// Peers whose delta stream from this node is open.
+    delta_streams_open: hashbrown::HashSet<PeerId>,
 }
 
 impl Behaviour {
@@ -334,6 +336,7 @@ impl Behaviour {
                 config.behaviour.request_burst,
             ),
             relaying: Relaying::new(&config.behaviour.relay, admission),
+            delta_streams_open: hashbrown::HashSet::new(),
         };
         let named: Vec<Multiaddr> = net.relaying.named().cloned().collect();
         for addr in config.bootstrap.into_iter().chain(named) {
