@@ -189,7 +189,7 @@ impl Tmux {
     /// A pane can be dead (its terminal closed) before tmux has its status: tmux 3.3 built
     /// with libutempter puts utempter's own SIGCHLD handler in while it removes the pane's
     /// utmp record on the terminal's close, and a program that exits then is never reaped
-    /// (tmux/tmux issue 311). Sending the server SIGCHLD again makes it reap the program.
+    /// (a known tmux bug). Sending the server SIGCHLD again makes it reap the program.
     pub fn exit_status(&self) -> Option<i32> {
         let mut command = self.command();
         command.args([

@@ -20,8 +20,13 @@ pub(super) fn is_tight(node: usize) -> bool {
     node % 4 == 1
 }
 
-/// The values that differ between two metadata views: `group pid: held / expected`.
-pub(super) fn meta_diff(held: &MetaView, expected: &MetaView) -> String {
+/// The entries that differ between two views of per-process values, each shown as `show`
+/// makes it: `group pid: held / expected`.
+fn diff<V, T: PartialEq + std::fmt::Debug>(
+    held: &BTreeMap<String, BTreeMap<Pid, V>>,
+    expected: &BTreeMap<String, BTreeMap<Pid, V>>,
+    show: impl Fn(&V) -> T,
+) -> String {
     let mut out = String::new();
     let keys: std::collections::BTreeSet<(&String, &Pid)> = held
         .iter()
@@ -29,10 +34,8 @@ pub(super) fn meta_diff(held: &MetaView, expected: &MetaView) -> String {
         .flat_map(|(g, m)| m.keys().map(move |p| (g, p)))
         .collect();
     for (group, pid) in keys {
-        let get = |v: &MetaView| {
-            v.get(group)
-                .and_then(|m| m.get(pid))
-                .map(|m| m.as_bytes().to_vec())
+        let get = |v: &BTreeMap<String, BTreeMap<Pid, V>>| {
+            v.get(group).and_then(|m| m.get(pid)).map(&show)
         };
         let (h, e) = (get(held), get(expected));
         if h != e {
@@ -42,22 +45,14 @@ pub(super) fn meta_diff(held: &MetaView, expected: &MetaView) -> String {
     out
 }
 
-/// The slot counts that differ between two views: `group pid: held / expected`.
+/// The metadata values that differ between two views.
+pub(super) fn meta_diff(held: &MetaView, expected: &MetaView) -> String {
+    diff(held, expected, |m| m.as_bytes().to_vec())
+}
+
+/// The slot counts that differ between two views.
 pub(super) fn view_diff(held: &View, expected: &View) -> String {
-    let mut out = String::new();
-    let keys: std::collections::BTreeSet<(&String, &Pid)> = held
-        .iter()
-        .chain(expected)
-        .flat_map(|(g, m)| m.keys().map(move |p| (g, p)))
-        .collect();
-    for (group, pid) in keys {
-        let get = |v: &View| v.get(group).and_then(|m| m.get(pid)).copied();
-        let (h, e) = (get(held), get(expected));
-        if h != e {
-            out.push_str(&format!("\n  {group:?} {pid}: held {h:?} / expected {e:?}"));
-        }
-    }
-    out
+    diff(held, expected, |slots| *slots)
 }
 
 /// The groups of the application in a view: what subscribers see.
