@@ -51,6 +51,7 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, Swarm, noise, tcp, yamux};
 use procgroups::behaviour::delta_stream::{DeltaStreamEvent, DeltaStreams};
+use procgroups::behaviour::scoring::ScoredGossipsub;
 use procgroups::behaviour::{BehaviourConfig, Protocols};
 use procgroups::{
     DEFAULT_MAILBOX_CAPACITY, EventKind, Inbox, Instance, Node, Process, ScopeConfig,
@@ -327,7 +328,7 @@ enum FloorEvent {
 #[behaviour(prelude = "libp2p::swarm::derive_prelude")]
 struct FloorProtocols {
     streams: DeltaStreams,
-    gossipsub: gossipsub::Behaviour,
+    gossipsub: ScoredGossipsub,
 }
 
 /// A bare swarm of gossipsub and the delta stream, on its own thread.
@@ -475,7 +476,7 @@ impl Floor {
                                 swarm
                                     .behaviour_mut()
                                     .gossipsub
-                                    .subscribe(&topic)
+                                    .subscribe_scored(&topic)
                                     .map_err(|e| e.to_string())
                             });
                     let ok = started.is_ok();

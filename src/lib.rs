@@ -67,6 +67,7 @@ pub mod behaviour {
     pub use crate::net::behaviour::{Behaviour, Event};
     pub use crate::net::delta_stream;
     pub use crate::net::protocols::*;
+    pub use crate::net::scoring;
 }
 pub use net::{codec, wire};
 /// Entry points for the fuzz targets in `fuzz/`; not part of the API.

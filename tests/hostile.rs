@@ -266,40 +266,56 @@ async fn spoofed_deltas_are_rejected_and_do_not_spread() {
 async fn malformed_input_is_refused_and_counted() {
     let (a, b) = pair(ScopeConfig::default()).await;
     let ((pa, ga), (pb, gb), _) = one_member_each(&a, &b).await;
-    let h = Hostile::new(SCOPE);
-    attach(&h, &[&a]).await;
     let (a0, b0, na0, nb0) = (stats(&a), stats(&b), a.node_stats(), b.node_stats());
 
-    // Gossip: not CBOR; CBOR of another shape; a truncated delta.
-    let good = h.delta(&[("g", 1, 1)], false);
-    let encoded = cbor(&good);
-    for garbage in [
-        vec![0xff, 0x00, 0x13, 0x37],
-        cbor(&"a string, not a delta"),
-        encoded[..encoded.len() / 2].to_vec(),
-    ] {
-        h.publish(garbage).await.unwrap();
+    // Gossip: not CBOR; CBOR of another shape; a truncated delta (these three are also
+    // malformed). Then decodable but invalid deltas of the sender's own origin, which the
+    // core refuses: a group index out of range, a change of 0, an empty name, a name too long,
+    // sequence number 0.
+    type Payload = fn(&Hostile) -> Vec<u8>;
+    let payloads: [Payload; 8] = [
+        |_| vec![0xff, 0x00, 0x13, 0x37],
+        |_| cbor(&"a string, not a delta"),
+        |h| {
+            let encoded = cbor(&h.delta(&[("g", 1, 1)], false));
+            encoded[..encoded.len() / 2].to_vec()
+        },
+        |h| {
+            let mut d = h.delta(&[("g", 1, 1)], false);
+            d.ops[0].group = 7;
+            cbor(&d)
+        },
+        |h| {
+            let mut d = h.delta(&[("g", 1, 1)], false);
+            d.ops[0].change = 0;
+            cbor(&d)
+        },
+        |h| cbor(&h.delta(&[("", 1, 1)], false)),
+        |h| cbor(&h.delta(&[(&"x".repeat(256), 1, 1)], false)),
+        |h| {
+            let mut d = h.delta(&[("g", 1, 1)], false);
+            d.seq = 0;
+            cbor(&d)
+        },
+    ];
+    // Two from each hostile peer: a third rejected delta would take its score below the
+    // graylist threshold (`procgroups::behaviour::scoring`), and A would drop what it sends
+    // next unread, which the last test of this file shows.
+    let mut hostiles = Vec::new();
+    for pair in payloads.chunks(2) {
+        let h = Hostile::new(SCOPE);
+        attach(&h, &[&a]).await;
+        for payload in pair {
+            h.publish(payload(&h)).await.unwrap();
+        }
+        hostiles.push(h);
     }
-    eventually("three undecodable deltas counted", WAIT, || {
-        a.node_stats().malformed == na0.malformed + 3
-    })
-    .await;
-    // Decodable but invalid deltas of its own origin: the core refuses each (not malformed).
-    let mut bad_index = h.delta(&[("g", 1, 1)], false);
-    bad_index.ops[0].group = 7;
-    let mut zero_change = h.delta(&[("g", 1, 1)], false);
-    zero_change.ops[0].change = 0;
-    let empty_name = h.delta(&[("", 1, 1)], false);
-    let long_name = h.delta(&[(&"x".repeat(256), 1, 1)], false);
-    let mut seq_zero = h.delta(&[("g", 1, 1)], false);
-    seq_zero.seq = 0;
-    for d in [&bad_index, &zero_change, &empty_name, &long_name, &seq_zero] {
-        h.publish_delta(d).await.unwrap();
-    }
-    eventually("eight deltas rejected", WAIT, || {
+    eventually("eight deltas rejected, three undecodable", WAIT, || {
         stats(&a).deltas_rejected == a0.deltas_rejected + 8
+            && a.node_stats().malformed == na0.malformed + 3
     })
     .await;
+    let h = &hostiles[0];
 
     // Requests: a body that is not CBOR, one of another shape, a truncated frame (the prefix
     // says more than follows), on both protocols. Each is refused and counted: the stream is
@@ -319,7 +335,7 @@ async fn malformed_input_is_refused_and_counted() {
         }
     }
     // The same connection still carries well-formed requests.
-    assert_eq!(version_of(&h, &a).await.seq, 1);
+    assert_eq!(version_of(h, &a).await.seq, 1);
 
     // (d) Still working, views exact.
     let (pb2, _) = honest_join_propagates(&b, &ga, "later", Duration::from_secs(5)).await;
@@ -336,8 +352,9 @@ async fn malformed_input_is_refused_and_counted() {
         "malformed: A malformed {} -> {}, deltas_rejected {} -> {}",
         na0.malformed, na1.malformed, a0.deltas_rejected, a1.deltas_rejected
     );
+    assert_eq!(na1.peers_graylisted, 0, "{na1:?}");
     drop((pa, pb, pb2));
-    finish(vec![a, b], vec![h]).await;
+    finish(vec![a, b], hostiles).await;
 }
 
 /// 3. Frames over the caps: a request whose length prefix is over the request cap (refused
@@ -1445,4 +1462,89 @@ async fn stray_replies_to_a_call_are_not_replies_and_are_counted() {
     );
     drop((pa, ga));
     finish(vec![a], vec![h]).await;
+}
+
+/// 12. A peer that sends only rejected deltas (`procgroups::behaviour::scoring`): its first
+///     costs it its place in A's gossipsub mesh (A prunes it at its next heartbeat, and the
+///     peer sees the PRUNE); its third takes it below the graylist threshold, and from then on
+///     A drops what it sends unread, gossipsub RPCs and delta-stream frames alike, counting
+///     each. B, honest, is not touched: A graylists the hostile peer alone, and B's joins still
+///     reach A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_only_rejected_deltas_is_pruned_and_graylisted() {
+    let (a, b) = pair(ScopeConfig::default()).await;
+    let ((pa, ga), (pb, gb), view) = one_member_each(&a, &b).await;
+    let h = Hostile::with_delta_stream(SCOPE);
+    attach(&h, &[&a]).await;
+    eventually("A in H's mesh, H's delta stream to A open", WAIT, || {
+        let seen = h.seen();
+        seen.mesh.contains(&a.peer_id()) && seen.streams_open.contains(&a.peer_id())
+    })
+    .await;
+    let (a0, na0) = (stats(&a), a.node_stats());
+    let rejected = || stats(&a).deltas_rejected - a0.deltas_rejected;
+    let seq_zero = |h: &Hostile| {
+        let mut d = h.delta(&[("g", 1, 1)], false);
+        d.seq = 0;
+        d
+    };
+
+    // One rejected delta: out of the mesh, not yet graylisted.
+    h.publish_delta(&seq_zero(&h)).await.unwrap();
+    eventually("A rejects the first", WAIT, || rejected() == 1).await;
+    eventually("A prunes H (A leaves H's mesh)", WAIT, || {
+        !h.seen().mesh.contains(&a.peer_id())
+    })
+    .await;
+    assert_eq!(a.node_stats().peers_graylisted, 0, "{:?}", a.node_stats());
+
+    // Two more: graylisted.
+    for _ in 0..2 {
+        h.publish_delta(&seq_zero(&h)).await.unwrap();
+    }
+    eventually("A rejects three and graylists H", WAIT, || {
+        rejected() == 3 && a.node_stats().peers_graylisted == 1
+    })
+    .await;
+
+    // Now nothing H sends is read: 20 more bad deltas by gossipsub, then a valid delta of its
+    // own by its delta stream.
+    let dropped = || a.node_stats().graylisted_dropped - na0.graylisted_dropped;
+    for _ in 0..20 {
+        h.publish_delta(&seq_zero(&h)).await.unwrap();
+    }
+    eventually("A drops the 20 unread", WAIT, || dropped() >= 20).await;
+    let before_frame = dropped();
+    let own = h.delta(&[("h", 1, 1)], true);
+    h.stream_frame(
+        a.peer_id(),
+        cbor(&DeltaFrameRef {
+            scope: SCOPE,
+            delta: &own,
+        }),
+    )
+    .await
+    .unwrap();
+    eventually("A drops the frame unread", WAIT, || {
+        dropped() > before_frame
+    })
+    .await;
+    assert_eq!(rejected(), 3, "{:?}", stats(&a));
+    assert!(ga.get_members("h").unwrap().is_empty());
+
+    // B is untouched.
+    let (pb2, took) = honest_join_propagates(&b, &ga, "later", Duration::from_secs(5)).await;
+    let mut expected = view;
+    expected.insert("later".into(), vec![pb2.pid()]);
+    converge("the honest views", &[&ga, &gb], &expected).await;
+    let na1 = a.node_stats();
+    assert_eq!((na1.peers, na1.peers_graylisted), (2, 1), "{na1:?}");
+    assert!(!h.seen().mesh.contains(&a.peer_id()));
+    eprintln!(
+        "graylisting: A rejected {}, dropped {} unread; B's join seen on A in {took:?}",
+        rejected(),
+        dropped()
+    );
+    drop((pa, pb, pb2));
+    finish(vec![a, b], vec![h]).await;
 }

@@ -350,6 +350,12 @@ impl Collector for NodeCollector {
         )?;
         single(
             e,
+            "peers_graylisted",
+            "Connected peers whose gossipsub score is below the graylist threshold: what they send is dropped.",
+            ConstGauge::new(node_stats.peers_graylisted as i64),
+        )?;
+        single(
+            e,
             "frames_waiting",
             "Frames of messages waiting in the node's outboxes.",
             ConstGauge::new(node_stats.frames_waiting as i64),
@@ -385,7 +391,8 @@ impl Collector for NodeCollector {
             e,
             "errors",
             "Failed requests of the sync and deliver protocols, peers' requests over their budget or \
-             failed before an answer, connections over the limits, malformed input from peers, peers not admitted, and peers \
+             failed before an answer, connections over the limits, RPCs and delta frames of graylisted peers, malformed input \
+             from peers, peers not admitted, and peers \
              named by peer exchange beyond max_known_peers.",
             node_counters(
                 "kind",
@@ -394,6 +401,7 @@ impl Collector for NodeCollector {
                     ("request_over_budget", node_stats.requests_over_budget),
                     ("connection_refused", node_stats.connections_refused),
                     ("inbound_request_failed", node_stats.inbound_requests_failed),
+                    ("graylisted", node_stats.graylisted_dropped),
                     ("malformed", node_stats.malformed),
                     ("peer_refused", node_stats.peers_refused),
                     ("peer_ignored", node_stats.peers_ignored),

@@ -97,6 +97,8 @@ impl NodeShared {
             requests_over_budget: read(&net.stats.requests_over_budget),
             connections_refused: read(&net.stats.connections_refused),
             inbound_requests_failed: read(&net.stats.inbound_requests_failed),
+            peers_graylisted: net.peers_graylisted.load(Ordering::Relaxed),
+            graylisted_dropped: read(&net.stats.graylisted_dropped),
             malformed: read(&net.stats.malformed),
             messages_dropped: read(&net.stats.messages_dropped),
             peers_refused: read(&net.stats.peers_refused),

@@ -155,6 +155,16 @@ pub struct NodeStats {
     /// inbound streams per connection are reset by libp2p without a report, and are not
     /// counted.
     pub inbound_requests_failed: u64,
+    /// Connected peers whose gossipsub score is below
+    /// [`GRAYLIST_THRESHOLD`](crate::net::scoring::GRAYLIST_THRESHOLD), most often for the
+    /// deltas of theirs this node rejected ([`scoring`](crate::net::scoring)); recounted every
+    /// [`SCORE_DECAY_INTERVAL`](crate::net::scoring::SCORE_DECAY_INTERVAL).
+    pub peers_graylisted: usize,
+    /// Gossipsub RPCs (messages and gossip alike) and delta-stream frames from graylisted
+    /// peers, dropped unread. Gossip from a peer below
+    /// [`GOSSIP_THRESHOLD`](crate::net::scoring::GOSSIP_THRESHOLD) but above the graylist
+    /// threshold is ignored by gossipsub without a report, and is not counted.
+    pub graylisted_dropped: u64,
     /// Malformed input from peers: undecodable, truncated or over-cap deltas, requests or
     /// responses, and answers that do not fit their request (another kind, another scope).
     pub malformed: u64,

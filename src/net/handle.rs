@@ -47,6 +47,9 @@ pub(crate) struct NetStats {
     pub hole_punches_failed: AtomicU64,
     /// Circuits this node relayed between other peers.
     pub circuits_relayed: AtomicU64,
+    /// RPCs and delta frames of graylisted peers dropped unread (copied from the behaviour's
+    /// gossipsub every housekeeping pass).
+    pub graylisted_dropped: AtomicU64,
 }
 
 /// What the application's threads can read of the behaviour's state, and how they wake it.
@@ -65,6 +68,8 @@ pub(crate) struct NetShared {
     pub known_peers: AtomicUsize,
     /// Peers whose delta stream from this node is open.
     pub delta_streams_open: AtomicUsize,
+    /// Connected peers below gossipsub's graylist threshold.
+    pub peers_graylisted: AtomicUsize,
     pub stats: NetStats,
     pub heartbeat: Heartbeat,
     /// The behaviour stopped (shutdown, or every handle dropped).

@@ -18,6 +18,7 @@ pub mod protocols;
 pub mod relay;
 pub(crate) mod relaying;
 pub(crate) mod request_budget;
+pub mod scoring;
 pub(crate) mod swarm;
 pub(crate) mod view;
 pub mod wire;

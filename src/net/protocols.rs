@@ -17,6 +17,7 @@ use crate::net::codec::Codec;
 use crate::net::delta_stream::{DeltaStreamConfig, DeltaStreamEvent, DeltaStreams};
 use crate::net::keep_alive::KeepAlive;
 use crate::net::relay::{RelayAdmission, RelayConfig, relay_server};
+use crate::net::scoring::ScoredGossipsub;
 use crate::net::wire::{
     DELIVER_PROTOCOL, DeliverAck, DeliverBatch, SYNC_PROTOCOL, SyncRequest, SyncResponse,
 };
@@ -211,8 +212,9 @@ pub struct Protocols {
     /// Deltas to the peers this node is connected to. Polled right after the limits (whose
     /// poll does nothing): a delta's latency is the one users see.
     pub delta_streams: DeltaStreams,
-    /// Deltas for the peers reached through others.
-    pub gossipsub: gossipsub::Behaviour,
+    /// Deltas for the peers reached through others, with peer scoring
+    /// ([`scoring`](crate::net::scoring)).
+    pub gossipsub: ScoredGossipsub,
     /// Discover, Sync, Goodbye.
     pub sync: request_response::Behaviour<SyncCodec>,
     /// Message batches.
@@ -356,6 +358,7 @@ impl Protocols {
             gossip_config,
         )
         .map_err(|e| BehaviourError::Gossipsub(e.to_string()))?;
+        let gossipsub = ScoredGossipsub::new(gossipsub).map_err(BehaviourError::Gossipsub)?;
         let sync = request_response::Behaviour::with_codec(
             SyncCodec::default()
                 .count_malformed_in(malformed.clone())

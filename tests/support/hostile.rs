@@ -233,6 +233,9 @@ pub struct Seen {
     pub frames: usize,
     /// Peers its delta stream to is open to.
     pub streams_open: HashSet<PeerId>,
+    /// The peers in its gossipsub mesh of the scope's topic, as of 20 ms ago at most: a node
+    /// that prunes it is gone from there once its PRUNE arrives.
+    pub mesh: HashSet<PeerId>,
     /// Answers to the next Sync requests, in order, instead of its own state.
     sync_script: VecDeque<SyncResponse>,
     /// The peers its Discover answers name (peer exchange); none by default.
@@ -564,6 +567,9 @@ struct Driver {
 
 impl Driver {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        // Gossipsub changes its mesh at its heartbeat, which no event reports.
+        let mut look_at_mesh = tokio::time::interval(Duration::from_millis(20));
+        let topic = scope_topic(&self.scope).hash();
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
@@ -571,6 +577,10 @@ impl Driver {
                     None => return,
                 },
                 event = self.swarm.select_next_some() => self.on_event(event),
+                _ = look_at_mesh.tick() => {
+                    let mesh = self.swarm.behaviour().gossipsub.mesh_peers(&topic).copied().collect();
+                    self.seen().mesh = mesh;
+                }
             }
         }
     }

@@ -198,11 +198,18 @@ impl Behaviour {
     /// A frame of `peer`'s delta stream: a delta the core checks against `peer`, the
     /// connection's authenticated end.
     fn on_delta_frame(&mut self, peer: PeerId, data: &[u8]) {
+        // As gossipsub does with its RPCs.
+        if self.protocols.gossipsub.is_graylisted(&peer) {
+            self.protocols.gossipsub.count_dropped();
+            return;
+        }
         let frame: DeltaFrame = match ciborium::from_reader(data) {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "malformed delta frame");
                 self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                // What gossipsub would reject and score.
+                self.protocols.gossipsub.penalize_direct(peer);
                 return;
             }
         };
@@ -220,6 +227,7 @@ impl Behaviour {
             Ok(_) => self.note_sharing(peer, scope),
             Err(rejection) => {
                 tracing::warn!(%peer, scope = %self.scopes[scope].scope.id(), %rejection, "streamed delta rejected");
+                self.protocols.gossipsub.penalize_direct(peer);
             }
         }
     }

@@ -286,7 +286,7 @@ impl Behaviour {
             let topic = scope_topic(scope.id());
             protocols
                 .gossipsub
-                .subscribe(&topic)
+                .subscribe_scored(&topic)
                 .map_err(|e| Error::unavailable(format!("gossipsub subscribe: {e}")))?;
             by_topic.insert(topic.hash(), i);
             by_id.insert(scope.id().to_string(), i);

@@ -44,6 +44,15 @@ impl Behaviour {
         self.shared
             .relay_reservations
             .store(self.relaying.held(), Ordering::Relaxed);
+        let gossipsub = &mut self.protocols.gossipsub;
+        gossipsub.decay(now);
+        self.shared
+            .peers_graylisted
+            .store(gossipsub.peers_graylisted(), Ordering::Relaxed);
+        self.shared
+            .stats
+            .graylisted_dropped
+            .store(gossipsub.graylisted_dropped(), Ordering::Relaxed);
         let ttl = self.policy.timeout.max(Duration::from_secs(5)) * 2;
         self.served_pages
             .retain(|_, s| now.duration_since(s.at) < ttl);
