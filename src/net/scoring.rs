@@ -34,6 +34,7 @@ use std::ops::{Deref, DerefMut};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use libp2p::PeerId;
 use libp2p::core::transport::PortUse;
 use libp2p::core::{Endpoint, Multiaddr};
 use libp2p::gossipsub::{self, PeerScoreParams, PeerScoreThresholds, TopicScoreParams};
@@ -41,7 +42,6 @@ use libp2p::swarm::{
     ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
     THandlerOutEvent, ToSwarm,
 };
-use libp2p::PeerId;
 
 /// Below this score a peer's IHAVE/IWANT gossip is ignored.
 pub const GOSSIP_THRESHOLD: f64 = -10.0;
@@ -240,8 +240,12 @@ impl NetworkBehaviour for ScoredGossipsub {
         local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.inner
-            .handle_established_inbound_connection(connection_id, peer, local_addr, remote_addr)
+        self.inner.handle_established_inbound_connection(
+            connection_id,
+            peer,
+            local_addr,
+            remote_addr,
+        )
     }
 
     fn handle_pending_outbound_connection(
@@ -294,7 +298,10 @@ impl NetworkBehaviour for ScoredGossipsub {
             .on_connection_handler_event(peer, connection_id, event);
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<gossipsub::Event, THandlerInEvent<Self>>> {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<gossipsub::Event, THandlerInEvent<Self>>> {
         self.inner.poll(cx)
     }
 }
