@@ -164,7 +164,7 @@ impl ScoredGossipsub {
     }
 
     /// A frame of `peer`'s delta stream dropped because the peer is graylisted.
-    pub fn count_dropped(&mut self) {
+    pub fn count_dropped_frame(&mut self) {
         self.graylisted_dropped += 1;
     }
 

@@ -200,7 +200,7 @@ impl Behaviour {
     fn on_delta_frame(&mut self, peer: PeerId, data: &[u8]) {
         // As gossipsub does with its RPCs.
         if self.protocols.gossipsub.is_graylisted(&peer) {
-            self.protocols.gossipsub.count_dropped();
+            self.protocols.gossipsub.count_dropped_frame();
             return;
         }
         let frame: DeltaFrame = match ciborium::from_reader(data) {
