@@ -799,7 +799,7 @@ async fn a_peer_over_its_budget_takes_no_room_of_others_and_comes_back_whole() {
         // was on the way (a Discover answer named the new version first) refuses the same six
         // again. The health below holds the exact number.
         let refused = s1.slots_refused - s0.slots_refused;
-        assert!(refused > 0 && refused % 6 == 0, "{s1:?}");
+        assert!(refused > 0 && refused.is_multiple_of(6), "{s1:?}");
         let health = n.scope_health(SCOPE).unwrap();
         assert_eq!(health.status, HealthStatus::Degraded, "{health}");
         assert!(
