@@ -113,6 +113,28 @@ async fn version_of(h: &Hostile, node: &Node) -> Version {
     }
 }
 
+/// `delta` as a frame of the delta stream, for `scope`.
+fn stream_frame_of(scope: &str, delta: &Delta) -> Vec<u8> {
+    cbor(&DeltaFrameRef { scope, delta })
+}
+
+/// A delta saying that `pid`, a process of another node, joins `group`: what a peer sends
+/// when it speaks for an origin that is not its own.
+fn joining_as(pid: Pid, incarnation: u64, seq: u64, group: &str) -> Delta {
+    Delta {
+        origin: pid.node(),
+        incarnation,
+        seq,
+        groups: vec![group.into()],
+        ops: vec![Op {
+            group: 0,
+            id: pid.id(),
+            change: 1,
+            meta: None,
+        }],
+    }
+}
+
 /// A later honest join on `joiner` reaches `observer` within `within`.
 async fn honest_join_propagates(
     joiner: &Node,
@@ -486,22 +508,10 @@ async fn hostile_delta_frames_are_refused_and_counted() {
     })
     .await;
     let (a0, na0) = (stats(&a), a.node_stats());
-    let frame_of = |scope: &str, delta: &Delta| cbor(&DeltaFrameRef { scope, delta });
 
     // (a) B's process joining "evil", said by H.
-    let as_b = Delta {
-        origin: b.peer_id(),
-        incarnation: rand::random(),
-        seq: 1,
-        groups: vec!["evil".into()],
-        ops: vec![Op {
-            group: 0,
-            id: pb.pid().id(),
-            change: 1,
-            meta: None,
-        }],
-    };
-    h.stream_frame(a.peer_id(), frame_of(SCOPE, &as_b))
+    let as_b = joining_as(pb.pid(), rand::random(), 1, "evil");
+    h.stream_frame(a.peer_id(), stream_frame_of(SCOPE, &as_b))
         .await
         .unwrap();
     eventually("A rejects the delta of another origin", WAIT, || {
@@ -513,7 +523,7 @@ async fn hostile_delta_frames_are_refused_and_counted() {
         .await
         .unwrap();
     let own = h.delta(&[("h", 1, 1)], false);
-    h.stream_frame(a.peer_id(), frame_of("test:elsewhere", &own))
+    h.stream_frame(a.peer_id(), stream_frame_of("test:elsewhere", &own))
         .await
         .unwrap();
     eventually("A counts both as malformed", WAIT, || {
@@ -538,7 +548,7 @@ async fn hostile_delta_frames_are_refused_and_counted() {
 
     // (e) H's own delta is applied, on the stream H opens again once A dropped its old one.
     let own = h.delta(&[("h", 1, 1)], true);
-    let frame = frame_of(SCOPE, &own);
+    let frame = stream_frame_of(SCOPE, &own);
     let h1 = Pid::new(h.peer_id, 1);
     let deadline = Instant::now() + WAIT;
     loop {
@@ -1520,15 +1530,9 @@ async fn a_peer_sending_only_rejected_deltas_is_pruned_and_graylisted() {
     eventually("A drops the 20 unread", WAIT, || dropped() >= 20).await;
     let before_frame = dropped();
     let own = h.delta(&[("h", 1, 1)], true);
-    h.stream_frame(
-        a.peer_id(),
-        cbor(&DeltaFrameRef {
-            scope: SCOPE,
-            delta: &own,
-        }),
-    )
-    .await
-    .unwrap();
+    h.stream_frame(a.peer_id(), stream_frame_of(SCOPE, &own))
+        .await
+        .unwrap();
     eventually("A drops the frame unread", WAIT, || {
         dropped() > before_frame
     })
@@ -1571,34 +1575,19 @@ async fn rejected_streamed_deltas_graylist_their_peer_too() {
     let rejected = || stats(&a).deltas_rejected - a0.deltas_rejected;
     let incarnation = rand::random();
     for seq in 1..=3 {
-        let as_b = Delta {
-            origin: b.peer_id(),
-            incarnation,
-            seq,
-            groups: vec!["evil".into()],
-            ops: vec![Op {
-                group: 0,
-                id: pb.pid().id(),
-                change: 1,
-                meta: None,
-            }],
-        };
-        let frame = cbor(&DeltaFrameRef {
-            scope: SCOPE,
-            delta: &as_b,
-        });
-        h.stream_frame(a.peer_id(), frame).await.unwrap();
+        let as_b = joining_as(pb.pid(), incarnation, seq, "evil");
+        h.stream_frame(a.peer_id(), stream_frame_of(SCOPE, &as_b))
+            .await
+            .unwrap();
     }
     eventually("A rejects three and graylists H", WAIT, || {
         rejected() == 3 && a.node_stats().peers_graylisted == 1
     })
     .await;
     let own = h.delta(&[("h", 1, 1)], true);
-    let frame = cbor(&DeltaFrameRef {
-        scope: SCOPE,
-        delta: &own,
-    });
-    h.stream_frame(a.peer_id(), frame).await.unwrap();
+    h.stream_frame(a.peer_id(), stream_frame_of(SCOPE, &own))
+        .await
+        .unwrap();
     eventually("A drops H's own delta unread", WAIT, || {
         a.node_stats().graylisted_dropped > na0.graylisted_dropped
     })
