@@ -65,6 +65,7 @@ pub mod behaviour {
     //! [`NetworkBehaviour`](libp2p::swarm::NetworkBehaviour), over [`Protocols`], the libp2p
     //! protocols it composes.
     pub use crate::net::behaviour::{Behaviour, Event};
+    pub use crate::net::capped_streams;
     pub use crate::net::delta_stream;
     pub use crate::net::protocols::*;
     pub use crate::net::scoring;

@@ -875,9 +875,10 @@ fn memory_mib() -> (u64, u64) {
 
 /// 7. A request flood: 5000 Discover and Sync requests at once, then requests that never
 ///    finish. The node serves the peer's budget (`request_burst`, then `requests_per_second`)
-///    and refuses the rest at once, each counted in `requests_over_budget` (libp2p also resets
-///    the streams past 100 per connection and protocol at once), and stays responsive: honest
-///    joins propagate within 100 ms while the flood goes on.
+///    and refuses the rest at once, each counted in `requests_over_budget`; it resets the
+///    streams past `max_inbound_streams` per connection and protocol at once, each counted in
+///    `inbound_streams_reset`; and it stays responsive: honest joins propagate within 100 ms
+///    while the flood goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_flood_is_bounded() {
     const DISCOVERS: usize = 3334;
@@ -973,6 +974,12 @@ async fn a_request_flood_is_bounded() {
         over_budget as u64,
         "{na1:?}"
     );
+    // Every stream the flooder saw reset was reset at the cap, and counted.
+    assert_eq!(
+        na1.inbound_streams_reset - na0.inbound_streams_reset,
+        refused as u64,
+        "{na1:?}"
+    );
     assert!(pages <= SYNCS && discovered <= DISCOVERS);
     assert!(a1.syncs_served >= a0.syncs_served + pages as u64, "{a1:?}");
     assert!(a1.syncs_served <= a0.syncs_served + SYNCS as u64, "{a1:?}");
@@ -982,7 +989,10 @@ async fn a_request_flood_is_bounded() {
     assert_eq!(na1.peers, na0.peers);
 
     // Phase 2: requests that never finish (a prefix, then a byte every 20 ms). The node holds
-    // at most 100 of them on this connection and drops the others at once.
+    // at most `max_inbound_streams` of them on this connection and resets the others at once,
+    // each counted.
+    let cap = procgroups::behaviour::DEFAULT_MAX_INBOUND_STREAMS;
+    let na2 = a.node_stats();
     h.trickle_requests(true);
     let mut stuck = Vec::new();
     for _ in 0..STUCK {
@@ -991,12 +1001,21 @@ async fn a_request_flood_is_bounded() {
         stuck.push(h.request_later(Proto::Sync, a.peer_id(), r));
     }
     let mut dropped = 0;
-    eventually("all but 100 of the stuck requests dropped", WAIT, || {
+    eventually("all but the cap of the stuck requests dropped", WAIT, || {
         dropped = stuck.iter_mut().filter(|rx| !rx.is_empty()).count();
-        if dropped >= STUCK - 100 {
+        if dropped >= STUCK - cap {
             Ok(())
         } else {
             Err(format!("only {dropped} dropped"))
+        }
+    })
+    .await;
+    eventually("the streams reset counted", WAIT, || {
+        let reset = a.node_stats().inbound_streams_reset - na2.inbound_streams_reset;
+        if reset == (STUCK - cap) as u64 {
+            Ok(())
+        } else {
+            Err(format!("{reset} counted"))
         }
     })
     .await;
@@ -1007,7 +1026,7 @@ async fn a_request_flood_is_bounded() {
          memory (RSS, virtual) {:?} MiB",
         memory_mib()
     );
-    assert!(still <= 100, "{still} streams held");
+    assert!(still <= cap, "{still} streams held");
     // B: A's 200 groups and "during", its own "g", "during" and "stuck".
     assert_eq!(gb.which_groups().unwrap().len(), 203);
     drop((pa, pb, pa2, pb2, pb3));

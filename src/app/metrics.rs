@@ -391,7 +391,7 @@ impl Collector for NodeCollector {
             e,
             "errors",
             "Failed requests of the sync and deliver protocols, peers' requests over their budget or \
-             failed before an answer, connections over the limits, RPCs and delta frames of graylisted peers, malformed input \
+             failed before an answer, inbound streams past the cap of a connection, connections over the limits, RPCs and delta frames of graylisted peers, malformed input \
              from peers, peers not admitted, and peers \
              named by peer exchange beyond max_known_peers.",
             node_counters(
@@ -401,6 +401,7 @@ impl Collector for NodeCollector {
                     ("request_over_budget", node_stats.requests_over_budget),
                     ("connection_refused", node_stats.connections_refused),
                     ("inbound_request_failed", node_stats.inbound_requests_failed),
+                    ("inbound_stream_reset", node_stats.inbound_streams_reset),
                     ("graylisted", node_stats.graylisted_dropped),
                     ("malformed", node_stats.malformed),
                     ("peer_refused", node_stats.peers_refused),

@@ -97,6 +97,7 @@ impl NodeShared {
             requests_over_budget: read(&net.stats.requests_over_budget),
             connections_refused: read(&net.stats.connections_refused),
             inbound_requests_failed: read(&net.stats.inbound_requests_failed),
+            inbound_streams_reset: read(&net.stats.inbound_streams_reset),
             peers_graylisted: net.peers_graylisted.load(Ordering::Relaxed),
             graylisted_dropped: read(&net.stats.graylisted_dropped),
             malformed: read(&net.stats.malformed),

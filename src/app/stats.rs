@@ -151,10 +151,12 @@ pub struct NodeStats {
     /// answered with a refusal, not served.
     pub requests_over_budget: u64,
     /// Peers' requests whose stream failed before this node answered (the connection
-    /// closed, the request timed out). Streams beyond request-response's limit of concurrent
-    /// inbound streams per connection are reset by libp2p without a report, and are not
-    /// counted.
+    /// closed, the request timed out).
     pub inbound_requests_failed: u64,
+    /// Peers' inbound streams (sync, deliver) reset unread because their connection held
+    /// [`BehaviourConfig::max_inbound_streams`](crate::net::protocols::BehaviourConfig::max_inbound_streams)
+    /// of that protocol already ([`capped_streams`](crate::net::capped_streams)).
+    pub inbound_streams_reset: u64,
     /// Connected peers whose gossipsub score is below
     /// [`GRAYLIST_THRESHOLD`](crate::net::scoring::GRAYLIST_THRESHOLD), most often for the
     /// deltas of theirs this node rejected ([`scoring`](crate::net::scoring)); recounted every

@@ -27,6 +27,8 @@ pub(crate) struct NetStats {
     pub requests_over_budget: AtomicU64,
     /// Inbound requests whose stream failed before an answer was sent (closed, timed out).
     pub inbound_requests_failed: AtomicU64,
+    /// Inbound streams reset at the cap of a connection (shared with the protocols).
+    pub inbound_streams_reset: Arc<AtomicU64>,
     pub frames_sent: AtomicU64,
     pub frames_received: AtomicU64,
     pub frames_lost: AtomicU64,

@@ -6,6 +6,7 @@
 //! traits of [`host`], and the application drives it through [`handle::NetHandle`].
 
 pub(crate) mod behaviour;
+pub mod capped_streams;
 pub mod codec;
 pub mod delta_stream;
 pub(crate) mod handle;

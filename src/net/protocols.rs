@@ -13,6 +13,7 @@ use libp2p::{
     request_response,
 };
 
+use crate::net::capped_streams::CappedRequestResponse;
 use crate::net::codec::Codec;
 use crate::net::delta_stream::{DeltaStreamConfig, DeltaStreamEvent, DeltaStreams};
 use crate::net::keep_alive::KeepAlive;
@@ -82,9 +83,19 @@ pub struct BehaviourConfig {
     /// Incoming connections still in their handshake, at most: a peer that opens many and
     /// never finishes them cannot hold more. Default [`DEFAULT_MAX_PENDING_INCOMING`].
     pub max_pending_incoming: u32,
+    /// Inbound streams of one protocol (sync, deliver) that one connection holds at once;
+    /// one more is reset at once and counted in
+    /// [`NodeStats::inbound_streams_reset`](crate::NodeStats::inbound_streams_reset)
+    /// ([`capped_streams`](crate::net::capped_streams)). An honest peer has few in flight:
+    /// one delivery batch, a sync's pages. Default [`DEFAULT_MAX_INBOUND_STREAMS`].
+    pub max_inbound_streams: usize,
     /// Relay, hole punching and AutoNAT ([`RelayConfig`]).
     pub relay: RelayConfig,
 }
+
+/// Inbound streams of one protocol that one connection holds at once, by default
+/// ([`BehaviourConfig::max_inbound_streams`]): request-response's own default bound.
+pub const DEFAULT_MAX_INBOUND_STREAMS: usize = 100;
 
 /// Established connections with one peer, at most, by default
 /// ([`BehaviourConfig::max_connections_per_peer`]).
@@ -124,6 +135,7 @@ impl Default for BehaviourConfig {
             max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_pending_incoming: DEFAULT_MAX_PENDING_INCOMING,
+            max_inbound_streams: DEFAULT_MAX_INBOUND_STREAMS,
             relay: RelayConfig::default(),
         }
     }
@@ -174,6 +186,9 @@ impl BehaviourConfig {
         if self.max_pending_incoming == 0 {
             return invalid("max_pending_incoming", "must be at least 1");
         }
+        if self.max_inbound_streams == 0 {
+            return invalid("max_inbound_streams", "must be at least 1");
+        }
         self.relay.validate()
     }
 }
@@ -216,9 +231,9 @@ pub struct Protocols {
     /// ([`scoring`](crate::net::scoring)).
     pub gossipsub: ScoredGossipsub,
     /// Discover, Sync, Goodbye.
-    pub sync: request_response::Behaviour<SyncCodec>,
+    pub sync: CappedRequestResponse<SyncCodec>,
     /// Message batches.
-    pub deliver: request_response::Behaviour<DeliverCodec>,
+    pub deliver: CappedRequestResponse<DeliverCodec>,
     /// LAN discovery, when on.
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     /// The DHT.
@@ -240,6 +255,15 @@ pub struct Protocols {
     pub autonat: Toggle<autonat::v2::client::Behaviour>,
     /// AutoNAT server, when on.
     pub autonat_server: Toggle<autonat::v2::server::Behaviour>,
+}
+
+/// The counters the [`Protocols`] share with the node's stats.
+#[derive(Default)]
+pub(crate) struct ProtocolCounters {
+    /// Malformed frames the request-response codecs read.
+    pub malformed: Arc<AtomicU64>,
+    /// Inbound streams reset at [`BehaviourConfig::max_inbound_streams`].
+    pub streams_reset: Arc<AtomicU64>,
 }
 
 /// An event of one of the [`Protocols`].
@@ -334,17 +358,21 @@ impl Protocols {
     /// [`RelayServer::Anyone`]: crate::net::relay::RelayServer::Anyone
     pub fn new(keypair: &Keypair, config: &BehaviourConfig) -> Result<Self, BehaviourError> {
         let admission = RelayAdmission::new(config.relay.server);
-        Self::with_counters(keypair, config, Arc::default(), &admission)
+        Self::with_counters(keypair, config, ProtocolCounters::default(), &admission)
     }
 
-    /// Like [`new`](Self::new), with both request-response codecs counting the malformed
-    /// frames they read in `malformed`, and the relay serving the peers `admission` admits.
+    /// Like [`new`](Self::new), with both request-response protocols counting in `counters`,
+    /// and the relay serving the peers `admission` admits.
     pub(crate) fn with_counters(
         keypair: &Keypair,
         config: &BehaviourConfig,
-        malformed: Arc<AtomicU64>,
+        counters: ProtocolCounters,
         admission: &Arc<RelayAdmission>,
     ) -> Result<Self, BehaviourError> {
+        let ProtocolCounters {
+            malformed,
+            streams_reset,
+        } = counters;
         let peer_id = keypair.public().to_peer_id();
         let gossip_config = gossipsub::ConfigBuilder::default()
             .validation_mode(gossipsub::ValidationMode::Strict)
@@ -359,21 +387,25 @@ impl Protocols {
         )
         .map_err(|e| BehaviourError::Gossipsub(e.to_string()))?;
         let gossipsub = ScoredGossipsub::new(gossipsub).map_err(BehaviourError::Gossipsub)?;
-        let sync = request_response::Behaviour::with_codec(
+        let sync = CappedRequestResponse::new(
             SyncCodec::default()
                 .count_malformed_in(malformed.clone())
                 .set_request_size_maximum(config.max_request_bytes)
                 .set_response_size_maximum(config.max_response_bytes),
             [(SYNC_PROTOCOL, request_response::ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(config.sync_timeout),
+            config.max_inbound_streams,
+            streams_reset.clone(),
         );
-        let deliver = request_response::Behaviour::with_codec(
+        let deliver = CappedRequestResponse::new(
             DeliverCodec::default()
                 .count_malformed_in(malformed)
                 .set_request_size_maximum(config.max_request_bytes)
                 .set_response_size_maximum(1024),
             [(DELIVER_PROTOCOL, request_response::ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(config.deliver_timeout),
+            config.max_inbound_streams,
+            streams_reset,
         );
         let mdns = if config.mdns {
             Some(mdns::tokio::Behaviour::new(

@@ -29,7 +29,7 @@ use crate::net::host::{InboxSink, ScopeHost};
 use crate::net::outbox::DeliveryPolicy;
 use crate::net::peer::Peer;
 use crate::net::protocols::{
-    BehaviourConfig, Protocols, ProtocolsEvent, scope_provider_key, scope_topic,
+    BehaviourConfig, ProtocolCounters, Protocols, ProtocolsEvent, scope_provider_key, scope_topic,
 };
 use crate::net::relay::RelayAdmission;
 use crate::net::relaying::Relaying;
@@ -273,7 +273,10 @@ impl Behaviour {
         let mut protocols = Protocols::with_counters(
             &config.keypair,
             &config.behaviour,
-            shared.stats.malformed.clone(),
+            ProtocolCounters {
+                malformed: shared.stats.malformed.clone(),
+                streams_reset: shared.stats.inbound_streams_reset.clone(),
+            },
             &admission,
         )
         .map_err(|e| Error::unavailable(format!("behaviour: {e}")))?;
