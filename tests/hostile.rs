@@ -1001,14 +1001,18 @@ async fn a_request_flood_is_bounded() {
         stuck.push(h.request_later(Proto::Sync, a.peer_id(), r));
     }
     let mut dropped = 0;
-    eventually("all but the cap of the stuck requests dropped", WAIT, || {
-        dropped = stuck.iter_mut().filter(|rx| !rx.is_empty()).count();
-        if dropped >= STUCK - cap {
-            Ok(())
-        } else {
-            Err(format!("only {dropped} dropped"))
-        }
-    })
+    eventually(
+        "all but the cap of the stuck requests dropped",
+        WAIT,
+        || {
+            dropped = stuck.iter_mut().filter(|rx| !rx.is_empty()).count();
+            if dropped >= STUCK - cap {
+                Ok(())
+            } else {
+                Err(format!("only {dropped} dropped"))
+            }
+        },
+    )
     .await;
     eventually("the streams reset counted", WAIT, || {
         let reset = a.node_stats().inbound_streams_reset - na2.inbound_streams_reset;
@@ -1499,7 +1503,8 @@ async fn stray_replies_to_a_call_are_not_replies_and_are_counted() {
 
 /// 12. A peer that sends only rejected deltas (`procgroups::behaviour::scoring`): its first
 ///     costs it its place in A's gossipsub mesh (A prunes it at its next heartbeat, and the
-///     peer sees the PRUNE); its third takes it below the graylist threshold, and from then on
+///     peer sees the PRUNE) and takes it below the gossip threshold, so that its next RPCs
+///     count in `gossip_ignored`; its third takes it below the graylist threshold, and from then on
 ///     A drops what it sends unread, gossipsub RPCs and delta-stream frames alike, counting
 ///     each. B, honest, is not touched: A graylists the hostile peer alone, and B's joins still
 ///     reach A.
@@ -1537,6 +1542,16 @@ async fn a_peer_sending_only_rejected_deltas_is_pruned_and_graylisted() {
     }
     eventually("A rejects three and graylists H", WAIT, || {
         rejected() == 3 && a.node_stats().peers_graylisted == 1
+    })
+    .await;
+    // The second and third came while H was below the gossip threshold, above the graylist.
+    eventually("A counts H's RPCs below the gossip threshold", WAIT, || {
+        let ignored = a.node_stats().gossip_ignored - na0.gossip_ignored;
+        if ignored >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{ignored} counted"))
+        }
     })
     .await;
 

@@ -391,7 +391,7 @@ impl Collector for NodeCollector {
             e,
             "errors",
             "Failed requests of the sync and deliver protocols, peers' requests over their budget or \
-             failed before an answer, inbound streams past the cap of a connection, connections over the limits, RPCs and delta frames of graylisted peers, malformed input \
+             failed before an answer, inbound streams past the cap of a connection, connections over the limits, RPCs and delta frames of graylisted peers, RPCs of peers below the gossip threshold, malformed input \
              from peers, peers not admitted, and peers \
              named by peer exchange beyond max_known_peers.",
             node_counters(
@@ -403,6 +403,7 @@ impl Collector for NodeCollector {
                     ("inbound_request_failed", node_stats.inbound_requests_failed),
                     ("inbound_stream_reset", node_stats.inbound_streams_reset),
                     ("graylisted", node_stats.graylisted_dropped),
+                    ("gossip_ignored", node_stats.gossip_ignored),
                     ("malformed", node_stats.malformed),
                     ("peer_refused", node_stats.peers_refused),
                     ("peer_ignored", node_stats.peers_ignored),

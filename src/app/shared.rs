@@ -100,6 +100,7 @@ impl NodeShared {
             inbound_streams_reset: read(&net.stats.inbound_streams_reset),
             peers_graylisted: net.peers_graylisted.load(Ordering::Relaxed),
             graylisted_dropped: read(&net.stats.graylisted_dropped),
+            gossip_ignored: read(&net.stats.gossip_ignored),
             malformed: read(&net.stats.malformed),
             messages_dropped: read(&net.stats.messages_dropped),
             peers_refused: read(&net.stats.peers_refused),

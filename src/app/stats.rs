@@ -163,10 +163,14 @@ pub struct NodeStats {
     /// [`SCORE_DECAY_INTERVAL`](crate::net::scoring::SCORE_DECAY_INTERVAL).
     pub peers_graylisted: usize,
     /// Gossipsub RPCs (messages and gossip alike) and delta-stream frames from graylisted
-    /// peers, dropped unread. Gossip from a peer below
-    /// [`GOSSIP_THRESHOLD`](crate::net::scoring::GOSSIP_THRESHOLD) but above the graylist
-    /// threshold is ignored by gossipsub without a report, and is not counted.
+    /// peers, dropped unread.
     pub graylisted_dropped: u64,
+    /// Gossipsub RPCs from peers below
+    /// [`GOSSIP_THRESHOLD`](crate::net::scoring::GOSSIP_THRESHOLD) and not graylisted:
+    /// gossipsub ignores the IHAVE/IWANT gossip they carry, and reads their messages. Counted
+    /// per RPC, whether or not it held gossip
+    /// ([`ScoredGossipsub::gossip_ignored`](crate::net::scoring::ScoredGossipsub::gossip_ignored)).
+    pub gossip_ignored: u64,
     /// Malformed input from peers: undecodable, truncated or over-cap deltas, requests or
     /// responses, and answers that do not fit their request (another kind, another scope).
     pub malformed: u64,

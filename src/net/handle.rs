@@ -52,6 +52,8 @@ pub(crate) struct NetStats {
     /// RPCs and delta frames of graylisted peers dropped unread (copied from the behaviour's
     /// gossipsub every housekeeping pass).
     pub graylisted_dropped: AtomicU64,
+    /// RPCs of peers below the gossip threshold (copied like `graylisted_dropped`).
+    pub gossip_ignored: AtomicU64,
 }
 
 /// What the application's threads can read of the behaviour's state, and how they wake it.

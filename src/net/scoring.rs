@@ -118,6 +118,7 @@ pub struct ScoredGossipsub {
     direct_rejections: HashMap<PeerId, f64>,
     next_decay: Instant,
     graylisted_dropped: u64,
+    gossip_ignored: u64,
     peers_graylisted: usize,
 }
 
@@ -130,6 +131,7 @@ impl ScoredGossipsub {
             direct_rejections: HashMap::new(),
             next_decay: Instant::now() + SCORE_DECAY_INTERVAL,
             graylisted_dropped: 0,
+            gossip_ignored: 0,
             peers_graylisted: 0,
         })
     }
@@ -173,6 +175,14 @@ impl ScoredGossipsub {
     /// the rare other event of that handler (a message to the peer that timed out).
     pub fn graylisted_dropped(&self) -> u64 {
         self.graylisted_dropped
+    }
+
+    /// RPCs from peers below [`GOSSIP_THRESHOLD`] and not graylisted, whose IHAVE/IWANT
+    /// gossip gossipsub ignores (their messages are still read). Counted as gossipsub's
+    /// connection handler hands an RPC over: gossipsub's types do not say whether it held
+    /// gossip, so this bounds the gossip ignored from above, by RPC.
+    pub fn gossip_ignored(&self) -> u64 {
+        self.gossip_ignored
     }
 
     /// Connected peers below [`GRAYLIST_THRESHOLD`], as of the last decay.
@@ -290,9 +300,12 @@ impl NetworkBehaviour for ScoredGossipsub {
         connection_id: ConnectionId,
         event: THandlerOutEvent<Self>,
     ) {
-        // Gossipsub drops a graylisted peer's RPCs without a word: count them here.
-        if self.is_graylisted(&peer) {
-            self.graylisted_dropped += 1;
+        // Gossipsub drops a graylisted peer's RPCs, and the gossip of a peer below the gossip
+        // threshold, without a word: count them here.
+        match self.inner.peer_score(&peer) {
+            Some(score) if score < GRAYLIST_THRESHOLD => self.graylisted_dropped += 1,
+            Some(score) if score < GOSSIP_THRESHOLD => self.gossip_ignored += 1,
+            _ => {}
         }
         self.inner
             .on_connection_handler_event(peer, connection_id, event);

@@ -53,6 +53,10 @@ impl Behaviour {
             .stats
             .graylisted_dropped
             .store(gossipsub.graylisted_dropped(), Ordering::Relaxed);
+        self.shared
+            .stats
+            .gossip_ignored
+            .store(gossipsub.gossip_ignored(), Ordering::Relaxed);
         let ttl = self.policy.timeout.max(Duration::from_secs(5)) * 2;
         self.served_pages
             .retain(|_, s| now.duration_since(s.at) < ttl);
