@@ -10,11 +10,12 @@
 //! (`malformed`): libp2p's request-response drops such a stream without reporting it.
 //!
 //! Refused today but counted nowhere (so no test asserts a counter for them): a request that
-//! announces a frame and then trickles it until the timeout, a gossipsub message
-//! over `max_transmit_size` or with a forged author (gossipsub drops it before the node sees
-//! it), and inbound streams beyond
-//! libp2p's 100 per connection. A peer-exchange answer is capped (64 peers, 8 addresses each),
-//! and so is what all answers together can make the node keep (`max_known_peers`, test 10).
+//! announces a frame and then trickles it until the timeout, and a gossipsub message over
+//! `max_transmit_size` or with a forged author (gossipsub drops it before the node sees it).
+//! Inbound streams past `max_inbound_streams` per connection are reset and counted
+//! (`inbound_streams_reset`, test 7). A peer-exchange answer is capped (64 peers, 8 addresses
+//! each), and so is what all answers together can make the node keep (`max_known_peers`,
+//! test 10).
 
 use std::time::{Duration, Instant};
 
@@ -762,14 +763,10 @@ async fn lying_sync_responses_touch_only_the_liar() {
     finish(vec![a, b], vec![h]).await;
 }
 
-/// 6. A scope with `max_groups = 4`: the hostile peer's joins into ten new groups get the
-///    room left (two groups) and the rest is refused and counted, the same way on both honest
-///    nodes; honest local joins follow the config (a join into an existing group works, a new
-///    group is `LimitReached` while the budget is full, and works once the peer leaves).
-/// A peer over its budget, `max_groups` 4: it gets four groups on each honest node and no
-/// more, takes nothing of the room of A's own processes or of B's, and the nodes say so in
-/// their health. Once the peer leaves enough for the rest to fit, they pull its state again
-/// (the versions already agree) and hold all of it.
+/// 6. A peer over its budget, `max_groups` 4: it gets four groups on each honest node and no
+///    more, takes nothing of the room of A's own processes or of B's, and the nodes say so in
+///    their health. Once the peer leaves enough for the rest to fit, they pull its state again
+///    (the versions already agree) and hold all of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_over_its_budget_takes_no_room_of_others_and_comes_back_whole() {
     let config = ScopeConfig::builder().max_groups(4).build().unwrap();
@@ -1635,5 +1632,52 @@ async fn rejected_streamed_deltas_graylist_their_peer_too() {
     expected.insert("later".into(), vec![pb2.pid()]);
     converge("the honest views", &[&ga, &gb], &expected).await;
     drop((pa, pb, pb2));
+    finish(vec![a, b], vec![h]).await;
+}
+
+/// 14. The scenario that made budgets per node, as first seen, with `max_groups` 100: the
+///     hostile peer fills the budget with one delta of 100 groups of its own. A's process
+///     still joins a new group, B's new group (joined meanwhile) is not refused on A, and once
+///     the peer leaves all 100, A's view is exact, with no slot refused along the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_filling_max_groups_takes_nothing_from_the_node_or_its_peers() {
+    const GROUPS: usize = 100;
+    let config = ScopeConfig::builder().max_groups(GROUPS).build().unwrap();
+    let (a, b) = pair(config).await;
+    let ((pa, ga), (pb, gb), mut expected) = one_member_each(&a, &b).await;
+    let h = Hostile::new(SCOPE);
+    attach(&h, &[&a, &b]).await;
+    let a0 = stats(&a);
+
+    let names: Vec<String> = (0..GROUPS).map(|i| format!("h{i}")).collect();
+    let joins: Vec<(&str, u64, i64)> = names.iter().map(|n| (n.as_str(), 1, 1)).collect();
+    h.publish_delta(&h.delta(&joins, true)).await.unwrap();
+    let h1 = Pid::new(h.peer_id, 1);
+    let mut with_peer = expected.clone();
+    for n in &names {
+        with_peer.insert(n.clone(), vec![h1]);
+    }
+    converge("the peer's 100 groups on A and B", &[&ga, &gb], &with_peer).await;
+
+    // A's own process joins a new group; B's joins one too.
+    ga.join("a-new")
+        .expect("a local join is not refused for a peer's groups");
+    gb.join("b-new").unwrap();
+    with_peer.insert("a-new".into(), vec![pa.pid()]);
+    with_peer.insert("b-new".into(), vec![pb.pid()]);
+    converge("both new groups everywhere", &[&ga, &gb], &with_peer).await;
+
+    // The peer leaves all 100: A's view is exactly what the honest processes did.
+    let leaves: Vec<(&str, u64, i64)> = names.iter().map(|n| (n.as_str(), 1, -1)).collect();
+    h.publish_delta(&h.delta(&leaves, true)).await.unwrap();
+    expected.insert("a-new".into(), vec![pa.pid()]);
+    expected.insert("b-new".into(), vec![pb.pid()]);
+    converge("A and B exact", &[&ga, &gb], &expected).await;
+    let a1 = stats(&a);
+    assert_eq!(a1.slots_refused, a0.slots_refused, "{a1:?}");
+    let health = a.scope_health(SCOPE).unwrap();
+    assert!(health.is_healthy(), "{health}");
+    let (pa2, _) = honest_join_propagates(&a, &gb, "later", Duration::from_secs(5)).await;
+    drop((pa, pb, pa2));
     finish(vec![a, b], vec![h]).await;
 }
