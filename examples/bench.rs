@@ -16,7 +16,12 @@
 //!    on another). One way, application to application: the sender's application thread
 //!    stamps the message and hands it to the swarm's thread; the receiver's swarm thread
 //!    accepts it and hands it to the application, which stamps its arrival. The swarm-to-
-//!    swarm time is reported beside it.
+//!    swarm time is reported beside it. The same shape on the delta stream is the stream
+//!    floor. With `--floor-protocols node` both floors' swarms also carry every other protocol
+//!    of a node (request-response, Kademlia, identify, ping, connection limits, and the relay,
+//!    hole punching, AutoNAT and mDNS toggles, off as in the nodes here), unused, so that the
+//!    floor pays for the node's composition of handlers: the join row's ratio to it is then the
+//!    cost of procgroups' own logic.
 //! 2. a join on A visible on B: `join` on A to the event out of B's `monitor` subscription,
 //!    one at a time, interleaved with the floor's messages so that both see the same machine.
 //! 3. 10k joins of one process into distinct groups, until a whole-scope subscriber on B has
@@ -49,10 +54,12 @@ use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{Multiaddr, Swarm, noise, tcp, yamux};
+use procgroups::behaviour::capped_streams::CappedRequestResponse;
 use procgroups::behaviour::delta_stream::{DeltaStreamEvent, DeltaStreams};
 use procgroups::behaviour::scoring::ScoredGossipsub;
-use procgroups::behaviour::{BehaviourConfig, Protocols};
+use procgroups::behaviour::{BehaviourConfig, DeliverCodec, Protocols, SyncCodec};
 use procgroups::{
     DEFAULT_MAILBOX_CAPACITY, EventKind, Inbox, Instance, Node, Process, ScopeConfig,
 };
@@ -108,12 +115,25 @@ struct Args {
     /// (always in the JSON).
     #[arg(long)]
     cpu: bool,
+    /// The floors' protocols: a node's gossipsub and delta stream alone, or beside every other
+    /// protocol of a node.
+    #[arg(long, value_enum, default_value_t = FloorStack::Bare)]
+    floor_protocols: FloorStack,
     /// B: A's floor swarm.
     #[arg(long, hide = true)]
     floor_addr: Option<Multiaddr>,
     /// B: A's node.
     #[arg(long, hide = true)]
     node_addr: Option<Multiaddr>,
+}
+
+/// What the floors' swarms carry beside gossipsub and the delta stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FloorStack {
+    /// Nothing.
+    Bare,
+    /// Every other protocol of a node, unused.
+    Node,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -323,12 +343,33 @@ enum FloorEvent {
     },
 }
 
-/// The floors' protocols: a node's gossipsub and a node's delta stream, nothing else.
+/// The floors' protocols: a node's gossipsub and a node's delta stream, and with
+/// [`FloorStack::Node`] the rest of a node's protocols.
 #[derive(NetworkBehaviour)]
 #[behaviour(prelude = "libp2p::swarm::derive_prelude")]
 struct FloorProtocols {
     streams: DeltaStreams,
     gossipsub: ScoredGossipsub,
+    rest: Toggle<NodeRest>,
+}
+
+/// A node's protocols other than gossipsub and the delta stream (`Protocols` less those two,
+/// and less its keep-alive, which is internal), as a node builds them.
+#[derive(NetworkBehaviour)]
+#[behaviour(prelude = "libp2p::swarm::derive_prelude")]
+struct NodeRest {
+    connection_limits: libp2p::connection_limits::Behaviour,
+    sync: CappedRequestResponse<SyncCodec>,
+    deliver: CappedRequestResponse<DeliverCodec>,
+    mdns: Toggle<libp2p::mdns::tokio::Behaviour>,
+    kad: libp2p::kad::Behaviour<libp2p::kad::store::MemoryStore>,
+    identify: libp2p::identify::Behaviour,
+    ping: libp2p::ping::Behaviour,
+    relay_client: Toggle<libp2p::relay::client::Behaviour>,
+    relay: Toggle<libp2p::relay::Behaviour>,
+    dcutr: Toggle<libp2p::dcutr::Behaviour>,
+    autonat: Toggle<libp2p::autonat::v2::client::Behaviour>,
+    autonat_server: Toggle<libp2p::autonat::v2::server::Behaviour>,
 }
 
 /// A bare swarm of gossipsub and the delta stream, on its own thread.
@@ -338,7 +379,7 @@ struct Floor {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-fn floor_swarm() -> Res<Swarm<FloorProtocols>> {
+fn floor_swarm(stack: FloorStack) -> Res<Swarm<FloorProtocols>> {
     let swarm = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
@@ -347,7 +388,7 @@ fn floor_swarm() -> Res<Swarm<FloorProtocols>> {
             yamux::Config::default,
         )?
         .with_behaviour(|key| {
-            // Exactly a node's gossipsub and delta stream, without the other protocols.
+            // Exactly a node's gossipsub and delta stream, with or without the others.
             let config = BehaviourConfig {
                 mdns: false,
                 ..BehaviourConfig::default()
@@ -356,6 +397,22 @@ fn floor_swarm() -> Res<Swarm<FloorProtocols>> {
                 .map(|p| FloorProtocols {
                     streams: p.delta_streams,
                     gossipsub: p.gossipsub,
+                    rest: (stack == FloorStack::Node)
+                        .then(|| NodeRest {
+                            connection_limits: p.connection_limits,
+                            sync: p.sync,
+                            deliver: p.deliver,
+                            mdns: p.mdns,
+                            kad: p.kad,
+                            identify: p.identify,
+                            ping: p.ping,
+                            relay_client: p.relay_client,
+                            relay: p.relay,
+                            dcutr: p.dcutr,
+                            autonat: p.autonat,
+                            autonat_server: p.autonat_server,
+                        })
+                        .into(),
                 })
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         })?
@@ -441,7 +498,7 @@ async fn floor_loop(
 }
 
 impl Floor {
-    fn start() -> Res<Self> {
+    fn start(stack: FloorStack) -> Res<Self> {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (event_tx, events) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -459,7 +516,7 @@ impl Floor {
                     }
                 };
                 runtime.block_on(async move {
-                    let mut swarm = match floor_swarm() {
+                    let mut swarm = match floor_swarm(stack) {
                         Ok(s) => s,
                         Err(e) => {
                             ready_tx.send(Err(e.to_string())).ok();
@@ -582,7 +639,7 @@ fn say(line: &str) {
 async fn serve_b(args: &Args, commands: &mut mpsc::UnboundedReceiver<String>) -> Res<()> {
     let floor_addr = args.floor_addr.clone().ok_or_else(|| err("--floor-addr"))?;
     let node_addr = args.node_addr.clone().ok_or_else(|| err("--node-addr"))?;
-    let mut floor = Some(Floor::start()?);
+    let mut floor = Some(Floor::start(args.floor_protocols)?);
     if let Some(f) = &mut floor {
         f.listening().await?;
         f.send(FloorCmd::Dial(floor_addr))?;
@@ -887,7 +944,12 @@ impl ChildB {
             .args(["--floor-addr", &floor_addr.to_string()])
             .args(["--node-addr", &node_addr.to_string()])
             .args(["--messages", &args.messages.to_string()])
-            .args(["--joins", &args.joins.to_string()]);
+            .args(["--joins", &args.joins.to_string()])
+            .arg("--floor-protocols")
+            .arg(match args.floor_protocols {
+                FloorStack::Bare => "bare",
+                FloorStack::Node => "node",
+            });
         let (child, lines) = ChildProcess::with_async_lines("b-reports", command)?;
         Ok(Self {
             child,
@@ -992,7 +1054,7 @@ async fn run_a(args: Args) -> Res<()> {
         println!("machine: {model}, {cores} cores");
         println!("nodes: two OS processes over loopback TCP (noise, yamux); running the rows…");
     }
-    let mut floor = Floor::start()?;
+    let mut floor = Floor::start(args.floor_protocols)?;
     let floor_addr = floor.listening().await?;
     let node = build_node(&args).await?;
     let node_addr = node
@@ -1198,16 +1260,20 @@ async fn latency(
     let join_median = median(&mut joins);
     let ratio = join_median / floor_median;
     let stream_ratio = join_median / stream_median;
+    let beside = match args.floor_protocols {
+        FloorStack::Bare => "",
+        FloorStack::Node => " beside a node's other protocols",
+    };
     let floor_row = floor_row_of(
         "gossipsub_floor",
-        "raw gossipsub one way, app to app (floor, median)",
+        &format!("raw gossipsub one way{beside}, app to app (floor, median)"),
         "sequential signed messages",
         &mut floor_app,
         swarm_median,
     );
     let stream_row = floor_row_of(
         "stream_floor",
-        "raw delta stream one way, app to app (floor, median)",
+        &format!("raw delta stream one way{beside}, app to app (floor, median)"),
         "sequential frames on /procgroups/deltas/1",
         &mut stream_app,
         stream_swarm_median,
