@@ -471,3 +471,40 @@ impl Protocols {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ConfigError;
+
+    #[test]
+    fn a_limit_out_of_range_is_refused_naming_its_field() {
+        assert_eq!(BehaviourConfig::default().validate(), Ok(()));
+        type OutOfRange = fn(&mut BehaviourConfig);
+        let cases: [(&str, OutOfRange); 9] = [
+            ("max_transmit_size", |c| c.max_transmit_size = 1024),
+            ("max_request_bytes", |c| c.max_request_bytes = 1023),
+            ("max_known_peers", |c| c.max_known_peers = 0),
+            ("requests_per_second", |c| c.requests_per_second = 0),
+            ("request_burst", |c| c.request_burst = 0),
+            ("max_connections_per_peer", |c| {
+                c.max_connections_per_peer = 0
+            }),
+            ("max_connections", |c| {
+                c.max_connections = c.max_connections_per_peer - 1;
+            }),
+            ("max_pending_incoming", |c| c.max_pending_incoming = 0),
+            ("max_inbound_streams", |c| c.max_inbound_streams = 0),
+        ];
+        for (field, put_out_of_range) in cases {
+            let mut config = BehaviourConfig::default();
+            put_out_of_range(&mut config);
+            match config.validate() {
+                Err(ConfigError::InvalidField { field: named, .. }) => {
+                    assert_eq!(named, field);
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
+}
