@@ -123,6 +123,9 @@ struct Args {
     /// protocol of a node.
     #[arg(long, value_enum, default_value_t = FloorStack::Bare)]
     floor_protocols: FloorStack,
+    /// Only these rows (comma-separated), for profiling one of them; all when not given.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<RowSet>,
     /// B: A's floor swarm.
     #[arg(long, hide = true)]
     floor_addr: Option<Multiaddr>,
@@ -138,6 +141,26 @@ enum FloorStack {
     Bare,
     /// Every other protocol of a node, unused.
     Node,
+}
+
+/// A row, or rows measured together, that `--only` can pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RowSet {
+    /// Rows 1 and 2: the floors and a join's latency.
+    Latency,
+    /// Row 3: joins into distinct groups.
+    Distinct,
+    /// Rows 4 and 5: joins into one group, then exits.
+    OneGroup,
+    /// Rows 6 and 7: broadcasts.
+    Broadcast,
+}
+
+impl Args {
+    /// Whether `--only` leaves `rows` in.
+    fn runs(&self, rows: RowSet) -> bool {
+        self.only.is_empty() || self.only.contains(&rows)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -766,15 +789,29 @@ async fn count_events(
         last: 0,
     };
     while seen.pids < want {
-        match tokio::time::timeout(STALL, sub.recv()).await {
-            Ok(Some(e)) => {
-                if e.kind == kind && filter(&e.group) {
-                    seen.pids += e.pids.len();
-                    seen.events += 1;
-                    seen.last = now_ns();
-                }
-            }
+        let first = match tokio::time::timeout(STALL, sub.recv()).await {
+            Ok(Some(e)) => e,
             Ok(None) | Err(_) => break,
+        };
+        // The events already queued are read at once, and the clock once after them: the
+        // time of the last event is when the batch holding it was read.
+        // Not past `want`, so that what follows is left for the next count.
+        let mut counted = false;
+        let mut next = Some(first);
+        while let Some(e) = next {
+            if e.kind == kind && filter(&e.group) {
+                seen.pids += e.pids.len();
+                seen.events += 1;
+                counted = true;
+            }
+            next = if seen.pids < want {
+                sub.try_recv()
+            } else {
+                None
+            };
+        }
+        if counted {
+            seen.last = now_ns();
         }
     }
     seen
@@ -1074,20 +1111,28 @@ async fn run_a(args: Args) -> Res<()> {
     }
 
     let mut rows = Vec::new();
-    let (floor_row, stream_row, join_row) = latency(&args, &mut floor, &node, &mut b).await?;
-    rows.push(floor_row);
-    rows.push(stream_row);
-    rows.push(join_row);
+    if args.runs(RowSet::Latency) {
+        let (floor_row, stream_row, join_row) = latency(&args, &mut floor, &node, &mut b).await?;
+        rows.push(floor_row);
+        rows.push(stream_row);
+        rows.push(join_row);
+    }
     drop(floor);
     b.send("floor-stop")?;
     b.expect("ok").await?;
 
-    rows.push(distinct_joins(&args, &node, &mut b).await?);
-    let (one, exit) = one_group(&args, &node, &mut b).await?;
-    rows.push(one);
-    rows.push(exit);
-    rows.push(broadcast(&args, &node, &mut b, args.members / 2).await?);
-    rows.push(broadcast(&args, &node, &mut b, 0).await?);
+    if args.runs(RowSet::Distinct) {
+        rows.push(distinct_joins(&args, &node, &mut b).await?);
+    }
+    if args.runs(RowSet::OneGroup) {
+        let (one, exit) = one_group(&args, &node, &mut b).await?;
+        rows.push(one);
+        rows.push(exit);
+    }
+    if args.runs(RowSet::Broadcast) {
+        rows.push(broadcast(&args, &node, &mut b, args.members / 2).await?);
+        rows.push(broadcast(&args, &node, &mut b, 0).await?);
+    }
 
     b.send("quit")?;
     b.expect("bye").await?;

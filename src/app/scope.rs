@@ -3,7 +3,7 @@
 //! Every mutation, the monitor snapshots and the event fan-out happen under the scope's
 //! mutex, so a subscription's snapshot and its events never miss or repeat a change. The lock
 //! is held for the operation only: member lists are cached snapshots (a read of an unchanged
-//! group is a hash lookup and a pointer copy), and events are queued with `try_send`, so a
+//! group is a hash lookup and a pointer copy), and events are queued without waiting, so a
 //! slow subscriber never holds it.
 
 use std::collections::BTreeMap;
@@ -15,7 +15,7 @@ use hashbrown::HashMap;
 
 use crate::app::mailbox::{Message, ProcessShared, ProcessTable, encode_payload};
 use crate::app::stats::{ScopeCounters, ScopeStats};
-use crate::app::subscription::{Subscriber, Subscription};
+use crate::app::subscription::{Subscriber, Subscription, Wakes};
 use crate::net::NetShared;
 use crate::net::host::ScopeHost;
 use crate::net::view::{ScopeNetCounters, ScopeNetView};
@@ -72,6 +72,8 @@ struct Subscribers {
     /// Added since the last sweep, and how many were there after it.
     added: usize,
     after_sweep: usize,
+    /// Kept between publications for its buffer.
+    wakes: Wakes,
 }
 
 /// Subscribers added before the first sweep.
@@ -104,14 +106,20 @@ impl Subscribers {
         !self.all.is_empty() || self.by_group.contains_key(group)
     }
 
-    fn publish(&mut self, event: Event, dropped: &AtomicU64) {
-        self.all.retain(|s| s.offer(&event, dropped));
-        if let Some(subs) = self.by_group.get_mut(&*event.group) {
-            subs.retain(|s| s.offer(&event, dropped));
-            if subs.is_empty() {
-                self.by_group.remove(&*event.group);
+    /// Queues `events` for the subscribers that want them, then wakes each subscriber that
+    /// got any, once.
+    fn publish(&mut self, events: Vec<Event>, dropped: &AtomicU64) {
+        let wakes = &mut self.wakes;
+        for event in events {
+            self.all.retain(|s| s.offer(&event, dropped, wakes));
+            if let Some(subs) = self.by_group.get_mut(&*event.group) {
+                subs.retain(|s| s.offer(&event, dropped, wakes));
+                if subs.is_empty() {
+                    self.by_group.remove(&*event.group);
+                }
             }
         }
+        wakes.wake();
     }
 
     fn remove_where(&mut self, gone: impl Fn(&Subscriber) -> bool) {
@@ -196,9 +204,7 @@ impl ScopeState {
         if let Some(run) = run {
             events.push(run.into_event());
         }
-        for event in events {
-            self.subscribers.publish(event, dropped);
-        }
+        self.subscribers.publish(events, dropped);
         let record = !self.subscribers.is_empty();
         self.core.set_record_changes(record);
     }

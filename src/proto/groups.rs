@@ -242,19 +242,28 @@ impl Groups {
     }
 
     /// The index of `name`, and whether the group is new: a new one is made empty. `None`
-    /// when every `u32` index is taken (the limit checks before refuse that many groups).
+    /// when every `u32` index is taken.
+    #[cfg(test)]
     pub(crate) fn get_or_insert(&mut self, name: &str) -> Option<(u32, Fresh)> {
-        let hash = self.hasher.hash_one(name);
-        let slab = &self.slab;
-        if let Some(index) = self.by_name.find(hash, |i| Self::is(slab, *i, name)) {
-            return Some((*index, Fresh::No));
+        match self.index(name) {
+            Some(index) => Some((index, Fresh::No)),
+            None => self
+                .insert_new(name.into())
+                .map(|index| (index, Fresh::Yes)),
         }
+    }
+
+    /// Makes the group `name`, empty, which the caller found absent ([`index`](Self::index)
+    /// gave `None`); its index. `None` when every `u32` index is taken (the limit checks
+    /// before refuse that many groups).
+    pub(crate) fn insert_new(&mut self, name: NameRef<'_>) -> Option<u32> {
+        let hash = self.hasher.hash_one(name.as_str());
         let index = match self.free.pop() {
             Some(index) => index,
             None => u32::try_from(self.slab.len()).ok()?,
         };
         let group = GroupState {
-            name: name.into(),
+            name: name.to_shared(),
             slots: 0,
             nodes: Vec::new(),
             members: None,
@@ -269,7 +278,7 @@ impl Groups {
         self.by_name.insert_unique(hash, index, |i| {
             hasher.hash_one(slab[*i as usize].as_ref().map_or("", |g| &*g.name))
         });
-        Some((index, Fresh::Yes))
+        Some(index)
     }
 
     /// Removes the group at `index`; its index may be taken again.
@@ -286,10 +295,48 @@ impl Groups {
 }
 
 /// Whether [`Groups::get_or_insert`] made the group.
+#[cfg(test)]
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fresh {
     Yes,
     No,
+}
+
+/// A group name as its caller has it: borrowed (a local join's argument), or shared already (a
+/// peer's delta decodes its names into [`GroupName`]s), so that a new group keeps the shared
+/// one rather than copying it.
+#[derive(Clone, Copy)]
+pub(crate) enum NameRef<'a> {
+    Borrowed(&'a str),
+    Shared(&'a GroupName),
+}
+
+impl NameRef<'_> {
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            NameRef::Borrowed(name) => name,
+            NameRef::Shared(name) => name,
+        }
+    }
+
+    fn to_shared(self) -> GroupName {
+        match self {
+            NameRef::Borrowed(name) => name.into(),
+            NameRef::Shared(name) => name.clone(),
+        }
+    }
+}
+
+impl<'a> From<&'a str> for NameRef<'a> {
+    fn from(name: &'a str) -> Self {
+        NameRef::Borrowed(name)
+    }
+}
+
+impl<'a> From<&'a GroupName> for NameRef<'a> {
+    fn from(name: &'a GroupName) -> Self {
+        NameRef::Shared(name)
+    }
 }
 
 /// Local process id → the indices of the groups it has slots in (the counts live in the

@@ -2,6 +2,8 @@
 //! delta of 10k joins is common: ops are arrays (with a fourth element only when they carry
 //! metadata), groups are named once per delta.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
@@ -92,11 +94,58 @@ pub struct Delta {
     pub incarnation: u64,
     /// Applies on top of `seq - 1` of the same incarnation.
     pub seq: u64,
-    /// The group names the ops refer to by index.
-    pub groups: Vec<String>,
+    /// The group names the ops refer to by index; shared, so that a group made by this delta
+    /// keeps the decoded name.
+    #[serde(deserialize_with = "shared_names")]
+    pub groups: Vec<Arc<str>>,
     /// The changes, in the order the origin made them.
     pub ops: Vec<Op>,
 }
+
+/// Decodes an array of text strings each straight into an `Arc<str>`, one allocation a name
+/// (serde's own `Arc<str>` goes through a `Box<str>` first).
+fn shared_names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Arc<str>>, D::Error> {
+    use serde::de::{SeqAccess, Visitor};
+    use std::fmt;
+
+    struct Name(Arc<str>);
+    impl<'de> Deserialize<'de> for Name {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = Name;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a group name")
+                }
+                fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Name, E> {
+                    Ok(Name(name.into()))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+
+    struct Names;
+    impl<'de> Visitor<'de> for Names {
+        type Value = Vec<Arc<str>>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an array of group names")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            // The length is the peer's word: reserved only up to what a small frame holds.
+            let mut names =
+                Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_NAMES_RESERVED));
+            while let Some(Name(name)) = seq.next_element()? {
+                names.push(name);
+            }
+            Ok(names)
+        }
+    }
+    d.deserialize_seq(Names)
+}
+
+/// The most names [`shared_names`] reserves room for before it has read them.
+const MAX_NAMES_RESERVED: usize = 4096;
 
 /// One group of a [`SyncState`]: the origin's processes in it, their slot counts and
 /// metadata.

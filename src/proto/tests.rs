@@ -406,7 +406,7 @@ fn hostile_input_is_rejected_and_changes_nothing() {
         (
             mallory,
             Delta {
-                groups: vec![String::new()],
+                groups: vec!["".into()],
                 ..good(1)
             },
             |r| matches!(r, Rejection::InvalidGroupName(_)),
@@ -414,7 +414,7 @@ fn hostile_input_is_rejected_and_changes_nothing() {
         (
             mallory,
             Delta {
-                groups: vec!["x".repeat(256)],
+                groups: vec!["x".repeat(256).into()],
                 ..good(1)
             },
             |r| matches!(r, Rejection::InvalidGroupName(_)),

@@ -216,7 +216,7 @@ fn build_delta(session: &Session, raw: &RawDelta) -> Delta {
         origin,
         incarnation: natural(raw.incarnation, raw.origin),
         seq: raw.seq,
-        groups: raw.groups.clone(),
+        groups: raw.groups.iter().map(|g| g.as_str().into()).collect(),
         ops: raw
             .ops
             .iter()
@@ -488,7 +488,7 @@ proptest! {
                 origin: peer,
                 incarnation: incarnations[p],
                 seq: seqs[p] + 1,
-                groups: vec![group],
+                groups: vec![group.into()],
                 ops: vec![Op { group: 0, id, change: i64::from(slots), meta: None }],
             };
             if session.delta(peer, delta).is_ok() && p != 0 {

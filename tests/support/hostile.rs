@@ -505,7 +505,7 @@ impl Hostile {
             origin: self.peer_id,
             incarnation: own.incarnation,
             seq: own.seq + 1,
-            groups,
+            groups: groups.into_iter().map(Into::into).collect(),
             ops: list,
         };
         if commit {

@@ -182,7 +182,7 @@ fn join_delta(origin: PeerId, seq: u64, group: &str, id: u64) -> Delta {
         origin,
         incarnation: 1,
         seq,
-        groups: vec![group.to_string()],
+        groups: vec![group.into()],
         ops: vec![Op {
             group: 0,
             id,

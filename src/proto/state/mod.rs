@@ -14,7 +14,8 @@ use foldhash::fast::FixedState;
 use libp2p::PeerId;
 
 use super::groups::{
-    Fresh, GroupName, GroupState, Groups, Ids, LocalProcs, Map, NodeSlots, Set, push_slots, sorted,
+    GroupName, GroupState, Groups, Ids, LocalProcs, Map, NameRef, NodeSlots, Set, push_slots,
+    sorted,
 };
 use super::input::{Change, Input, LimitError, Outcome, Output, Refusal};
 use super::messages::{Delta, Op, Version};
@@ -338,8 +339,9 @@ impl ScopeCore {
     /// the limit checks. Refused only when no group index is left, which `check_join` rules
     /// out first.
     fn add_local(&mut self, name: &str, id: u64, meta: Option<Meta>) -> Result<(), LimitError> {
+        let index = self.groups.index(name);
         let added = self
-            .add(LOCAL, name, id, 1, meta)
+            .add(LOCAL, name.into(), index, id, 1, meta)
             .ok_or_else(|| LimitError {
                 limit: Limit::MaxGroups,
                 group: name.to_owned(),
@@ -582,17 +584,29 @@ impl ScopeCore {
     }
 
     /// Adds `n` slots of `(node, id)` to `name`, without limit checks; `meta`, if given,
-    /// replaces the process's metadata there.
+    /// replaces the process's metadata there. `index` is where the caller found `name`
+    /// ([`Groups::index`]): `None` makes the group.
     /// `None` only when no group index is left, which the limit checks before rule out.
-    fn add(&mut self, node: u32, name: &str, id: u64, n: u32, meta: Option<Meta>) -> Option<Added> {
+    fn add(
+        &mut self,
+        node: u32,
+        name: NameRef<'_>,
+        index: Option<u32>,
+        id: u64,
+        n: u32,
+        meta: Option<Meta>,
+    ) -> Option<Added> {
         let seed = self.hash_seed;
-        let (index, fresh) = self.groups.get_or_insert(name)?;
-        if fresh == Fresh::Yes {
-            self.groups_cache = None;
-            if is_name_group(name) {
-                self.name_groups += 1;
+        let index = match index {
+            Some(index) => index,
+            None => {
+                self.groups_cache = None;
+                if is_name_group(name.as_str()) {
+                    self.name_groups += 1;
+                }
+                self.groups.insert_new(name)?
             }
-        }
+        };
         let group = self.groups.at_mut(index)?;
         let pos = match group.nodes.iter().position(|s| s.node == node) {
             Some(pos) => pos,

@@ -84,7 +84,7 @@ impl ScopeCore {
             }
             if remap[g].0 != chunk_no {
                 remap[g] = (chunk_no, chunk.groups.len() as u32);
-                chunk.groups.push(names[g].to_string());
+                chunk.groups.push(names[g].clone());
                 bytes += names[g].len() + 4;
             }
             chunk.ops.push(Op {

@@ -9,7 +9,7 @@ use libp2p::PeerId;
 use super::{Added, MAX_GROUP_INDICES, OriginState, ScopeCore};
 use bytes::Bytes;
 
-use crate::proto::groups::{GroupName, Map, Set, wire_group_problem};
+use crate::proto::groups::{GroupName, GroupState, Map, NameRef, Set, wire_group_problem};
 use crate::proto::input::{DeltaOutcome, Output, Rejection, SyncOutcome};
 use crate::proto::messages::{Delta, SyncState, Version};
 use crate::proto::registry::{CLAIM_OVERHEAD, Claim, is_name_group};
@@ -111,11 +111,12 @@ impl ScopeCore {
 
     pub(super) fn apply_delta(&mut self, node: u32, origin: &mut OriginState, delta: &Delta) {
         for op in &delta.ops {
-            let name = delta.groups[op.group as usize].as_str();
+            let shared = &delta.groups[op.group as usize];
+            let name = &**shared;
             let n = op.change.unsigned_abs() as u32;
             let meta = op.meta.as_ref().map(|m| self.remote_meta(name, m));
             match op.change {
-                1.. => self.add_remote(node, origin, name, op.id, n, meta.flatten()),
+                1.. => self.add_remote(node, origin, shared.into(), op.id, n, meta.flatten()),
                 0 => {
                     // A value refused for its size clears what the member had: a stale
                     // value would pass for the origin's.
@@ -160,22 +161,25 @@ impl ScopeCore {
         &mut self,
         node: u32,
         origin: &mut OriginState,
-        name: &str,
+        name: NameRef<'_>,
         id: u64,
         n: u32,
         meta: Option<Meta>,
     ) {
         // A process holds at most u32::MAX slots of a group: a peer announcing more (only a
         // hostile one can) is refused the excess like a limit.
-        let held = self.groups.get(name).map_or(0, |g| g.count(node, id));
+        let index = self.groups.index(name.as_str());
+        let group = index.and_then(|i| self.groups.at(i));
+        let held = group.map_or(0, |g| g.count(node, id));
         let room = self
-            .room(node, origin.groups.len(), name, n)
+            .room(node, origin.groups.len(), group, n)
             .min(u32::MAX - held);
+        let name_str = name.as_str();
         if room < n {
             self.stats.slots_refused += u64::from(n - room);
             origin.refused += u64::from(n - room);
             tracing::warn!(
-                group = name,
+                group = name_str,
                 origin = %origin.peer,
                 refused = n - room,
                 "remote join refused by a limit"
@@ -183,12 +187,12 @@ impl ScopeCore {
         }
         if room == 0 && held > 0 && meta.is_some() {
             // The slot is refused, not the value: it is the process's, which this node holds.
-            self.set_meta(node, name, id, meta);
+            self.set_meta(node, name_str, id, meta);
             return;
         }
         if room > 0 {
             // `room` is 0 when no group index is left, so `add` finds one.
-            match self.add(node, name, id, room, meta) {
+            match self.add(node, name, index, id, room, meta) {
                 Some(Added {
                     node_fresh: true,
                     name: Some(name),
@@ -230,9 +234,14 @@ impl ScopeCore {
     /// own, the same as the local processes': at most `max_groups` groups and
     /// `max_members_per_group` slots in one group. What one peer holds never takes room from
     /// another or from this node's own processes.
-    pub(super) fn room(&self, node: u32, origin_groups: usize, name: &str, n: u32) -> u32 {
+    pub(super) fn room(
+        &self,
+        node: u32,
+        origin_groups: usize,
+        group: Option<&GroupState>,
+        n: u32,
+    ) -> u32 {
         let max_members = self.cfg.max_members_per_group;
-        let group = self.groups.get(name);
         let current = match group.and_then(|g| g.node(node)) {
             Some(slots) => slots.slots,
             None if origin_groups >= self.max_groups() => return 0,
@@ -448,7 +457,7 @@ impl ScopeCore {
                     self.add_remote(
                         node,
                         origin,
-                        &group.name,
+                        group.name.as_str().into(),
                         member.id,
                         member.slots - have,
                         meta,
