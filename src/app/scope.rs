@@ -136,21 +136,48 @@ struct Run {
     kind: EventKind,
     group: GroupName,
     meta: Option<Meta>,
-    pids: Vec<Pid>,
+    /// The first change's process and slots: most runs are that change alone, and their event
+    /// takes one allocation for its pids.
+    first: Pid,
+    first_count: u32,
+    /// The pids of the changes after the first, once per slot.
+    more: Vec<Pid>,
 }
 
 impl Run {
+    fn new(change: Change) -> Self {
+        Run {
+            kind: change.kind,
+            group: change.group,
+            meta: change.meta,
+            first: change.pid,
+            first_count: change.count,
+            more: Vec::new(),
+        }
+    }
+
     fn continues(&self, change: &Change) -> bool {
         self.kind == change.kind
             && Arc::ptr_eq(&self.group, &change.group)
             && self.meta == change.meta
     }
 
+    fn extend(&mut self, change: &Change) {
+        self.more
+            .extend(std::iter::repeat_n(change.pid, change.count as usize));
+    }
+
     fn into_event(self) -> Event {
+        let first = std::iter::repeat_n(self.first, self.first_count as usize);
+        let pids = if self.more.is_empty() {
+            first.collect()
+        } else {
+            first.chain(self.more).collect()
+        };
         Event {
             kind: self.kind,
             group: self.group,
-            pids: self.pids.into(),
+            pids,
             meta: self.meta,
         }
     }
@@ -185,20 +212,14 @@ impl ScopeState {
             if let Some(run) = &mut run
                 && run.continues(&change)
             {
-                run.pids
-                    .extend(std::iter::repeat_n(change.pid, change.count as usize));
+                run.extend(&change);
                 continue;
             }
             if let Some(run) = run.take() {
                 events.push(run.into_event());
             }
             if subscribers.wants(&change.group) {
-                run = Some(Run {
-                    kind: change.kind,
-                    pids: vec![change.pid; change.count as usize],
-                    group: change.group,
-                    meta: change.meta,
-                });
+                run = Some(Run::new(change));
             }
         }
         if let Some(run) = run {
