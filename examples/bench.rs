@@ -33,10 +33,14 @@
 //! 7. broadcasts to 1000 members all on B, likewise.
 //!
 //! The table's Erlang column is fixed text: Erlang/OTP 25 `pg` in the same shapes, measured
-//! on this project's 2-vCPU machine on 2026-12-03. A comparison is only fair with the anchor
-//! run again in the same hour on the same machine.
+//! on this project's 2-vCPU machine on 2026-12-03 (21:2x UTC). A comparison is only fair with
+//! the anchor run again in the same hour on the same machine.
 //!
-//! Throughput rows run `--trials` times and report the median. Both nodes run the default
+//! `--only latency,distinct,one-group,broadcast` runs some of the rows, for profiling one
+//! (`perf record -g` of the whole bench follows B too).
+//!
+//! Throughput rows run `--trials` times and report the median; the JSON keeps the trials in
+//! their order (the first is on cold tables). Both nodes run the default
 //! scope configuration except for buffers: subscriptions hold a whole burst
 //! (`monitor_buffer`), inboxes a whole trial (`mailbox_capacity`), and a peer's outbox a whole
 //! trial's frames (`action_queue_max_size`, which also bounds it); anything lost anyway is
@@ -1336,7 +1340,7 @@ async fn latency(
             us(percentile(&mut joins, 0.99))
         ),
         target: "≤ 1.5× stream floor",
-        anchor: "60–86 µs",
+        anchor: "78–84 µs",
         json: json!({
             "median_us": join_median / 1000.0,
             "p10_us": percentile(&mut joins, 0.1) / 1000.0,
@@ -1388,9 +1392,9 @@ fn floor_row_of(
     }
 }
 
-/// Medians and the spread of a throughput row's trials.
-fn summary(mut rates: Vec<f64>) -> (f64, Value) {
-    let m = median(&mut rates);
+/// Medians and the spread of a throughput row's trials, the trials in their order.
+fn summary(rates: Vec<f64>) -> (f64, Value) {
+    let m = median(&mut rates.clone());
     (m, json!(rates))
 }
 
@@ -1400,6 +1404,7 @@ async fn distinct_joins(args: &Args, node: &Node, b: &mut ChildB) -> Res<Row> {
     let mut local = Vec::new();
     let mut problems = Vec::new();
     let mut events = 0;
+    let mut deltas = Vec::new();
     let mut cpu = RowCpu::default();
     for t in 0..args.trials {
         let prefix = format!("d{t}-");
@@ -1408,6 +1413,7 @@ async fn distinct_joins(args: &Args, node: &Node, b: &mut ChildB) -> Res<Row> {
         b.send(&format!("distinct {} {prefix}", args.joins))?;
         b.expect("ready").await?;
         let (a0, b0) = (thread_cpu(), b.cpu.clone());
+        let before = node.stats(SCOPE)?;
         let t0 = now_ns();
         for name in &names {
             m.pg.join(name.as_str())?;
@@ -1415,6 +1421,12 @@ async fn distinct_joins(args: &Args, node: &Node, b: &mut ChildB) -> Res<Row> {
         let t_local = now_ns();
         let seen = b.expect("seen").await?;
         cpu.add((&a0, &thread_cpu()), (&b0, &b.cpu));
+        let after = node.stats(SCOPE)?;
+        deltas.push(format!(
+            "{}+{}",
+            after.deltas_streamed - before.deltas_streamed,
+            after.deltas_sent - before.deltas_sent
+        ));
         let [last, pids, evs, dropped] = seen[..] else {
             return Err(err("short report"));
         };
@@ -1436,10 +1448,12 @@ async fn distinct_joins(args: &Args, node: &Node, b: &mut ChildB) -> Res<Row> {
     let local_median = median(&mut local);
     let (value, trials) = summary(rates);
     let mut notes = format!(
-        "{} trials; the joins alone take A {} ({} events on B in the last trial)",
+        "{} trials; the joins alone take A {} ({} events on B in the last trial; deltas A \
+         streamed+gossiped per trial: {})",
         args.trials,
         per_s(local_median, "joins"),
-        events
+        events,
+        deltas.join(" ")
     );
     for p in &problems {
         notes.push_str("; ");
@@ -1450,7 +1464,7 @@ async fn distinct_joins(args: &Args, node: &Node, b: &mut ChildB) -> Res<Row> {
         measure: format!("{} joins, distinct groups, visible on B", args.joins),
         shown: per_s(value, "joins"),
         target: "≥ 1M joins/s",
-        anchor: "82k–114k joins/s",
+        anchor: "101k–118k joins/s",
         json: json!({
             "per_s": value,
             "trials_per_s": trials,
@@ -1530,7 +1544,7 @@ async fn one_group(args: &Args, node: &Node, b: &mut ChildB) -> Res<(Row, Row)> 
         measure: format!("{} joins into one group, visible on B", args.joins),
         shown: per_s(jv, "joins"),
         target: "≥ 1M joins/s",
-        anchor: "2.8k–3.0k joins/s",
+        anchor: "3.6k–5.0k joins/s",
         json: json!({
             "per_s": jv,
             "trials_per_s": jt,
@@ -1550,7 +1564,7 @@ async fn one_group(args: &Args, node: &Node, b: &mut ChildB) -> Res<(Row, Row)> 
         measure: format!("{} members exit, visible on B", args.joins),
         shown: per_s(ev, "leaves"),
         target: "≥ 1M leaves/s",
-        anchor: "1.0k–1.2k leaves/s",
+        anchor: "1.6k–1.7k leaves/s",
         json: json!({
             "per_s": ev,
             "trials_per_s": et,
@@ -1645,7 +1659,7 @@ async fn broadcast(args: &Args, node: &Node, b: &mut ChildB, local: usize) -> Re
                 "broadcast to {} members, {local} on each of 2 nodes",
                 args.members
             ),
-            "740k–973k deliveries/s",
+            "570k–966k deliveries/s",
         )
     } else {
         (
@@ -1654,7 +1668,7 @@ async fn broadcast(args: &Args, node: &Node, b: &mut ChildB, local: usize) -> Re
                 "broadcast to {} members all on the other node",
                 args.members
             ),
-            "388k–448k deliveries/s",
+            "374k–439k deliveries/s",
         )
     };
     let row = Row {
