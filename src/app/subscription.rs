@@ -174,10 +174,13 @@ impl Subscription {
     }
 
     fn discard(&mut self) {
-        let queued = self.channel.queue().len() + self.batch.len();
-        self.channel.queue().clear();
+        // Taken under one lock, so that an event queued meanwhile stays queued and counted.
+        let queue = std::mem::take(&mut *self.channel.queue());
+        self.channel
+            .queued
+            .fetch_sub(queue.len() + self.batch.len(), Ordering::Relaxed);
         self.batch.clear();
-        self.channel.queued.fetch_sub(queued, Ordering::Relaxed);
+        drop(queue);
     }
 }
 

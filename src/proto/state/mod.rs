@@ -600,11 +600,12 @@ impl ScopeCore {
         let index = match index {
             Some(index) => index,
             None => {
+                let index = self.groups.insert_new(name)?;
                 self.groups_cache = None;
                 if is_name_group(name.as_str()) {
                     self.name_groups += 1;
                 }
-                self.groups.insert_new(name)?
+                index
             }
         };
         let group = self.groups.at_mut(index)?;
