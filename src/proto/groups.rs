@@ -207,10 +207,19 @@ impl Groups {
     }
 
     pub(crate) fn index(&self, name: &str) -> Option<u32> {
+        self.lookup(name).index
+    }
+
+    /// Where `name` is, with its hash, which [`insert_new`](Self::insert_new) takes when the
+    /// group is absent: a new group's name is hashed once.
+    pub(crate) fn lookup(&self, name: &str) -> Lookup {
         let slab = &self.slab;
-        self.by_name
-            .find(self.hasher.hash_one(name), |i| Self::is(slab, *i, name))
-            .copied()
+        let hash = self.hasher.hash_one(name);
+        let index = self
+            .by_name
+            .find(hash, |i| Self::is(slab, *i, name))
+            .copied();
+        Lookup { index, hash }
     }
 
     fn is(slab: &[Option<GroupState>], index: u32, name: &str) -> bool {
@@ -247,17 +256,18 @@ impl Groups {
     pub(crate) fn get_or_insert(&mut self, name: &str) -> Option<(u32, Fresh)> {
         match self.index(name) {
             Some(index) => Some((index, Fresh::No)),
-            None => self
-                .insert_new(name.into())
-                .map(|index| (index, Fresh::Yes)),
+            None => {
+                let hash = self.lookup(name).hash;
+                self.insert_new(name.into(), hash)
+                    .map(|index| (index, Fresh::Yes))
+            }
         }
     }
 
-    /// Makes the group `name`, empty, which the caller found absent ([`index`](Self::index)
-    /// gave `None`); its index. `None` when every `u32` index is taken (the limit checks
-    /// before refuse that many groups).
-    pub(crate) fn insert_new(&mut self, name: NameRef<'_>) -> Option<u32> {
-        let hash = self.hasher.hash_one(name.as_str());
+    /// Makes the group `name`, empty, which the caller found absent ([`lookup`](Self::lookup)
+    /// gave no index, and `hash`); its index. `None` when every `u32` index is taken (the
+    /// limit checks before refuse that many groups).
+    pub(crate) fn insert_new(&mut self, name: NameRef<'_>, hash: u64) -> Option<u32> {
         let index = match self.free.pop() {
             Some(index) => index,
             None => u32::try_from(self.slab.len()).ok()?,
@@ -292,6 +302,15 @@ impl Groups {
         }
         self.free.push(index);
     }
+}
+
+/// What [`Groups::lookup`] found of a name.
+#[derive(Clone, Copy)]
+pub(crate) struct Lookup {
+    /// The group's index, if it exists.
+    pub(crate) index: Option<u32>,
+    /// The name's hash in the table.
+    pub(crate) hash: u64,
 }
 
 /// Whether [`Groups::get_or_insert`] made the group.

@@ -84,6 +84,24 @@ fn local_changes_become_ordered_deltas_that_peers_apply() {
 }
 
 #[test]
+fn a_group_index_taken_again_before_the_flush_names_each_group() {
+    let (mut a, mut b) = (core(), core());
+    a.join(1, &["g"]).unwrap();
+    a.leave(1, &["g"]); // g empties: its index is free
+    a.join(1, &["h"]).unwrap(); // and h takes it
+    let deltas = a.take_deltas();
+    assert_eq!(deltas.len(), 1);
+    let names: Vec<&str> = deltas[0].groups.iter().map(|g| &**g).collect();
+    assert_eq!(names, ["g", "h"]);
+    let sender = a.local_peer();
+    let delta = deltas.into_iter().next().unwrap();
+    assert_eq!(b.handle_delta(sender, delta, T0), Ok(DeltaOutcome::Applied));
+    assert_mirrors(&a, &b);
+    assert_eq!(b.members("h").len(), 1);
+    assert!(b.members("g").is_empty());
+}
+
+#[test]
 fn without_peers_changes_bump_the_version_but_queue_nothing() {
     let mut a = ScopeCore::new(PeerId::random(), 1, config());
     a.join(1, &["g"]).unwrap();

@@ -77,7 +77,10 @@ impl ScopeCore {
     /// process, an op for the peers.
     pub(super) fn set_meta(&mut self, node: u32, name: &str, id: u64, meta: Option<Meta>) -> bool {
         let seed = self.hash_seed;
-        let Some(group) = self.groups.get_mut(name) else {
+        let Some(index) = self.groups.index(name) else {
+            return false;
+        };
+        let Some(group) = self.groups.at_mut(index) else {
             return false;
         };
         let count = group.count(node, id);
@@ -116,7 +119,7 @@ impl ScopeCore {
             }));
         }
         if node == LOCAL && self.publishing {
-            self.queue_op(&name, id, 0, meta);
+            self.queue_op(index, &name, id, 0, meta);
         }
         true
     }

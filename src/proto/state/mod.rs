@@ -14,8 +14,8 @@ use foldhash::fast::FixedState;
 use libp2p::PeerId;
 
 use super::groups::{
-    GroupName, GroupState, Groups, Ids, LocalProcs, Map, NameRef, NodeSlots, Set, push_slots,
-    sorted,
+    GroupName, GroupState, Groups, Ids, LocalProcs, Lookup, Map, NameRef, NodeSlots, Set,
+    push_slots, sorted,
 };
 use super::input::{Change, Input, LimitError, Outcome, Output, Refusal};
 use super::messages::{Delta, Op, Version};
@@ -114,8 +114,11 @@ struct OriginState {
     version: Option<Version>,
     /// `false` after a purge, until a sync proves the origin alive.
     alive: bool,
-    /// The groups in which this node holds members of the origin.
-    groups: Set<GroupName>,
+    /// The groups (their indices in [`Groups`]) in which this node holds members of the
+    /// origin: an index, not a name, so that a new group costs no second hash of its name. An
+    /// index stays the group's while the origin holds slots in it (a group is removed only
+    /// once empty), and leaves this set when the origin's last slot there goes.
+    groups: Set<u32>,
     /// Early deltas, by (incarnation, seq).
     held: BTreeMap<(u64, u64), Delta>,
     /// Since when a gap in the sequence is open.
@@ -148,9 +151,15 @@ pub(crate) struct ScopeCore {
     /// Local process id → the groups it has slots in (the counts live in the groups).
     local_procs: LocalProcs,
     origins: Map<u32, OriginState>,
+    /// Local changes not yet cut into deltas; each op's `group` indexes `pending_names`.
     pending: Vec<Op>,
     pending_names: Vec<GroupName>,
-    pending_index: Map<GroupName, u32>,
+    /// A group's index in `groups` → its position in `pending_names`; an entry goes when its
+    /// group does, so that a later group at the same index is named afresh.
+    pending_index: Map<u32, u32>,
+    /// The estimated encoded size of `pending` as one delta (`DELTA_OVERHEAD`, `OP_BYTES`
+    /// and the names).
+    pending_bytes: usize,
     ready: VecDeque<Delta>,
     record_changes: bool,
     /// What the core asks of its host, oldest first: see [`Output`].
@@ -202,6 +211,7 @@ impl ScopeCore {
             pending: Vec::new(),
             pending_names: Vec::new(),
             pending_index: Map::with_hasher(hasher()),
+            pending_bytes: DELTA_OVERHEAD,
             ready: VecDeque::new(),
             record_changes: true,
             outputs: VecDeque::new(),
@@ -327,9 +337,17 @@ impl ScopeCore {
     /// Joins `id` to every group of `names` (a name may repeat), all or nothing.
     /// Names must be valid. Refused when a limit would be exceeded.
     fn on_join(&mut self, id: u64, names: &[&str]) -> Result<(), LimitError> {
-        self.check_join(id, names)?;
-        for name in names {
-            self.add_local(name, id, None)?;
+        if let [name] = names {
+            // The common call: the name is looked up once for the check and the join.
+            let found = self.groups.lookup(name);
+            let group = found.index.and_then(|i| self.groups.at(i));
+            self.check_group(id, name, group, 1, &mut 0)?;
+            self.add_found(name, found, id, None)?;
+        } else {
+            self.check_join(id, names)?;
+            for name in names {
+                self.add_local(name, id, None)?;
+            }
         }
         self.local_changed();
         Ok(())
@@ -339,9 +357,20 @@ impl ScopeCore {
     /// the limit checks. Refused only when no group index is left, which `check_join` rules
     /// out first.
     fn add_local(&mut self, name: &str, id: u64, meta: Option<Meta>) -> Result<(), LimitError> {
-        let index = self.groups.index(name);
+        let found = self.groups.lookup(name);
+        self.add_found(name, found, id, meta)
+    }
+
+    /// [`add_local`](Self::add_local) where the caller looked `name` up already.
+    fn add_found(
+        &mut self,
+        name: &str,
+        found: Lookup,
+        id: u64,
+        meta: Option<Meta>,
+    ) -> Result<(), LimitError> {
         let added = self
-            .add(LOCAL, name.into(), index, id, 1, meta)
+            .add(LOCAL, name.into(), found, id, 1, meta)
             .ok_or_else(|| LimitError {
                 limit: Limit::MaxGroups,
                 group: name.to_owned(),
@@ -363,7 +392,6 @@ impl ScopeCore {
     }
 
     fn check_join(&self, id: u64, names: &[&str]) -> Result<(), LimitError> {
-        let (max_groups, max_members) = (self.max_groups(), self.cfg.max_members_per_group);
         // Occurrences per distinct name, in first-seen order (the error names the first group
         // that does not fit). A scan for small batches, a map for large ones.
         let mut tally: Vec<(&str, usize)> = Vec::with_capacity(names.len());
@@ -386,42 +414,57 @@ impl ScopeCore {
                 }
             }
         }
-        // Only this node's own slots count: what peers hold never takes a local budget.
         let mut new_groups = 0;
         for (name, k) in tally {
-            let group = self.groups.get(name);
-            if let Some(g) = group
-                && u64::from(g.count(LOCAL, id)) + k as u64 > u64::from(u32::MAX)
-            {
-                return Err(LimitError {
-                    limit: Limit::MaxMembersPerGroup,
-                    group: name.to_owned(),
-                    max: u32::MAX as usize,
-                });
-            }
-            let current = match group.and_then(|g| g.node(LOCAL)) {
-                Some(local) => local.slots,
-                None => {
-                    new_groups += 1;
-                    if self.local_groups + new_groups > max_groups
-                        || (group.is_none() && self.groups.len() + new_groups > MAX_GROUP_INDICES)
-                    {
-                        return Err(LimitError {
-                            limit: Limit::MaxGroups,
-                            group: name.to_owned(),
-                            max: max_groups,
-                        });
-                    }
-                    0
+            self.check_group(id, name, self.groups.get(name), k, &mut new_groups)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `k` more slots of local process `id` fit `name` (`group`, if it exists), the
+    /// batch having counted `new_groups` groups new to this node before it (this one is added
+    /// if it is new too). Only this node's own slots count: what peers hold never takes a
+    /// local budget.
+    fn check_group(
+        &self,
+        id: u64,
+        name: &str,
+        group: Option<&GroupState>,
+        k: usize,
+        new_groups: &mut usize,
+    ) -> Result<(), LimitError> {
+        let (max_groups, max_members) = (self.max_groups(), self.cfg.max_members_per_group);
+        if let Some(g) = group
+            && u64::from(g.count(LOCAL, id)) + k as u64 > u64::from(u32::MAX)
+        {
+            return Err(LimitError {
+                limit: Limit::MaxMembersPerGroup,
+                group: name.to_owned(),
+                max: u32::MAX as usize,
+            });
+        }
+        let current = match group.and_then(|g| g.node(LOCAL)) {
+            Some(local) => local.slots,
+            None => {
+                *new_groups += 1;
+                if self.local_groups + *new_groups > max_groups
+                    || (group.is_none() && self.groups.len() + *new_groups > MAX_GROUP_INDICES)
+                {
+                    return Err(LimitError {
+                        limit: Limit::MaxGroups,
+                        group: name.to_owned(),
+                        max: max_groups,
+                    });
                 }
-            };
-            if max_members != 0 && current + k > max_members {
-                return Err(LimitError {
-                    limit: Limit::MaxMembersPerGroup,
-                    group: name.to_owned(),
-                    max: max_members,
-                });
+                0
             }
+        };
+        if max_members != 0 && current + k > max_members {
+            return Err(LimitError {
+                limit: Limit::MaxMembersPerGroup,
+                group: name.to_owned(),
+                max: max_members,
+            });
         }
         Ok(())
     }
@@ -584,23 +627,23 @@ impl ScopeCore {
     }
 
     /// Adds `n` slots of `(node, id)` to `name`, without limit checks; `meta`, if given,
-    /// replaces the process's metadata there. `index` is where the caller found `name`
-    /// ([`Groups::index`]): `None` makes the group.
+    /// replaces the process's metadata there. `found` is what the caller's
+    /// [`Groups::lookup`] of `name` gave: no index makes the group.
     /// `None` only when no group index is left, which the limit checks before rule out.
     fn add(
         &mut self,
         node: u32,
         name: NameRef<'_>,
-        index: Option<u32>,
+        found: Lookup,
         id: u64,
         n: u32,
         meta: Option<Meta>,
     ) -> Option<Added> {
         let seed = self.hash_seed;
-        let index = match index {
+        let index = match found.index {
             Some(index) => index,
             None => {
-                let index = self.groups.insert_new(name)?;
+                let index = self.groups.insert_new(name, found.hash)?;
                 self.groups_cache = None;
                 if is_name_group(name.as_str()) {
                     self.name_groups += 1;
@@ -657,14 +700,11 @@ impl ScopeCore {
                 meta: group.meta(node, id).cloned(),
             }));
         }
-        // Cloned only for whoever keeps it: a plain extra join needs no name.
-        let publish = node == LOCAL && self.publishing;
-        let name = (node_fresh || id_fresh || publish).then(|| group.name.clone());
-        if publish && let Some(name) = &name {
-            self.queue_op(name, id, i64::from(n), published_meta);
+        if node == LOCAL && self.publishing {
+            let name = group.name.clone();
+            self.queue_op(index, &name, id, i64::from(n), published_meta);
         }
         Some(Added {
-            name: name.filter(|_| node_fresh || id_fresh),
             group: index,
             node_fresh,
             id_fresh,
@@ -754,7 +794,11 @@ impl ScopeCore {
                 }
             }
             if publish {
-                self.queue_op(&name, id, -i64::from(removed), None);
+                self.queue_op(index, &name, id, -i64::from(removed), None);
+            }
+            if emptied {
+                // The index may be taken by another group before the next flush.
+                self.pending_index.remove(&index);
             }
         }
         Removed {
@@ -765,10 +809,10 @@ impl ScopeCore {
         }
     }
 
-    fn remove_node_from_group(&mut self, node: u32, name: &str) {
+    fn remove_node_from_group(&mut self, node: u32, index: u32) {
         let ids: Vec<(u64, u32)> = self
             .groups
-            .get(name)
+            .at(index)
             .and_then(|g| g.node(node))
             .map(|n| {
                 let mut v: Vec<(u64, u32)> = n.ids.iter().collect();
@@ -777,7 +821,7 @@ impl ScopeCore {
             })
             .unwrap_or_default();
         for (id, count) in ids {
-            self.remove(node, name, id, count);
+            self.remove_at(node, index, id, count);
         }
     }
 
@@ -840,8 +884,6 @@ impl ScopeCore {
 
 /// What [`ScopeCore::add`] did.
 struct Added {
-    /// The group's shared name, when the node or the process is new to it.
-    name: Option<GroupName>,
     /// The group's index.
     group: u32,
     /// The node had no slot in the group before.

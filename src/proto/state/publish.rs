@@ -61,6 +61,19 @@ impl ScopeCore {
         let ops = std::mem::take(&mut self.pending);
         let names = std::mem::take(&mut self.pending_names);
         self.pending_index.clear();
+        let bytes = std::mem::replace(&mut self.pending_bytes, DELTA_OVERHEAD);
+        if bytes <= self.cfg.max_delta_bytes {
+            // The common case, one delta: the queue is it, as it stands.
+            let mut delta = Delta {
+                origin: self.local_peer(),
+                incarnation: self.version.incarnation,
+                seq: 0,
+                groups: names,
+                ops,
+            };
+            self.seal(&mut delta);
+            return;
+        }
         // Per global name index: (chunk number + 1, index in that chunk's table).
         let mut remap: Vec<(u32, u32)> = vec![(0, 0); names.len()];
         let mut chunk = Delta {
@@ -111,16 +124,21 @@ impl ScopeCore {
         self.ready.push_back(delta);
     }
 
-    pub(super) fn queue_op(&mut self, name: &GroupName, id: u64, change: i64, meta: Option<Meta>) {
-        let group = match self.pending_index.get(&**name) {
-            Some(group) => *group,
-            None => {
-                let group = self.pending_names.len() as u32;
-                self.pending_names.push(name.clone());
-                self.pending_index.insert(name.clone(), group);
-                group
-            }
-        };
+    /// Queues a change of local process `id` in the group at `index`, named `name`.
+    pub(super) fn queue_op(
+        &mut self,
+        index: u32,
+        name: &GroupName,
+        id: u64,
+        change: i64,
+        meta: Option<Meta>,
+    ) {
+        let group = *self.pending_index.entry(index).or_insert_with(|| {
+            self.pending_bytes += name.len() + 4;
+            self.pending_names.push(name.clone());
+            (self.pending_names.len() - 1) as u32
+        });
+        self.pending_bytes += OP_BYTES + meta.as_ref().map_or(0, |m| m.as_bytes().len() + 3);
         self.pending.push(Op {
             group,
             id,

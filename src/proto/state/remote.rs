@@ -9,7 +9,7 @@ use libp2p::PeerId;
 use super::{Added, MAX_GROUP_INDICES, OriginState, ScopeCore};
 use bytes::Bytes;
 
-use crate::proto::groups::{GroupName, GroupState, Map, NameRef, Set, wire_group_problem};
+use crate::proto::groups::{GroupState, Map, NameRef, Set, wire_group_problem};
 use crate::proto::input::{DeltaOutcome, Output, Rejection, SyncOutcome};
 use crate::proto::messages::{Delta, SyncState, Version};
 use crate::proto::registry::{CLAIM_OVERHEAD, Claim, is_name_group};
@@ -168,8 +168,8 @@ impl ScopeCore {
     ) {
         // A process holds at most u32::MAX slots of a group: a peer announcing more (only a
         // hostile one can) is refused the excess like a limit.
-        let index = self.groups.index(name.as_str());
-        let group = index.and_then(|i| self.groups.at(i));
+        let found = self.groups.lookup(name.as_str());
+        let group = found.index.and_then(|i| self.groups.at(i));
         let held = group.map_or(0, |g| g.count(node, id));
         let room = self
             .room(node, origin.groups.len(), group, n)
@@ -192,13 +192,13 @@ impl ScopeCore {
         }
         if room > 0 {
             // `room` is 0 when no group index is left, so `add` finds one.
-            match self.add(node, name, index, id, room, meta) {
+            match self.add(node, name, found, id, room, meta) {
                 Some(Added {
                     node_fresh: true,
-                    name: Some(name),
+                    group,
                     ..
                 }) => {
-                    origin.groups.insert(name);
+                    origin.groups.insert(group);
                 }
                 Some(_) => {}
                 None => {
@@ -225,7 +225,7 @@ impl ScopeCore {
             origin.room_freed = true;
         }
         if removed.node_gone {
-            origin.groups.remove(name);
+            origin.groups.remove(&removed.group);
         }
     }
 
@@ -411,15 +411,19 @@ impl ScopeCore {
         state: &SyncState,
     ) {
         let incoming: Set<&str> = state.groups.iter().map(|g| g.name.as_str()).collect();
-        let dropped: Vec<GroupName> = origin
+        let dropped: Vec<u32> = origin
             .groups
             .iter()
-            .filter(|name| !incoming.contains(&***name))
-            .cloned()
+            .copied()
+            .filter(|&i| {
+                self.groups
+                    .at(i)
+                    .is_some_and(|g| !incoming.contains(&*g.name))
+            })
             .collect();
-        for name in dropped {
-            self.remove_node_from_group(node, &name);
-            origin.groups.remove(&name);
+        for index in dropped {
+            self.remove_node_from_group(node, index);
+            origin.groups.remove(&index);
         }
         for group in &state.groups {
             let current: Vec<(u64, u32)> = self
@@ -546,8 +550,8 @@ impl ScopeCore {
             self.origins.insert(node, origin);
             return;
         };
-        for name in origin.groups.drain() {
-            self.remove_node_from_group(node, &name);
+        for index in origin.groups.drain() {
+            self.remove_node_from_group(node, index);
         }
         origin.alive = false;
         origin.refused = 0;
