@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use foldhash::fast::FixedState;
 use hashbrown::{HashMap, HashSet, HashTable};
+use smallvec::SmallVec;
 
 use crate::vocab::members::Members;
 use crate::vocab::meta::Meta;
@@ -79,10 +80,11 @@ pub(crate) struct NodeSlots {
 }
 
 /// One node's processes in one group with their slot counts: inline while there is one (the
-/// common case of a process alone in its group on that node), a map beyond.
+/// common case of a process alone in its group on that node), a map beyond (boxed, so that the
+/// common case stays 16 bytes and a group's first node fits inline in it).
 pub(crate) enum Ids {
     One(u64, u32),
-    Many(Map<PackedId, u32>),
+    Many(Box<Map<PackedId, u32>>),
 }
 
 impl Ids {
@@ -117,7 +119,7 @@ impl Ids {
                 let mut map = Map::with_capacity_and_hasher(4, FixedState::with_seed(seed));
                 map.insert(PackedId::new(*only), *count);
                 map.insert(PackedId::new(id), n);
-                *self = Ids::Many(map);
+                *self = Ids::Many(Box::new(map));
                 true
             }
             Ids::Many(map) => {
@@ -151,8 +153,9 @@ impl Ids {
 pub(crate) struct GroupState {
     pub(crate) name: GroupName,
     pub(crate) slots: usize,
-    /// Few nodes per group: a vector beats a map.
-    pub(crate) nodes: Vec<NodeSlots>,
+    /// Few nodes per group: a vector beats a map, and the first is inline (most groups are
+    /// one node's).
+    pub(crate) nodes: SmallVec<[NodeSlots; 1]>,
     pub(crate) members: Option<Members>,
     pub(crate) local: Option<Members>,
     /// The metadata of the processes that have some, by `(node, id)`: boxed and absent while
@@ -275,7 +278,7 @@ impl Groups {
         let group = GroupState {
             name: name.to_shared(),
             slots: 0,
-            nodes: Vec::new(),
+            nodes: SmallVec::new(),
             members: None,
             local: None,
             meta: None,
