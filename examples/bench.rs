@@ -1327,7 +1327,7 @@ async fn latency(
     let stream_row = floor_row_of(
         "stream_floor",
         &format!("raw delta stream one way{beside}, app to app (floor, median)"),
-        "sequential frames on /procgroups/deltas/1",
+        "sequential frames on /procgroups/deltas/2",
         &mut stream_app,
         stream_swarm_median,
     );

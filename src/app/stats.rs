@@ -119,7 +119,7 @@ pub struct NodeStats {
     /// dialed; updated every 20 ms. Peer exchange adds none once there are
     /// [`BehaviourConfig::max_known_peers`](crate::net::protocols::BehaviourConfig::max_known_peers).
     pub known_peers: usize,
-    /// Peers whose delta stream from this node is open (`/procgroups/deltas/1`): this node's
+    /// Peers whose delta stream from this node is open (`/procgroups/deltas/2`): this node's
     /// deltas reach them directly, without gossipsub.
     pub delta_streams_open: usize,
     /// Frames waiting in the outboxes (at most 65 536).

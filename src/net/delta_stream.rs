@@ -1,5 +1,5 @@
 //! [`DeltaStreams`]: one long-lived stream each way between two connected peers, carrying
-//! length-prefixed frames in order (`/procgroups/deltas/1`, [`DELTA_STREAM_PROTOCOL`]). The
+//! length-prefixed frames in order (`/procgroups/deltas/2`, [`DELTA_STREAM_PROTOCOL`]). The
 //! node's [`Behaviour`](crate::behaviour::Behaviour) sends its deltas on them to the peers of a
 //! scope it is connected to; the frames are authenticated by the connection's noise session,
 //! so they carry no signature of their own (docs/protocol.md, "The delta stream").
@@ -34,7 +34,7 @@ use libp2p::swarm::{
 use unsigned_varint::codec::UviBytes;
 
 /// The protocol id of the delta stream.
-pub const DELTA_STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new("/procgroups/deltas/1");
+pub const DELTA_STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new("/procgroups/deltas/2");
 
 /// The default of [`DeltaStreamConfig::max_frame_bytes`]: 256 KiB, the default
 /// `max_transmit_size` of gossipsub, which a delta must fit too.

@@ -198,8 +198,8 @@ impl BehaviourConfig {
 /// | field | protocol | what for |
 /// |---|---|---|
 /// | `connection_limits` | none | connections per peer, in all, and in their handshake, at most |
-/// | `delta_streams` | `/procgroups/deltas/1` ([`DeltaStreams`]): a long-lived stream each way per connected peer | deltas between peers connected to each other, authenticated by the connection |
-/// | `gossipsub` | gossipsub, one topic per scope (`procgroups/<scope-id>/1`), signed messages, strict validation, manual acceptance | membership deltas; a delta is accepted only when its origin is the message's signed source and the core takes it |
+/// | `delta_streams` | `/procgroups/deltas/2` ([`DeltaStreams`]): a long-lived stream each way per connected peer | deltas between peers connected to each other, authenticated by the connection |
+/// | `gossipsub` | gossipsub, one topic per scope (`procgroups/<scope-id>/2`), signed messages, strict validation, manual acceptance | membership deltas; a delta is accepted only when its origin is the message's signed source and the core takes it |
 /// | `sync` | `/procgroups/sync/1` request-response ([`SyncCodec`]) | Discover (versions), Sync (paged full state), Goodbye |
 /// | `deliver` | `/procgroups/deliver/1` request-response ([`DeliverCodec`]) | batches of `broadcast` and `send` frames |
 /// | `mdns` | mDNS (can be off) | peers on the LAN |
@@ -342,7 +342,7 @@ pub enum BehaviourError {
 
 /// The gossipsub topic of a scope.
 pub fn scope_topic(scope: &str) -> gossipsub::IdentTopic {
-    gossipsub::IdentTopic::new(format!("procgroups/{scope}/1"))
+    gossipsub::IdentTopic::new(format!("procgroups/{scope}/2"))
 }
 
 /// The Kademlia key whose providers are the nodes hosting `scope`.

@@ -18,7 +18,7 @@ pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/procgroups/sync/
 /// The delivery protocol.
 pub const DELIVER_PROTOCOL: StreamProtocol = StreamProtocol::new("/procgroups/deliver/1");
 
-/// A frame of the delta stream (`/procgroups/deltas/1`): one delta of one scope, from the
+/// A frame of the delta stream (`/procgroups/deltas/2`): one delta of one scope, from the
 /// peer at the other end of the connection.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct DeltaFrame {

@@ -1,6 +1,6 @@
 //! What the core exchanges with peers. Encoded with CBOR by the codec; kept compact because a
-//! delta of 10k joins is common: ops are arrays (with a fourth element only when they carry
-//! metadata), groups are named once per delta.
+//! delta of 10k joins is common: groups are named once per delta, and its ops are packed into
+//! one byte string (`proto::packed_ops`).
 
 use std::sync::Arc;
 
@@ -19,10 +19,8 @@ pub struct Version {
 }
 
 /// One change of one of the origin's own processes in one group: slots joined or left, and
-/// the process's new metadata in that group, if the change sets it.
-///
-/// Encoded as an array: `[group, id, change]`, or `[group, id, change, meta]` when it sets
-/// metadata, so that a delta of plain joins costs what it did before metadata existed.
+/// the process's new metadata in that group, if the change sets it. On the wire, a delta's ops
+/// are packed together (`proto::packed_ops`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Op {
     /// Index into [`Delta::groups`].
@@ -34,55 +32,6 @@ pub struct Op {
     /// The process's metadata in the group from this change on (CBOR); `None` keeps what it
     /// had. A process that leaves its last slot loses its metadata.
     pub meta: Option<Bytes>,
-}
-
-impl Serialize for Op {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeTuple;
-        let mut t = s.serialize_tuple(if self.meta.is_some() { 4 } else { 3 })?;
-        t.serialize_element(&self.group)?;
-        t.serialize_element(&self.id)?;
-        t.serialize_element(&self.change)?;
-        if let Some(meta) = &self.meta {
-            t.serialize_element(meta)?;
-        }
-        t.end()
-    }
-}
-
-impl<'de> Deserialize<'de> for Op {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Op;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an op: [group, id, change] or [group, id, change, meta]")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Op, A::Error> {
-                use serde::de::Error;
-                let group = seq
-                    .next_element()?
-                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
-                let id = seq
-                    .next_element()?
-                    .ok_or_else(|| A::Error::invalid_length(1, &self))?;
-                let change = seq
-                    .next_element()?
-                    .ok_or_else(|| A::Error::invalid_length(2, &self))?;
-                let meta = seq.next_element::<Bytes>()?;
-                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
-                    return Err(A::Error::invalid_length(5, &self));
-                }
-                Ok(Op {
-                    group,
-                    id,
-                    change,
-                    meta,
-                })
-            }
-        }
-        d.deserialize_seq(V)
-    }
 }
 
 /// The changes an origin made in one tick (or one chunk of them), in order.
@@ -98,7 +47,8 @@ pub struct Delta {
     /// keeps the decoded name.
     #[serde(deserialize_with = "shared_names")]
     pub groups: Vec<Arc<str>>,
-    /// The changes, in the order the origin made them.
+    /// The changes, in the order the origin made them; one CBOR byte string on the wire.
+    #[serde(with = "crate::proto::packed_ops")]
     pub ops: Vec<Op>,
 }
 

@@ -116,8 +116,13 @@ fn large_bursts_are_cut_into_consecutive_deltas_below_the_size_cap() {
     let mut cfg = config();
     cfg.max_delta_bytes = 2048;
     let (mut a, mut b) = (core_with(cfg), core());
+    // Process ids as a node makes them (from its clock): nine varint bytes each.
     for id in 0..1000 {
-        a.join(id, &[&format!("group-{}", id % 37)]).unwrap();
+        a.join(
+            1_732_240_000_000_000_000 + id,
+            &[&format!("group-{}", id % 37)],
+        )
+        .unwrap();
     }
     let deltas = a.take_deltas();
     assert!(deltas.len() > 5, "{} deltas", deltas.len());

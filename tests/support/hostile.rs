@@ -13,7 +13,7 @@
 //! queued other answers ([`Hostile::script_sync`]), a Goodbye with an ack, a delivery batch
 //! with an ack, or never ([`Hostile::stall_deliveries`]: it stops reading delivery streams).
 //!
-//! With [`Hostile::with_delta_stream`] it also speaks `/procgroups/deltas/1` (procgroups' own
+//! With [`Hostile::with_delta_stream`] it also speaks `/procgroups/deltas/2` (procgroups' own
 //! `DeltaStreams`, with a frame cap of `RAW_READ_LIMIT` so that it can send frames the nodes
 //! must refuse): [`Hostile::stream_frame`] sends any bytes as one frame; without it, the nodes
 //! see a peer that does not speak the protocol and reach it by gossipsub alone.

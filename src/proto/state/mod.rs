@@ -34,8 +34,6 @@ mod remote;
 mod tests;
 
 const LOCAL: u32 = 0;
-/// Rough CBOR size of one op, to cut deltas below the transmit limit.
-const OP_BYTES: usize = 24;
 /// Rough CBOR overhead of a delta besides its ops and names.
 const DELTA_OVERHEAD: usize = 96;
 
@@ -157,8 +155,8 @@ pub(crate) struct ScopeCore {
     /// A group's index in `groups` → its position in `pending_names`; an entry goes when its
     /// group does, so that a later group at the same index is named afresh.
     pending_index: Map<u32, u32>,
-    /// The estimated encoded size of `pending` as one delta (`DELTA_OVERHEAD`, `OP_BYTES`
-    /// and the names).
+    /// The encoded size of `pending` as one delta, at most: `DELTA_OVERHEAD`, the ops
+    /// packed (`packed_ops::packed_len`) and the names.
     pending_bytes: usize,
     ready: VecDeque<Delta>,
     record_changes: bool,

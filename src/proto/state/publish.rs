@@ -1,9 +1,10 @@
 //! This node's own state for its peers: queued local changes cut into deltas under the size
 //! cap, and the whole local state for a Sync.
 
-use super::{DELTA_OVERHEAD, LOCAL, OP_BYTES, ScopeCore};
+use super::{DELTA_OVERHEAD, LOCAL, ScopeCore};
 use crate::proto::groups::GroupName;
 use crate::proto::messages::{Delta, Op, SyncGroup, SyncMember, SyncState};
+use crate::proto::packed_ops::packed_len;
 use crate::vocab::meta::Meta;
 
 impl ScopeCore {
@@ -16,7 +17,12 @@ impl ScopeCore {
     /// The depth of the outgoing queue, in deltas: those built and not yet taken by the
     /// network task, plus the queued ops counted as the deltas they will fill.
     pub(crate) fn queued_deltas(&self) -> usize {
-        self.ready.len() + (self.pending.len() * OP_BYTES).div_ceil(self.cfg.max_delta_bytes)
+        let pending = if self.pending.is_empty() {
+            0
+        } else {
+            self.pending_bytes.div_ceil(self.cfg.max_delta_bytes)
+        };
+        self.ready.len() + pending
     }
 
     /// This node's whole local state with its version, for a Sync request. Queued changes are
@@ -88,8 +94,9 @@ impl ScopeCore {
         for op in ops {
             let g = op.group as usize;
             let fresh = remap[g].0 != chunk_no;
-            let meta_bytes = op.meta.as_ref().map_or(0, |m| m.len() + 3);
-            let cost = OP_BYTES + meta_bytes + if fresh { names[g].len() + 4 } else { 0 };
+            // The op's index in the chunk packs into no more bytes than its index here.
+            let op_bytes = packed_len(&op);
+            let cost = op_bytes + if fresh { names[g].len() + 4 } else { 0 };
             if bytes + cost > self.cfg.max_delta_bytes && !chunk.ops.is_empty() {
                 self.seal(&mut chunk);
                 chunk_no += 1;
@@ -104,7 +111,7 @@ impl ScopeCore {
                 group: remap[g].1,
                 ..op
             });
-            bytes += OP_BYTES + meta_bytes;
+            bytes += op_bytes;
         }
         self.seal(&mut chunk);
     }
@@ -138,12 +145,13 @@ impl ScopeCore {
             self.pending_names.push(name.clone());
             (self.pending_names.len() - 1) as u32
         });
-        self.pending_bytes += OP_BYTES + meta.as_ref().map_or(0, |m| m.as_bytes().len() + 3);
-        self.pending.push(Op {
+        let op = Op {
             group,
             id,
             change,
             meta: meta.map(|m| m.as_bytes().clone()),
-        });
+        };
+        self.pending_bytes += packed_len(&op);
+        self.pending.push(op);
     }
 }

@@ -122,33 +122,50 @@ fn values_over_the_cap_are_refused_locally_and_from_peers() {
 }
 
 #[test]
-fn ops_without_metadata_encode_as_before_and_with_it_round_trip() {
-    let plain = Op {
-        group: 1,
-        id: 2,
-        change: -3,
-        meta: None,
+fn a_delta_with_metadata_round_trips_and_ops_as_arrays_are_refused() {
+    let delta = Delta {
+        origin: core().local_peer(),
+        incarnation: 1,
+        seq: 1,
+        groups: vec!["g".into(), "h".into()],
+        ops: vec![
+            Op {
+                group: 1,
+                id: 2,
+                change: 1,
+                meta: Some(Bytes::from_static(b"\x63abc")),
+            },
+            Op {
+                group: 0,
+                id: 2,
+                change: -3,
+                meta: None,
+            },
+        ],
     };
     let mut bytes = Vec::new();
-    ciborium::into_writer(&plain, &mut bytes).unwrap();
-    let mut tuple = Vec::new();
-    ciborium::into_writer(&(1u32, 2u64, -3i64), &mut tuple).unwrap();
-    assert_eq!(bytes, tuple, "a plain op costs three elements");
-    let with = Op {
-        meta: Some(Bytes::from_static(b"\x63abc")),
-        change: 1,
-        ..plain
+    ciborium::into_writer(&delta, &mut bytes).unwrap();
+    let back: Delta = ciborium::from_reader(&bytes[..]).unwrap();
+    assert_eq!(back, delta);
+    // The encoding of ops before they were packed: an array of arrays.
+    #[derive(serde::Serialize)]
+    struct Unpacked<'a> {
+        origin: libp2p::PeerId,
+        incarnation: u64,
+        seq: u64,
+        groups: &'a [std::sync::Arc<str>],
+        ops: Vec<(u32, u64, i64)>,
+    }
+    let old = Unpacked {
+        origin: delta.origin,
+        incarnation: 1,
+        seq: 1,
+        groups: &delta.groups,
+        ops: vec![(0, 2, -3)],
     };
     let mut bytes = Vec::new();
-    ciborium::into_writer(&with, &mut bytes).unwrap();
-    let back: Op = ciborium::from_reader(&bytes[..]).unwrap();
-    assert_eq!(back, with);
-    let mut five = Vec::new();
-    ciborium::into_writer(&(1u32, 2u64, 1i64, Bytes::new(), 0u8), &mut five).unwrap();
-    assert!(
-        ciborium::from_reader::<Op, _>(&five[..]).is_err(),
-        "five elements"
-    );
+    ciborium::into_writer(&old, &mut bytes).unwrap();
+    assert!(ciborium::from_reader::<Delta, _>(&bytes[..]).is_err());
 }
 
 #[test]
