@@ -80,11 +80,10 @@ pub(crate) struct NodeSlots {
 }
 
 /// One node's processes in one group with their slot counts: inline while there is one (the
-/// common case of a process alone in its group on that node), a map beyond (boxed, so that the
-/// common case stays 16 bytes and a group's first node fits inline in it).
+/// common case of a process alone in its group on that node), a map beyond.
 pub(crate) enum Ids {
     One(u64, u32),
-    Many(Box<Map<PackedId, u32>>),
+    Many(Map<PackedId, u32>),
 }
 
 impl Ids {
@@ -119,7 +118,7 @@ impl Ids {
                 let mut map = Map::with_capacity_and_hasher(4, FixedState::with_seed(seed));
                 map.insert(PackedId::new(*only), *count);
                 map.insert(PackedId::new(id), n);
-                *self = Ids::Many(Box::new(map));
+                *self = Ids::Many(map);
                 true
             }
             Ids::Many(map) => {
