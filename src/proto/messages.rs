@@ -1,12 +1,14 @@
 //! What the core exchanges with peers. Encoded with CBOR by the codec; kept compact because a
 //! delta of 10k joins is common: groups are named once per delta, and its ops are packed into
-//! one byte string (`proto::packed_ops`).
+//! one byte string (`packed_ops`).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
+
+pub(crate) mod packed_ops;
 
 /// The version of one origin's state in one scope: its incarnation (chosen at start) and the
 /// sequence number of its last change.
@@ -20,7 +22,7 @@ pub struct Version {
 
 /// One change of one of the origin's own processes in one group: slots joined or left, and
 /// the process's new metadata in that group, if the change sets it. On the wire, a delta's ops
-/// are packed together (`proto::packed_ops`).
+/// are packed together (`packed_ops`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Op {
     /// Index into [`Delta::groups`].
@@ -48,7 +50,7 @@ pub struct Delta {
     #[serde(deserialize_with = "shared_names")]
     pub groups: Vec<Arc<str>>,
     /// The changes, in the order the origin made them; one CBOR byte string on the wire.
-    #[serde(with = "crate::proto::packed_ops")]
+    #[serde(with = "packed_ops")]
     pub ops: Vec<Op>,
 }
 

@@ -9,7 +9,6 @@
 pub(crate) mod groups;
 pub(crate) mod input;
 pub(crate) mod messages;
-pub(crate) mod packed_ops;
 pub(crate) mod registry;
 pub(crate) mod state;
 

@@ -3,8 +3,8 @@
 
 use super::{DELTA_OVERHEAD, LOCAL, ScopeCore};
 use crate::proto::groups::GroupName;
+use crate::proto::messages::packed_ops::packed_len;
 use crate::proto::messages::{Delta, Op, SyncGroup, SyncMember, SyncState};
-use crate::proto::packed_ops::packed_len;
 use crate::vocab::meta::Meta;
 
 impl ScopeCore {

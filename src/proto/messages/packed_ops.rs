@@ -12,7 +12,7 @@ use serde::de::{self, Visitor};
 use serde::{Deserializer, Serializer};
 use unsigned_varint::{decode, encode};
 
-use super::messages::Op;
+use super::Op;
 
 /// The fewest bytes an op packs into (four one-byte varints): bounds the ops a byte string
 /// can hold, so that what is reserved before decoding is the peer's bytes, not its word.
@@ -85,6 +85,7 @@ pub(crate) struct UnpackError {
 
 /// The ops `bytes` holds.
 pub(crate) fn unpack(mut bytes: &[u8]) -> Result<Vec<Op>, UnpackError> {
+    // At most this many ops; a third of it is about what ops of large process ids take.
     let mut ops = Vec::with_capacity(bytes.len() / MIN_OP_BYTES / 3);
     while !bytes.is_empty() {
         let fail = |problem| UnpackError {
