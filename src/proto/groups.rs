@@ -189,7 +189,7 @@ pub(crate) struct Groups {
     /// twice.
     by_name: HashTable<u32>,
     slab: Vec<Option<GroupState>>,
-    free: Vec<u32>,
+    free: FreeIndices,
     hasher: FixedState,
 }
 
@@ -198,7 +198,7 @@ impl Groups {
         Self {
             by_name: HashTable::new(),
             slab: Vec::new(),
-            free: Vec::new(),
+            free: FreeIndices::default(),
             hasher: FixedState::with_seed(seed),
         }
     }
@@ -303,6 +303,35 @@ impl Groups {
             entry.remove();
         }
         self.free.push(index);
+    }
+}
+
+/// The freed indices of a [`Groups`] slab. After a burst of frees (a process in many groups
+/// exits) they are handed out lowest first, so that the groups made next fill the slab in
+/// order: the frees come in the order of a hash set, and new groups at indices in that
+/// order each touched a cold entry of the slab (most of a new group's cost on a peer
+/// applying a delta of them, under `perf`). Sorting waits until more than half the list was
+/// freed since the last sort, so that it costs O(log n) a free, amortized.
+#[derive(Default)]
+struct FreeIndices {
+    /// Sorted descending up to `sorted`, then in the order freed.
+    list: Vec<u32>,
+    sorted: usize,
+}
+
+impl FreeIndices {
+    fn push(&mut self, index: u32) {
+        self.list.push(index);
+    }
+
+    fn pop(&mut self) -> Option<u32> {
+        if self.list.len() - self.sorted > self.sorted {
+            self.list.sort_unstable_by(|a, b| b.cmp(a));
+            self.sorted = self.list.len();
+        }
+        let index = self.list.pop()?;
+        self.sorted = self.sorted.min(self.list.len());
+        Some(index)
     }
 }
 
@@ -454,6 +483,22 @@ mod tests {
         assert_eq!(groups.index("b"), b);
         let names: Vec<&str> = groups.values().map(|g| &*g.name).collect();
         assert_eq!(names.len(), 2);
+    }
+
+    #[test]
+    fn indices_freed_in_a_burst_are_taken_again_lowest_first_and_each_once() {
+        let mut free = FreeIndices::default();
+        for index in [40, 7, 93, 12, 0, 58] {
+            free.push(index);
+        }
+        assert_eq!(free.pop(), Some(0));
+        assert_eq!(free.pop(), Some(7));
+        // One index freed among many sorted ones is taken first (no sort for it), and the
+        // rest still come lowest first.
+        free.push(99);
+        let rest: Vec<u32> = std::iter::from_fn(|| free.pop()).collect();
+        assert_eq!(rest, [99, 12, 40, 58, 93]);
+        assert_eq!(free.pop(), None);
     }
 
     #[test]
