@@ -67,6 +67,7 @@ use libp2p::{Multiaddr, Swarm, noise, tcp, yamux};
 use procgroups::behaviour::capped_streams::CappedRequestResponse;
 use procgroups::behaviour::delta_stream::{DeltaStreamEvent, DeltaStreams};
 use procgroups::behaviour::scoring::ScoredGossipsub;
+use procgroups::behaviour::wake_gate::WakeGated;
 use procgroups::behaviour::{BehaviourConfig, DeliverCodec, Protocols, SyncCodec};
 use procgroups::{
     DEFAULT_MAILBOX_CAPACITY, EventKind, Inbox, Instance, Node, Process, ScopeConfig,
@@ -374,12 +375,20 @@ enum FloorEvent {
     },
 }
 
-/// The floors' protocols: a node's gossipsub and a node's delta stream, and with
-/// [`FloorStack::Node`] the rest of a node's protocols.
+/// The floors' protocols: a node's delta stream and, behind the gate a node puts before its
+/// other protocols ([`WakeGated`]), a node's gossipsub, with [`FloorStack::Node`] the rest of
+/// a node's protocols: a delta stream's frame polls no other handler, as in a node.
 #[derive(NetworkBehaviour)]
 #[behaviour(prelude = "libp2p::swarm::derive_prelude")]
 struct FloorProtocols {
     streams: DeltaStreams,
+    others: WakeGated<FloorOthers>,
+}
+
+/// The floors' protocols behind the gate.
+#[derive(NetworkBehaviour)]
+#[behaviour(prelude = "libp2p::swarm::derive_prelude")]
+struct FloorOthers {
     gossipsub: ScoredGossipsub,
     rest: Toggle<NodeRest>,
 }
@@ -425,25 +434,29 @@ fn floor_swarm(stack: FloorStack) -> Res<Swarm<FloorProtocols>> {
                 ..BehaviourConfig::default()
             };
             Protocols::new(key, &config)
-                .map(|p| FloorProtocols {
-                    streams: p.delta_streams,
-                    gossipsub: p.gossipsub,
-                    rest: (stack == FloorStack::Node)
-                        .then(|| NodeRest {
-                            connection_limits: p.connection_limits,
-                            sync: p.sync,
-                            deliver: p.deliver,
-                            mdns: p.mdns,
-                            kad: p.kad,
-                            identify: p.identify,
-                            ping: p.ping,
-                            relay_client: p.relay_client,
-                            relay: p.relay,
-                            dcutr: p.dcutr,
-                            autonat: p.autonat,
-                            autonat_server: p.autonat_server,
-                        })
-                        .into(),
+                .map(|p| {
+                    let others = p.others.into_inner();
+                    let rest = NodeRest {
+                        connection_limits: p.connection_limits,
+                        sync: others.sync,
+                        deliver: others.deliver,
+                        mdns: others.mdns,
+                        kad: others.kad,
+                        identify: others.identify,
+                        ping: others.ping,
+                        relay_client: others.relay_client,
+                        relay: others.relay,
+                        dcutr: others.dcutr,
+                        autonat: others.autonat,
+                        autonat_server: others.autonat_server,
+                    };
+                    FloorProtocols {
+                        streams: p.delta_streams,
+                        others: WakeGated::new(FloorOthers {
+                            gossipsub: others.gossipsub,
+                            rest: (stack == FloorStack::Node).then_some(rest).into(),
+                        }),
+                    }
                 })
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         })?
@@ -471,20 +484,20 @@ async fn floor_loop(
                     peer = Some(peer_id);
                     swarm.behaviour_mut().streams.want(peer_id);
                 }
-                SwarmEvent::Behaviour(FloorProtocolsEvent::Gossipsub(gossipsub::Event::Subscribed { .. })) => {
+                SwarmEvent::Behaviour(FloorProtocolsEvent::Others(FloorOthersEvent::Gossipsub(gossipsub::Event::Subscribed { .. }))) => {
                     events.send(FloorEvent::Subscribed).ok();
                 }
-                SwarmEvent::Behaviour(FloorProtocolsEvent::Gossipsub(gossipsub::Event::Message {
+                SwarmEvent::Behaviour(FloorProtocolsEvent::Others(FloorOthersEvent::Gossipsub(gossipsub::Event::Message {
                     propagation_source,
                     message_id,
                     message,
-                })) => {
+                }))) => {
                     let swarm_at = now_ns();
                     // As a node does: hand it over, then report the validation.
                     events
                         .send(FloorEvent::Message { path: FloorPath::Gossip, data: message.data, swarm_at })
                         .ok();
-                    swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                    swarm.behaviour_mut().others.gossipsub.report_message_validation_result(
                         &message_id,
                         &propagation_source,
                         MessageAcceptance::Accept,
@@ -509,7 +522,7 @@ async fn floor_loop(
                 }
                 Some(FloorCmd::Publish(mut data)) => {
                     data[16..24].copy_from_slice(&now_ns().to_le_bytes());
-                    if let Err(e) = swarm.behaviour_mut().gossipsub.publish(topic.clone(), data) {
+                    if let Err(e) = swarm.behaviour_mut().others.gossipsub.publish(topic.clone(), data) {
                         eprintln!("floor publish: {e}");
                     }
                 }
@@ -563,7 +576,7 @@ impl Floor {
                             .and_then(|_| {
                                 swarm
                                     .behaviour_mut()
-                                    .gossipsub
+                                    .others.gossipsub
                                     .subscribe_scored(&topic)
                                     .map_err(|e| e.to_string())
                             });

@@ -69,6 +69,7 @@ pub mod behaviour {
     pub use crate::net::delta_stream;
     pub use crate::net::protocols::*;
     pub use crate::net::scoring;
+    pub use crate::net::wake_gate;
 }
 pub use net::{codec, wire};
 /// Entry points for the fuzz targets in `fuzz/`; not part of the API.

@@ -22,6 +22,7 @@ pub(crate) mod request_budget;
 pub mod scoring;
 pub(crate) mod swarm;
 pub(crate) mod view;
+pub mod wake_gate;
 pub mod wire;
 
 pub(crate) use behaviour::NetConfig;

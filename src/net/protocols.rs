@@ -19,6 +19,7 @@ use crate::net::delta_stream::{DeltaStreamConfig, DeltaStreamEvent, DeltaStreams
 use crate::net::keep_alive::KeepAlive;
 use crate::net::relay::{RelayAdmission, RelayConfig, relay_server};
 use crate::net::scoring::ScoredGossipsub;
+use crate::net::wake_gate::WakeGated;
 use crate::net::wire::{
     DELIVER_PROTOCOL, DeliverAck, DeliverBatch, SYNC_PROTOCOL, SyncRequest, SyncResponse,
 };
@@ -213,6 +214,11 @@ impl BehaviourConfig {
 /// | `autonat` | AutoNAT v2, client (can be off) | which of its external addresses others can dial |
 /// | `autonat_server` | AutoNAT v2, server (off with the client) | dialing back peers that ask |
 ///
+/// The first two are fields of `Protocols`; the others are fields of [`OtherProtocols`], in
+/// the field `others`, whose connection handlers are polled only when one of them was woken or
+/// handed an event ([`WakeGated`]): a connection woken for a delta's frame polls the delta
+/// stream's handler and not the thirteen others.
+///
 /// [`Behaviour`](crate::behaviour::Behaviour) drives them: it reacts to their events and decides what they send. They are
 /// public so that an application can read their state (for instance the Kademlia routing
 /// table) through [`Behaviour::protocols`](crate::behaviour::Behaviour::protocols).
@@ -225,8 +231,19 @@ pub struct Protocols {
     /// connection the swarm never reports closed.
     pub connection_limits: connection_limits::Behaviour,
     /// Deltas to the peers this node is connected to. Polled right after the limits (whose
-    /// poll does nothing): a delta's latency is the one users see.
+    /// poll does nothing), and outside the gate of the others: a delta's latency is the one
+    /// users see, and its frames wake a connection that the others need not be polled for.
     pub delta_streams: DeltaStreams,
+    /// Every other protocol, each connection's handlers polled only when one of them has
+    /// something to do ([`WakeGated`]). Fields are reached through it:
+    /// `protocols.others.kad`.
+    pub others: WakeGated<OtherProtocols>,
+}
+
+/// The [`Protocols`] other than the connection limits and the delta streams.
+#[derive(NetworkBehaviour)]
+#[behaviour(to_swarm = "ProtocolsEvent", prelude = "libp2p::swarm::derive_prelude")]
+pub struct OtherProtocols {
     /// Deltas for the peers reached through others, with peer scoring
     /// ([`scoring`](crate::net::scoring)).
     pub gossipsub: ScoredGossipsub,
@@ -432,11 +449,7 @@ impl Protocols {
                 .with_interval(config.ping_interval)
                 .with_timeout(config.ping_timeout),
         );
-        Ok(Self {
-            delta_streams: DeltaStreams::new(DeltaStreamConfig {
-                max_frame_bytes: config.max_transmit_size,
-                ..DeltaStreamConfig::default()
-            }),
+        let others = OtherProtocols {
             gossipsub,
             sync,
             deliver,
@@ -462,6 +475,13 @@ impl Protocols {
                 .autonat
                 .then(autonat::v2::server::Behaviour::default)
                 .into(),
+        };
+        Ok(Self {
+            delta_streams: DeltaStreams::new(DeltaStreamConfig {
+                max_frame_bytes: config.max_transmit_size,
+                ..DeltaStreamConfig::default()
+            }),
+            others: WakeGated::new(others),
             connection_limits: connection_limits::Behaviour::new(
                 connection_limits::ConnectionLimits::default()
                     .with_max_established_per_peer(Some(config.max_connections_per_peer))

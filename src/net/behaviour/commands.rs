@@ -73,7 +73,7 @@ impl Behaviour {
             .map(|(id, _)| *id)
             .collect();
         for peer in &peers {
-            let id = self.protocols.sync.send_request(
+            let id = self.protocols.others.sync.send_request(
                 peer,
                 SyncRequest::Goodbye {
                     incarnation: self.incarnation,

@@ -23,7 +23,7 @@ impl Behaviour {
                 seq: send.seq,
                 frames: send.frames,
             };
-            let id = self.protocols.deliver.send_request(&peer, batch);
+            let id = self.protocols.others.deliver.send_request(&peer, batch);
             let in_flight = BatchInFlight {
                 peer,
                 seq: send.seq,
@@ -47,7 +47,7 @@ impl Behaviour {
                     self.on_batch(peer, request);
                     if self
                         .protocols
-                        .deliver
+                        .others.deliver
                         .send_response(channel, DeliverAck { seq })
                         .is_err()
                     {

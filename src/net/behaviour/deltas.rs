@@ -66,7 +66,7 @@ impl Behaviour {
             return;
         }
         let topic = self.scopes[scope].topic.clone();
-        match self.protocols.gossipsub.publish(topic, data) {
+        match self.protocols.others.gossipsub.publish(topic, data) {
             Ok(_) => {
                 self.scopes[scope]
                     .scope
@@ -112,7 +112,7 @@ impl Behaviour {
         message: gossipsub::Message,
     ) {
         let acceptance = self.accept_delta(&message);
-        self.protocols.gossipsub.report_message_validation_result(
+        self.protocols.others.gossipsub.report_message_validation_result(
             &id,
             &propagation_source,
             acceptance,
@@ -199,8 +199,8 @@ impl Behaviour {
     /// connection's authenticated end.
     fn on_delta_frame(&mut self, peer: PeerId, data: &[u8]) {
         // As gossipsub does with its RPCs.
-        if self.protocols.gossipsub.is_graylisted(&peer) {
-            self.protocols.gossipsub.count_dropped_frame();
+        if self.protocols.others.gossipsub.is_graylisted(&peer) {
+            self.protocols.others.gossipsub.count_dropped_frame();
             return;
         }
         let frame: DeltaFrame = match ciborium::from_reader(data) {
@@ -209,7 +209,7 @@ impl Behaviour {
                 tracing::warn!(%peer, error = %e, "malformed delta frame");
                 self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 // What gossipsub would reject and score.
-                self.protocols.gossipsub.penalize_direct(peer);
+                self.protocols.others.gossipsub.penalize_direct(peer);
                 return;
             }
         };
@@ -227,7 +227,7 @@ impl Behaviour {
             Ok(_) => self.note_sharing(peer, scope),
             Err(rejection) => {
                 tracing::warn!(%peer, scope = %self.scopes[scope].scope.id(), %rejection, "streamed delta rejected");
-                self.protocols.gossipsub.penalize_direct(peer);
+                self.protocols.others.gossipsub.penalize_direct(peer);
             }
         }
     }
@@ -240,7 +240,7 @@ impl Behaviour {
         let p = self.peers.entry(peer).or_default();
         if p.scopes.insert(scope) {
             self.scopes[scope].peers.push(peer);
-            self.protocols.keep_alive.set(peer, true);
+            self.protocols.others.keep_alive.set(peer, true);
             self.protocols.delta_streams.want(peer);
             self.relaying.admission.add(peer);
             self.feed(scope, Input::PeerShares).ok();

@@ -74,7 +74,7 @@ impl Behaviour {
         for addr in info.listen_addrs.into_iter().take(MAX_ADDRS) {
             p.remember(addr.clone());
             if speaks_kad {
-                self.protocols.kad.add_address(&peer_id, addr);
+                self.protocols.others.kad.add_address(&peer_id, addr);
             }
         }
     }
@@ -101,7 +101,7 @@ impl Behaviour {
     }
 
     pub(super) fn kad_round(&mut self) {
-        let kad = &mut self.protocols.kad;
+        let kad = &mut self.protocols.others.kad;
         if kad.bootstrap().is_err() {
             return; // no known peer yet
         }

@@ -60,7 +60,7 @@ impl Behaviour {
 
     pub(super) fn bootstrap(&mut self, addr: Multiaddr) {
         if let Some(Protocol::P2p(peer)) = addr.iter().last() {
-            self.protocols.kad.add_address(&peer, addr.clone());
+            self.protocols.others.kad.add_address(&peer, addr.clone());
             let p = self.peers.entry(peer).or_default();
             p.found();
             p.remember(addr.clone());

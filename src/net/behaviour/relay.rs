@@ -34,7 +34,7 @@ impl Behaviour {
     /// ([`NodeBuilder::build_behaviour`](crate::NodeBuilder::build_behaviour)) does it before
     /// it builds its swarm, or the node neither reserves at relays nor dials through them.
     pub fn use_relay_client(&mut self, client: relay::client::Behaviour) {
-        self.protocols.relay_client = Some(client).into();
+        self.protocols.others.relay_client = Some(client).into();
         self.relaying.client = true;
     }
 

@@ -36,7 +36,7 @@ impl Behaviour {
             page,
             version,
         };
-        let id = self.protocols.sync.send_request(&peer, request);
+        let id = self.protocols.others.sync.send_request(&peer, request);
         self.sync_out.insert(id, SyncOut::Sync { peer, scope });
     }
 
@@ -56,7 +56,7 @@ impl Behaviour {
         }
         let id = self
             .protocols
-            .sync
+            .others.sync
             .send_request(&peer, SyncRequest::Discover { scopes });
         self.sync_out.insert(id, SyncOut::Discover);
         self.discovers_in_flight += 1;
@@ -142,7 +142,7 @@ impl Behaviour {
     ) {
         if self
             .protocols
-            .sync
+            .others.sync
             .send_response(channel, response)
             .is_err()
         {

@@ -44,7 +44,7 @@ impl Behaviour {
         self.shared
             .relay_reservations
             .store(self.relaying.held(), Ordering::Relaxed);
-        let gossipsub = &mut self.protocols.gossipsub;
+        let gossipsub = &mut self.protocols.others.gossipsub;
         gossipsub.decay(now);
         self.shared
             .peers_graylisted

@@ -1,0 +1,451 @@
+//! [`WakeGated`]: a behaviour whose connection handlers are polled only when something woke
+//! them or handed them an event, and whose listen protocols are remembered between those calls.
+//!
+//! Why: libp2p polls a connection's whole handler tree each time anything on the connection
+//! wakes it, and at the end of every such poll it rebuilds the list of protocols the tree
+//! listens on and hashes each name, to learn whether it changed. A node composes fifteen
+//! protocols; a delta's frame wakes its connection three to five times on the two sides, and
+//! each time every handler was polled and every protocol name rebuilt (a nested iterator as deep
+//! as the composition) though only the delta stream had work. Under `perf` of the bench's join
+//! row (`cargo run --release --example bench -- --only latency`) that was about half of each
+//! network thread's time in `Connection::poll`.
+//!
+//! A [`GatedHandler`] hands its inner handler a waker of its own. It polls the inner handler
+//! only when that waker fired, when the inner handler was handed an event (by the behaviour or
+//! the connection), or when its last poll returned something (it may have more); otherwise its
+//! poll returns `Pending` at once. It keeps the inner handler's listen protocols as a flat list
+//! of names, built again (and compared, so that an unchanged list is not allocated again) only
+//! after a call that may have changed them: a poll of the inner handler or an event.
+//!
+//! What it assumes of the inner handlers, as every libp2p handler is written: a handler that
+//! returns `Pending` has registered the waker it was given with whatever will make progress,
+//! and its listen protocols change only in its own calls (not through state shared with another
+//! thread). A handler that broke the first would be polled late, not lost: a ping's timer in
+//! the same gated group polls the whole group at least every
+//! [`BehaviourConfig::ping_interval`](crate::net::protocols::BehaviourConfig::ping_interval).
+//!
+//! An inbound stream is still upgraded with the inner handler's own upgrade of that moment
+//! ([`Remembered`] carries it): the protocol the remote chose is looked up by name in it. A name
+//! it no longer lists fails the stream with [`NotListened`], which the inner handler never sees
+//! (it listens on no such protocol).
+
+use std::cell::OnceCell;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+
+use futures::TryFutureExt;
+use futures::future::{self, Either, MapErr, Ready};
+use futures::task::AtomicWaker;
+use libp2p::PeerId;
+use libp2p::core::transport::PortUse;
+use libp2p::core::upgrade::{InboundUpgrade, UpgradeInfo};
+use libp2p::core::{Endpoint, Multiaddr};
+use libp2p::swarm::handler::{
+    AddressChange, ConnectionEvent, ConnectionHandler, ConnectionHandlerEvent, DialUpgradeError,
+    FullyNegotiatedInbound, FullyNegotiatedOutbound, InboundUpgradeSend, ListenUpgradeError,
+    UpgradeInfoSend,
+};
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, Stream, SubstreamProtocol,
+    THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+};
+
+/// A behaviour whose connections' handlers are [`GatedHandler`]s. It derefs to the inner
+/// behaviour; its events and commands are the inner behaviour's.
+pub struct WakeGated<B> {
+    inner: B,
+}
+
+impl<B> WakeGated<B> {
+    /// `inner`, its handlers gated.
+    pub fn new(inner: B) -> Self {
+        Self { inner }
+    }
+
+    /// The inner behaviour, ungated.
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B> Deref for WakeGated<B> {
+    type Target = B;
+
+    fn deref(&self) -> &B {
+        &self.inner
+    }
+}
+
+impl<B> DerefMut for WakeGated<B> {
+    fn deref_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
+}
+
+impl<B: NetworkBehaviour> NetworkBehaviour for WakeGated<B> {
+    type ConnectionHandler = GatedHandler<THandler<B>>;
+    type ToSwarm = B::ToSwarm;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.inner
+            .handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.inner
+            .handle_established_inbound_connection(connection_id, peer, local_addr, remote_addr)
+            .map(GatedHandler::new)
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        maybe_peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        effective_role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.inner.handle_pending_outbound_connection(
+            connection_id,
+            maybe_peer,
+            addresses,
+            effective_role,
+        )
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role_override: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.inner
+            .handle_established_outbound_connection(
+                connection_id,
+                peer,
+                addr,
+                role_override,
+                port_use,
+            )
+            .map(GatedHandler::new)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        self.inner.on_swarm_event(event);
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer_id: PeerId,
+        connection_id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        self.inner
+            .on_connection_handler_event(peer_id, connection_id, event);
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        self.inner.poll(cx)
+    }
+}
+
+/// Set by the waker a [`GatedHandler`] gives its inner handler; wakes the connection's task.
+#[derive(Default)]
+struct WakeFlag {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// Whether a [`GatedHandler`]'s next poll polls its inner handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// Only if its waker fired since.
+    IfWoken,
+    /// Yes: it was handed an event, or its last poll returned one (it may have more).
+    Yes,
+}
+
+/// A connection handler polled only when woken or handed an event, with its listen protocols
+/// remembered between those calls (see the [module docs](self)).
+pub struct GatedHandler<H: ConnectionHandler> {
+    inner: H,
+    due: Due,
+    flag: Arc<WakeFlag>,
+    /// `flag` as a waker, made once.
+    waker: Waker,
+    /// The names `inner` listens on, unless a call since may have changed them.
+    listened: OnceCell<Arc<[String]>>,
+    /// The names of the last list built, to be kept when it comes out the same again.
+    last_listened: Option<Arc<[String]>>,
+}
+
+impl<H: ConnectionHandler> GatedHandler<H> {
+    /// `inner`, polled at once the first time.
+    pub fn new(inner: H) -> Self {
+        let flag = Arc::new(WakeFlag::default());
+        Self {
+            inner,
+            due: Due::Yes,
+            waker: Waker::from(flag.clone()),
+            flag,
+            listened: OnceCell::new(),
+            last_listened: None,
+        }
+    }
+
+    /// The inner handler may have changed: its next poll is due and its listen protocols are
+    /// to be read again.
+    fn touched(&mut self) {
+        self.due = Due::Yes;
+        self.forget_listened();
+    }
+
+    fn forget_listened(&mut self) {
+        if let Some(names) = self.listened.take() {
+            self.last_listened = Some(names);
+        }
+    }
+
+    /// `upgrade`'s protocol names, as the last list when they are the same.
+    fn names_of(&self, upgrade: &H::InboundProtocol) -> Arc<[String]> {
+        if let Some(last) = &self.last_listened {
+            let mut fresh = upgrade.protocol_info();
+            let same = last
+                .iter()
+                .all(|name| fresh.next().is_some_and(|p| p.as_ref() == name))
+                && fresh.next().is_none();
+            if same {
+                return last.clone();
+            }
+        }
+        upgrade
+            .protocol_info()
+            .map(|p| p.as_ref().to_owned())
+            .collect()
+    }
+}
+
+impl<H: ConnectionHandler> ConnectionHandler for GatedHandler<H> {
+    type FromBehaviour = H::FromBehaviour;
+    type ToBehaviour = H::ToBehaviour;
+    type InboundProtocol = Remembered<H::InboundProtocol>;
+    type OutboundProtocol = H::OutboundProtocol;
+    type InboundOpenInfo = H::InboundOpenInfo;
+    type OutboundOpenInfo = H::OutboundOpenInfo;
+
+    fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol, Self::InboundOpenInfo> {
+        let fresh = self.inner.listen_protocol();
+        let names = self
+            .listened
+            .get_or_init(|| self.names_of(fresh.upgrade()))
+            .clone();
+        fresh.map_upgrade(|inner| Remembered { inner, names })
+    }
+
+    fn connection_keep_alive(&self) -> bool {
+        self.inner.connection_keep_alive()
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<
+        ConnectionHandlerEvent<Self::OutboundProtocol, Self::OutboundOpenInfo, Self::ToBehaviour>,
+    > {
+        // Registered before the flag is read: a wake after the read finds this task's waker.
+        self.flag.task.register(cx.waker());
+        let woken = self.flag.woken.swap(false, Ordering::AcqRel);
+        if self.due == Due::IfWoken && !woken {
+            return Poll::Pending;
+        }
+        self.forget_listened();
+        let polled = self.inner.poll(&mut Context::from_waker(&self.waker));
+        self.due = if polled.is_ready() {
+            Due::Yes
+        } else {
+            Due::IfWoken
+        };
+        polled
+    }
+
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Option<Self::ToBehaviour>> {
+        self.flag.task.register(cx.waker());
+        self.forget_listened();
+        self.inner.poll_close(&mut Context::from_waker(&self.waker))
+    }
+
+    fn on_behaviour_event(&mut self, event: Self::FromBehaviour) {
+        self.touched();
+        self.inner.on_behaviour_event(event);
+    }
+
+    fn on_connection_event(
+        &mut self,
+        event: ConnectionEvent<
+            Self::InboundProtocol,
+            Self::OutboundProtocol,
+            Self::InboundOpenInfo,
+            Self::OutboundOpenInfo,
+        >,
+    ) {
+        self.touched();
+        let event = match event {
+            ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound { protocol, info }) => {
+                ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound { protocol, info })
+            }
+            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
+                protocol,
+                info,
+            }) => ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
+                protocol,
+                info,
+            }),
+            ConnectionEvent::AddressChange(AddressChange { new_address }) => {
+                ConnectionEvent::AddressChange(AddressChange { new_address })
+            }
+            ConnectionEvent::DialUpgradeError(DialUpgradeError { info, error }) => {
+                ConnectionEvent::DialUpgradeError(DialUpgradeError { info, error })
+            }
+            ConnectionEvent::ListenUpgradeError(ListenUpgradeError { info, error }) => {
+                match error {
+                    Listened::Inner(error) => {
+                        ConnectionEvent::ListenUpgradeError(ListenUpgradeError { info, error })
+                    }
+                    Listened::NotListened(NotListened { protocol }) => {
+                        tracing::debug!(protocol, "inbound stream on a protocol no longer listened on");
+                        return;
+                    }
+                }
+            }
+            ConnectionEvent::LocalProtocolsChange(change) => {
+                ConnectionEvent::LocalProtocolsChange(change)
+            }
+            ConnectionEvent::RemoteProtocolsChange(change) => {
+                ConnectionEvent::RemoteProtocolsChange(change)
+            }
+            // `ConnectionEvent` is non-exhaustive; libp2p 0.57 has no other variant.
+            _ => return,
+        };
+        self.inner.on_connection_event(event);
+    }
+}
+
+/// A [`GatedHandler`]'s listen upgrade: the inner handler's upgrade of the moment, whose
+/// protocols it lists by the names remembered.
+pub struct Remembered<U> {
+    inner: U,
+    names: Arc<[String]>,
+}
+
+/// One of the names a [`Remembered`] lists.
+#[derive(Debug, Clone)]
+pub struct ListenedName {
+    names: Arc<[String]>,
+    index: usize,
+}
+
+impl AsRef<str> for ListenedName {
+    fn as_ref(&self) -> &str {
+        &self.names[self.index]
+    }
+}
+
+/// The names a [`Remembered`] lists, in the inner upgrade's order.
+pub struct ListenedNames {
+    names: Arc<[String]>,
+    next: usize,
+}
+
+impl Iterator for ListenedNames {
+    type Item = ListenedName;
+
+    fn next(&mut self) -> Option<ListenedName> {
+        let index = self.next;
+        (index < self.names.len()).then(|| {
+            self.next += 1;
+            ListenedName {
+                names: self.names.clone(),
+                index,
+            }
+        })
+    }
+}
+
+impl<U: UpgradeInfoSend> UpgradeInfo for Remembered<U> {
+    type Info = ListenedName;
+    type InfoIter = ListenedNames;
+
+    fn protocol_info(&self) -> ListenedNames {
+        ListenedNames {
+            names: self.names.clone(),
+            next: 0,
+        }
+    }
+}
+
+/// A stream was negotiated on a protocol the inner handler had listed and listens on no more.
+#[derive(Debug, thiserror::Error)]
+#[error("no longer listening on {protocol}")]
+pub struct NotListened {
+    /// The protocol the remote chose.
+    pub protocol: String,
+}
+
+/// Why a [`Remembered`] upgrade failed.
+#[derive(Debug)]
+pub enum Listened<E> {
+    /// The inner upgrade failed.
+    Inner(E),
+    /// The protocol is no longer listened on.
+    NotListened(NotListened),
+}
+
+type InnerFuture<U> = MapErr<
+    <U as InboundUpgradeSend>::Future,
+    fn(<U as InboundUpgradeSend>::Error) -> Listened<<U as InboundUpgradeSend>::Error>,
+>;
+
+impl<U: InboundUpgradeSend> InboundUpgrade<Stream> for Remembered<U> {
+    type Output = U::Output;
+    type Error = Listened<U::Error>;
+    type Future = Either<InnerFuture<U>, Ready<Result<U::Output, Listened<U::Error>>>>;
+
+    fn upgrade_inbound(self, stream: Stream, info: ListenedName) -> Self::Future {
+        let chosen = info.as_ref();
+        match self.inner.protocol_info().find(|p| p.as_ref() == chosen) {
+            Some(protocol) => Either::Left(
+                self.inner
+                    .upgrade_inbound(stream, protocol)
+                    .map_err(Listened::Inner as fn(_) -> _),
+            ),
+            None => Either::Right(future::ready(Err(Listened::NotListened(NotListened {
+                protocol: chosen.to_owned(),
+            })))),
+        }
+    }
+}
