@@ -576,7 +576,8 @@ impl Floor {
                             .and_then(|_| {
                                 swarm
                                     .behaviour_mut()
-                                    .others.gossipsub
+                                    .others
+                                    .gossipsub
                                     .subscribe_scored(&topic)
                                     .map_err(|e| e.to_string())
                             });

@@ -158,7 +158,10 @@ impl<B: NetworkBehaviour> NetworkBehaviour for WakeGated<B> {
             .on_connection_handler_event(peer_id, connection_id, event);
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
         self.inner.poll(cx)
     }
 }
@@ -321,10 +324,9 @@ impl<H: ConnectionHandler> ConnectionHandler for GatedHandler<H> {
             ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
                 protocol,
                 info,
-            }) => ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
-                protocol,
-                info,
-            }),
+            }) => {
+                ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound { protocol, info })
+            }
             ConnectionEvent::AddressChange(AddressChange { new_address }) => {
                 ConnectionEvent::AddressChange(AddressChange { new_address })
             }
@@ -337,7 +339,10 @@ impl<H: ConnectionHandler> ConnectionHandler for GatedHandler<H> {
                         ConnectionEvent::ListenUpgradeError(ListenUpgradeError { info, error })
                     }
                     Listened::NotListened(NotListened { protocol }) => {
-                        tracing::debug!(protocol, "inbound stream on a protocol no longer listened on");
+                        tracing::debug!(
+                            protocol,
+                            "inbound stream on a protocol no longer listened on"
+                        );
                         return;
                     }
                 }
@@ -436,16 +441,212 @@ impl<U: InboundUpgradeSend> InboundUpgrade<Stream> for Remembered<U> {
     type Future = Either<InnerFuture<U>, Ready<Result<U::Output, Listened<U::Error>>>>;
 
     fn upgrade_inbound(self, stream: Stream, info: ListenedName) -> Self::Future {
-        let chosen = info.as_ref();
-        match self.inner.protocol_info().find(|p| p.as_ref() == chosen) {
+        match self.inner_info(&info) {
             Some(protocol) => Either::Left(
                 self.inner
                     .upgrade_inbound(stream, protocol)
                     .map_err(Listened::Inner as fn(_) -> _),
             ),
             None => Either::Right(future::ready(Err(Listened::NotListened(NotListened {
-                protocol: chosen.to_owned(),
+                protocol: info.as_ref().to_owned(),
             })))),
         }
+    }
+}
+
+impl<U: UpgradeInfoSend> Remembered<U> {
+    /// The inner upgrade's protocol named `chosen`, if it still lists it.
+    fn inner_info(&self, chosen: &ListenedName) -> Option<U::Info> {
+        self.inner
+            .protocol_info()
+            .find(|p| p.as_ref() == chosen.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use futures::task::noop_waker_ref;
+    use libp2p::StreamProtocol;
+    use libp2p::core::upgrade::{DeniedUpgrade, ReadyUpgrade};
+
+    use super::*;
+
+    /// What a [`Probe`] is told by its behaviour.
+    #[derive(Debug)]
+    enum ProbeIn {
+        /// Have this many events ready for the next polls.
+        Ready(usize),
+        /// Listen on this protocol from now on.
+        Listen(StreamProtocol),
+    }
+
+    /// A handler that counts its polls and keeps the waker of the last one.
+    struct Probe {
+        polls: Arc<AtomicUsize>,
+        ready: usize,
+        protocol: StreamProtocol,
+        waker: Option<Waker>,
+    }
+
+    impl ConnectionHandler for Probe {
+        type FromBehaviour = ProbeIn;
+        type ToBehaviour = ();
+        type InboundProtocol = ReadyUpgrade<StreamProtocol>;
+        type OutboundProtocol = DeniedUpgrade;
+        type InboundOpenInfo = ();
+        type OutboundOpenInfo = ();
+
+        fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol> {
+            SubstreamProtocol::new(ReadyUpgrade::new(self.protocol.clone()), ())
+        }
+
+        fn poll(
+            &mut self,
+            cx: &mut Context<'_>,
+        ) -> Poll<ConnectionHandlerEvent<DeniedUpgrade, (), ()>> {
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            self.waker = Some(cx.waker().clone());
+            if self.ready > 0 {
+                self.ready -= 1;
+                return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(()));
+            }
+            Poll::Pending
+        }
+
+        fn on_behaviour_event(&mut self, event: ProbeIn) {
+            match event {
+                ProbeIn::Ready(n) => self.ready = n,
+                ProbeIn::Listen(protocol) => self.protocol = protocol,
+            }
+        }
+
+        fn on_connection_event(
+            &mut self,
+            _: ConnectionEvent<Self::InboundProtocol, Self::OutboundProtocol>,
+        ) {
+        }
+    }
+
+    fn gated() -> (GatedHandler<Probe>, Arc<AtomicUsize>) {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let probe = Probe {
+            polls: polls.clone(),
+            ready: 0,
+            protocol: StreamProtocol::new("/probe/1"),
+            waker: None,
+        };
+        (GatedHandler::new(probe), polls)
+    }
+
+    fn poll(handler: &mut GatedHandler<Probe>) -> bool {
+        handler
+            .poll(&mut Context::from_waker(noop_waker_ref()))
+            .is_ready()
+    }
+
+    fn names(handler: &GatedHandler<Probe>) -> Vec<String> {
+        UpgradeInfo::protocol_info(handler.listen_protocol().upgrade())
+            .map(|name| name.as_ref().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_inner_handler_is_polled_only_when_its_waker_fired() {
+        let (mut handler, polls) = gated();
+        assert!(!poll(&mut handler));
+        assert_eq!(polls.load(Ordering::Relaxed), 1, "the first poll is due");
+        for _ in 0..3 {
+            assert!(!poll(&mut handler));
+        }
+        assert_eq!(polls.load(Ordering::Relaxed), 1, "nothing woke it");
+
+        handler.inner.waker.take().expect("a waker").wake();
+        assert!(!poll(&mut handler));
+        assert!(!poll(&mut handler));
+        assert_eq!(polls.load(Ordering::Relaxed), 2, "polled once per wake");
+    }
+
+    #[test]
+    fn a_wake_reaches_the_task_that_polled_last() {
+        let (mut handler, _) = gated();
+        let task = Arc::new(WakeFlag::default());
+        let task_waker = Waker::from(task.clone());
+        assert!(
+            handler
+                .poll(&mut Context::from_waker(&task_waker))
+                .is_pending()
+        );
+        handler.inner.waker.take().expect("a waker").wake();
+        assert!(
+            task.woken.load(Ordering::Acquire),
+            "the connection's task was woken"
+        );
+    }
+
+    #[test]
+    fn an_event_or_a_ready_poll_makes_the_next_poll_due() {
+        let (mut handler, polls) = gated();
+        poll(&mut handler);
+        handler.on_behaviour_event(ProbeIn::Ready(2));
+        assert!(poll(&mut handler), "the event's poll");
+        assert!(poll(&mut handler), "a ready poll may have more");
+        assert!(!poll(&mut handler), "drained");
+        assert!(!poll(&mut handler), "and not polled again");
+        assert_eq!(polls.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn listen_protocols_are_remembered_until_a_call_may_have_changed_them() {
+        let (mut handler, _) = gated();
+        assert_eq!(names(&handler), ["/probe/1"]);
+        let first = handler.listened.get().expect("remembered").clone();
+        poll(&mut handler);
+        assert!(
+            handler.listened.get().is_none(),
+            "the inner handler was polled"
+        );
+        assert_eq!(names(&handler), ["/probe/1"]);
+        let again = handler.listened.get().expect("remembered").clone();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "a list that came out the same is kept"
+        );
+        poll(&mut handler);
+        poll(&mut handler);
+        assert!(
+            handler
+                .listened
+                .get()
+                .is_some_and(|l| Arc::ptr_eq(l, &first)),
+            "quiet polls keep the list"
+        );
+
+        handler.on_behaviour_event(ProbeIn::Listen(StreamProtocol::new("/probe/2")));
+        assert_eq!(names(&handler), ["/probe/2"], "read again after the event");
+    }
+
+    #[test]
+    fn an_inbound_stream_is_upgraded_with_the_protocol_of_that_name_or_fails_typed() {
+        let upgrade = Remembered {
+            inner: ReadyUpgrade::new(StreamProtocol::new("/probe/2")),
+            names: Arc::from(["/probe/1".to_owned(), "/probe/2".to_owned()]),
+        };
+        let listed: Vec<String> = UpgradeInfo::protocol_info(&upgrade)
+            .map(|n| n.as_ref().to_owned())
+            .collect();
+        assert_eq!(listed, ["/probe/1", "/probe/2"]);
+        let mut names = UpgradeInfo::protocol_info(&upgrade);
+        let stale = names.next().expect("first");
+        let current = names.next().expect("second");
+        assert!(
+            upgrade.inner_info(&stale).is_none(),
+            "no longer listened on"
+        );
+        assert_eq!(
+            upgrade.inner_info(&current).map(|p| p.as_ref().to_owned()),
+            Some("/probe/2".to_owned())
+        );
     }
 }

@@ -47,7 +47,8 @@ impl Behaviour {
                     self.on_batch(peer, request);
                     if self
                         .protocols
-                        .others.deliver
+                        .others
+                        .deliver
                         .send_response(channel, DeliverAck { seq })
                         .is_err()
                     {

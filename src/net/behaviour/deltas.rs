@@ -112,11 +112,10 @@ impl Behaviour {
         message: gossipsub::Message,
     ) {
         let acceptance = self.accept_delta(&message);
-        self.protocols.others.gossipsub.report_message_validation_result(
-            &id,
-            &propagation_source,
-            acceptance,
-        );
+        self.protocols
+            .others
+            .gossipsub
+            .report_message_validation_result(&id, &propagation_source, acceptance);
     }
 
     pub(super) fn accept_delta(&mut self, message: &gossipsub::Message) -> MessageAcceptance {

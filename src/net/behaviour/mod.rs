@@ -288,7 +288,8 @@ impl Behaviour {
         for (i, scope) in scopes.into_iter().enumerate() {
             let topic = scope_topic(scope.id());
             protocols
-                .others.gossipsub
+                .others
+                .gossipsub
                 .subscribe_scored(&topic)
                 .map_err(|e| Error::unavailable(format!("gossipsub subscribe: {e}")))?;
             by_topic.insert(topic.hash(), i);

@@ -56,7 +56,8 @@ impl Behaviour {
         }
         let id = self
             .protocols
-            .others.sync
+            .others
+            .sync
             .send_request(&peer, SyncRequest::Discover { scopes });
         self.sync_out.insert(id, SyncOut::Discover);
         self.discovers_in_flight += 1;
@@ -142,7 +143,8 @@ impl Behaviour {
     ) {
         if self
             .protocols
-            .others.sync
+            .others
+            .sync
             .send_response(channel, response)
             .is_err()
         {
