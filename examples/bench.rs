@@ -17,11 +17,14 @@
 //!    stamps the message and hands it to the swarm's thread; the receiver's swarm thread
 //!    accepts it and hands it to the application, which stamps its arrival. The swarm-to-
 //!    swarm time is reported beside it. The same shape on the delta stream is the stream
-//!    floor. With `--floor-protocols node` both floors' swarms also carry every other protocol
-//!    of a node (request-response, Kademlia, identify, ping, connection limits, and the relay,
-//!    hole punching, AutoNAT and mDNS toggles, off as in the nodes here), unused, so that the
-//!    floor pays for the node's composition of handlers: the join row's ratio to it is then the
-//!    cost of procgroups' own logic.
+//!    floor. As in a node, the delta stream sits outside the gate the other protocols are
+//!    behind ([`procgroups::behaviour::wake_gate`]), so that its frames poll no other handler.
+//!    With `--floor-protocols node` both floors' swarms also carry, behind that gate, every
+//!    other protocol of a node (request-response, Kademlia, identify, ping, connection limits,
+//!    the relay server, hole punching and AutoNAT as a node's defaults have them, mDNS off as
+//!    in the nodes here, the relay client off: it needs the swarm's transport), unused, so that
+//!    the floor pays for the node's composition of handlers: the join row's ratio to it is then
+//!    the cost of procgroups' own logic.
 //! 2. a join on A visible on B: `join` on A to the event out of B's `monitor` subscription,
 //!    one at a time, interleaved with the floor's messages so that both see the same machine.
 //! 3. 10k joins of one process into distinct groups, until a whole-scope subscriber on B has
