@@ -29,6 +29,10 @@ pub type SyncCodec = Codec<SyncRequest, SyncResponse>;
 /// The codec of `/procgroups/deliver/1`.
 pub type DeliverCodec = Codec<DeliverBatch, DeliverAck>;
 
+/// Gossipsub's heartbeat: how often it manages its mesh and gossips. Its timer also polls the
+/// gated protocols ([`WakeGated`]) at least this often.
+pub const GOSSIPSUB_HEARTBEAT: Duration = Duration::from_millis(500);
+
 /// The identify protocol version procgroups announces.
 pub const IDENTIFY_PROTOCOL: &str = "/procgroups/1";
 
@@ -395,7 +399,7 @@ impl Protocols {
             .validation_mode(gossipsub::ValidationMode::Strict)
             .validate_messages()
             .max_transmit_size(config.max_transmit_size)
-            .heartbeat_interval(Duration::from_millis(500))
+            .heartbeat_interval(GOSSIPSUB_HEARTBEAT)
             .build()
             .map_err(|e| BehaviourError::Gossipsub(e.to_string()))?;
         let gossipsub = gossipsub::Behaviour::new(

@@ -1,28 +1,36 @@
-//! [`WakeGated`]: a behaviour whose connection handlers are polled only when something woke
-//! them or handed them an event, and whose listen protocols are remembered between those calls.
+//! [`WakeGated`]: a behaviour polled only when something woke it or handed it something, whose
+//! connection handlers are polled likewise and whose listen protocols are remembered between
+//! those calls.
 //!
-//! Why: libp2p polls a connection's whole handler tree each time anything on the connection
-//! wakes it, and at the end of every such poll it rebuilds the list of protocols the tree
-//! listens on and hashes each name, to learn whether it changed. A node composes fifteen
-//! protocols; a delta's frame wakes its connection three to five times on the two sides, and
-//! each time every handler was polled and every protocol name rebuilt (a nested iterator as deep
-//! as the composition) though only the delta stream had work. Under `perf` of the bench's join
-//! row (`cargo run --release --example bench -- --only latency`) that was about half of each
-//! network thread's time in `Connection::poll`.
+//! Why: libp2p polls every behaviour at each turn of the swarm, and a connection's whole
+//! handler tree each time anything on the connection wakes it; at the end of every such poll
+//! of a connection it rebuilds the list of protocols the tree listens on and hashes each name,
+//! to learn whether it changed. A node composes fifteen protocols; a delta's frame wakes its
+//! connection three to five times on the two nodes and the swarm a few times more, and each
+//! time every handler and behaviour was polled and every protocol name rebuilt (through a
+//! nested iterator as deep as the composition), though only the delta stream had work. Under
+//! `perf` of the bench's join row (`cargo run --release --example bench -- --only latency`)
+//! that was about half of each network thread's time in `Connection::poll`, and a tenth of
+//! B's network thread in the other behaviours' `poll`.
 //!
-//! A [`GatedHandler`] hands its inner handler a waker of its own. It polls the inner handler
-//! only when that waker fired, when the inner handler was handed an event (by the behaviour or
-//! the connection), or when its last poll returned something (it may have more); otherwise its
-//! poll returns `Pending` at once. It keeps the inner handler's listen protocols as a flat list
-//! of names, built again (and compared, so that an unchanged list is not allocated again) only
-//! after a call that may have changed them: a poll of the inner handler or an event.
+//! A gate (a [`WakeGated`] for the behaviour, a [`GatedHandler`] for each connection's handler)
+//! hands what it gates a waker of its own. It polls it only when that waker fired, when it was
+//! handed something (an event from the swarm, a connection or the behaviour; for the behaviour
+//! also a mutable borrow through [`DerefMut`], by which the node queues work for it), or when
+//! its last poll returned something (it may have more); otherwise its poll returns `Pending`
+//! at once. A [`GatedHandler`] keeps the inner handler's listen protocols as a flat list of
+//! names, built again (and kept when it comes out the same, so that it is not allocated again)
+//! only after a call that may have changed them: a poll of the inner handler or an event.
 //!
-//! What it assumes of the inner handlers, as every libp2p handler is written: a handler that
-//! returns `Pending` has registered the waker it was given with whatever will make progress,
-//! and its listen protocols change only in its own calls (not through state shared with another
-//! thread). A handler that broke the first would be polled late, not lost: a ping's timer in
-//! the same gated group polls the whole group at least every
-//! [`BehaviourConfig::ping_interval`](crate::net::protocols::BehaviourConfig::ping_interval).
+//! What it assumes of what it gates, as libp2p's protocols are written: a poll that returns
+//! `Pending` has registered the waker it was given with whatever will make progress, and the
+//! listen protocols change only in the handler's own calls (not through state shared with
+//! another thread). A protocol that checked a deadline only when polled (Kademlia's query
+//! timeouts) is polled late, not never: gossipsub's heartbeat timer (every
+//! [`GOSSIPSUB_HEARTBEAT`](crate::net::protocols::GOSSIPSUB_HEARTBEAT)) polls the whole gated behaviour, and each
+//! connection's ping timer
+//! ([`BehaviourConfig::ping_interval`](crate::net::protocols::BehaviourConfig::ping_interval))
+//! its gated handlers.
 //!
 //! An inbound stream is still upgraded with the inner handler's own upgrade of that moment
 //! ([`Remembered`] carries it): the protocol the remote chose is looked up by name in it. A name
@@ -52,16 +60,21 @@ use libp2p::swarm::{
     THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 
-/// A behaviour whose connections' handlers are [`GatedHandler`]s. It derefs to the inner
-/// behaviour; its events and commands are the inner behaviour's.
+/// A behaviour polled only when woken or handed something, whose connections' handlers are
+/// [`GatedHandler`]s. It derefs to the inner behaviour (a mutable borrow counts as handing it
+/// something: its next poll is due); its events and commands are the inner behaviour's.
 pub struct WakeGated<B> {
     inner: B,
+    gate: Gate,
 }
 
 impl<B> WakeGated<B> {
-    /// `inner`, its handlers gated.
+    /// `inner`, gated.
     pub fn new(inner: B) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            gate: Gate::new(),
+        }
     }
 
     /// The inner behaviour, ungated.
@@ -80,6 +93,8 @@ impl<B> Deref for WakeGated<B> {
 
 impl<B> DerefMut for WakeGated<B> {
     fn deref_mut(&mut self) -> &mut B {
+        // The caller may queue work for the inner behaviour's next poll.
+        self.gate.touch();
         &mut self.inner
     }
 }
@@ -94,6 +109,7 @@ impl<B: NetworkBehaviour> NetworkBehaviour for WakeGated<B> {
         local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<(), ConnectionDenied> {
+        self.gate.touch();
         self.inner
             .handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
     }
@@ -105,6 +121,7 @@ impl<B: NetworkBehaviour> NetworkBehaviour for WakeGated<B> {
         local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.gate.touch();
         self.inner
             .handle_established_inbound_connection(connection_id, peer, local_addr, remote_addr)
             .map(GatedHandler::new)
@@ -117,6 +134,7 @@ impl<B: NetworkBehaviour> NetworkBehaviour for WakeGated<B> {
         addresses: &[Multiaddr],
         effective_role: Endpoint,
     ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.gate.touch();
         self.inner.handle_pending_outbound_connection(
             connection_id,
             maybe_peer,
@@ -133,6 +151,7 @@ impl<B: NetworkBehaviour> NetworkBehaviour for WakeGated<B> {
         role_override: Endpoint,
         port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.gate.touch();
         self.inner
             .handle_established_outbound_connection(
                 connection_id,
@@ -145,6 +164,7 @@ impl<B: NetworkBehaviour> NetworkBehaviour for WakeGated<B> {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
+        self.gate.touch();
         self.inner.on_swarm_event(event);
     }
 
@@ -154,6 +174,7 @@ impl<B: NetworkBehaviour> NetworkBehaviour for WakeGated<B> {
         connection_id: ConnectionId,
         event: THandlerOutEvent<Self>,
     ) {
+        self.gate.touch();
         self.inner
             .on_connection_handler_event(peer_id, connection_id, event);
     }
@@ -162,11 +183,16 @@ impl<B: NetworkBehaviour> NetworkBehaviour for WakeGated<B> {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
-        self.inner.poll(cx)
+        if !self.gate.open(cx) {
+            return Poll::Pending;
+        }
+        let polled = self.inner.poll(&mut self.gate.context());
+        self.gate.polled(polled.is_ready());
+        polled
     }
 }
 
-/// Set by the waker a [`GatedHandler`] gives its inner handler; wakes the connection's task.
+/// Set by the waker a [`Gate`] gives what it gates; wakes the task that polled the gate last.
 #[derive(Default)]
 struct WakeFlag {
     woken: AtomicBool,
@@ -184,23 +210,68 @@ impl Wake for WakeFlag {
     }
 }
 
-/// Whether a [`GatedHandler`]'s next poll polls its inner handler.
+/// Whether a [`Gate`]'s next poll polls what it gates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Due {
     /// Only if its waker fired since.
     IfWoken,
-    /// Yes: it was handed an event, or its last poll returned one (it may have more).
+    /// Yes: it was handed something, or its last poll returned something (it may have more).
     Yes,
+}
+
+/// What a [`WakeGated`] and a [`GatedHandler`] keep to poll their inner part only when due.
+struct Gate {
+    due: Due,
+    flag: Arc<WakeFlag>,
+    /// `flag` as a waker, made once.
+    waker: Waker,
+}
+
+impl Gate {
+    /// Due at once: the first poll polls.
+    fn new() -> Self {
+        let flag = Arc::new(WakeFlag::default());
+        Self {
+            due: Due::Yes,
+            waker: Waker::from(flag.clone()),
+            flag,
+        }
+    }
+
+    /// The inner part was handed something: its next poll is due.
+    fn touch(&mut self) {
+        self.due = Due::Yes;
+    }
+
+    /// Whether this poll (of the task of `cx`) is to poll the inner part.
+    fn open(&mut self, cx: &Context<'_>) -> bool {
+        // Registered before the flag is read: a wake after the read finds this task's waker.
+        self.flag.task.register(cx.waker());
+        let woken = self.flag.woken.swap(false, Ordering::AcqRel);
+        woken || self.due == Due::Yes
+    }
+
+    /// The context to poll the inner part with: its wakes go through the flag.
+    fn context(&self) -> Context<'_> {
+        Context::from_waker(&self.waker)
+    }
+
+    /// The inner part was polled, and returned something or not.
+    fn polled(&mut self, ready: bool) {
+        self.due = if ready { Due::Yes } else { Due::IfWoken };
+    }
+
+    /// Registers the task of `cx` without reading the flag (a poll that polls anyway).
+    fn register(&self, cx: &Context<'_>) {
+        self.flag.task.register(cx.waker());
+    }
 }
 
 /// A connection handler polled only when woken or handed an event, with its listen protocols
 /// remembered between those calls (see the [module docs](self)).
 pub struct GatedHandler<H: ConnectionHandler> {
     inner: H,
-    due: Due,
-    flag: Arc<WakeFlag>,
-    /// `flag` as a waker, made once.
-    waker: Waker,
+    gate: Gate,
     /// The names `inner` listens on, unless a call since may have changed them.
     listened: OnceCell<Arc<[String]>>,
     /// The names of the last list built, to be kept when it comes out the same again.
@@ -210,12 +281,9 @@ pub struct GatedHandler<H: ConnectionHandler> {
 impl<H: ConnectionHandler> GatedHandler<H> {
     /// `inner`, polled at once the first time.
     pub fn new(inner: H) -> Self {
-        let flag = Arc::new(WakeFlag::default());
         Self {
             inner,
-            due: Due::Yes,
-            waker: Waker::from(flag.clone()),
-            flag,
+            gate: Gate::new(),
             listened: OnceCell::new(),
             last_listened: None,
         }
@@ -224,7 +292,7 @@ impl<H: ConnectionHandler> GatedHandler<H> {
     /// The inner handler may have changed: its next poll is due and its listen protocols are
     /// to be read again.
     fn touched(&mut self) {
-        self.due = Due::Yes;
+        self.gate.touch();
         self.forget_listened();
     }
 
@@ -280,26 +348,19 @@ impl<H: ConnectionHandler> ConnectionHandler for GatedHandler<H> {
     ) -> Poll<
         ConnectionHandlerEvent<Self::OutboundProtocol, Self::OutboundOpenInfo, Self::ToBehaviour>,
     > {
-        // Registered before the flag is read: a wake after the read finds this task's waker.
-        self.flag.task.register(cx.waker());
-        let woken = self.flag.woken.swap(false, Ordering::AcqRel);
-        if self.due == Due::IfWoken && !woken {
+        if !self.gate.open(cx) {
             return Poll::Pending;
         }
         self.forget_listened();
-        let polled = self.inner.poll(&mut Context::from_waker(&self.waker));
-        self.due = if polled.is_ready() {
-            Due::Yes
-        } else {
-            Due::IfWoken
-        };
+        let polled = self.inner.poll(&mut self.gate.context());
+        self.gate.polled(polled.is_ready());
         polled
     }
 
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Option<Self::ToBehaviour>> {
-        self.flag.task.register(cx.waker());
+        self.gate.register(cx);
         self.forget_listened();
-        self.inner.poll_close(&mut Context::from_waker(&self.waker))
+        self.inner.poll_close(&mut self.gate.context())
     }
 
     fn on_behaviour_event(&mut self, event: Self::FromBehaviour) {
@@ -550,6 +611,98 @@ mod tests {
         UpgradeInfo::protocol_info(handler.listen_protocol().upgrade())
             .map(|name| name.as_ref().to_owned())
             .collect()
+    }
+
+    /// A behaviour that counts its polls, keeps the waker of the last one, and has events
+    /// ready when told.
+    #[derive(Default)]
+    struct ProbeBehaviour {
+        polls: usize,
+        ready: usize,
+        waker: Option<Waker>,
+    }
+
+    impl NetworkBehaviour for ProbeBehaviour {
+        type ConnectionHandler = libp2p::swarm::dummy::ConnectionHandler;
+        type ToSwarm = ();
+
+        fn handle_established_inbound_connection(
+            &mut self,
+            _: ConnectionId,
+            _: PeerId,
+            _: &Multiaddr,
+            _: &Multiaddr,
+        ) -> Result<THandler<Self>, ConnectionDenied> {
+            Ok(libp2p::swarm::dummy::ConnectionHandler)
+        }
+
+        fn handle_established_outbound_connection(
+            &mut self,
+            _: ConnectionId,
+            _: PeerId,
+            _: &Multiaddr,
+            _: Endpoint,
+            _: PortUse,
+        ) -> Result<THandler<Self>, ConnectionDenied> {
+            Ok(libp2p::swarm::dummy::ConnectionHandler)
+        }
+
+        fn on_swarm_event(&mut self, _: FromSwarm) {}
+
+        fn on_connection_handler_event(
+            &mut self,
+            _: PeerId,
+            _: ConnectionId,
+            event: THandlerOutEvent<Self>,
+        ) {
+            match event {}
+        }
+
+        fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<(), THandlerInEvent<Self>>> {
+            self.polls += 1;
+            self.waker = Some(cx.waker().clone());
+            if self.ready > 0 {
+                self.ready -= 1;
+                return Poll::Ready(ToSwarm::GenerateEvent(()));
+            }
+            Poll::Pending
+        }
+    }
+
+    fn poll_behaviour(gated: &mut WakeGated<ProbeBehaviour>) -> bool {
+        gated
+            .poll(&mut Context::from_waker(noop_waker_ref()))
+            .is_ready()
+    }
+
+    #[test]
+    fn the_inner_behaviour_is_polled_when_woken_borrowed_mutably_or_handed_an_event() {
+        let mut gated = WakeGated::new(ProbeBehaviour::default());
+        assert!(!poll_behaviour(&mut gated));
+        assert!(!poll_behaviour(&mut gated));
+        assert_eq!(gated.polls, 1, "the first poll is due, the second is not");
+
+        gated.waker.clone().expect("a waker").wake();
+        assert!(!poll_behaviour(&mut gated));
+        assert_eq!(gated.polls, 2, "its waker fired");
+
+        gated.ready = 2;
+        assert!(
+            poll_behaviour(&mut gated),
+            "a mutable borrow makes the poll due"
+        );
+        assert!(poll_behaviour(&mut gated), "a ready poll may have more");
+        assert!(!poll_behaviour(&mut gated));
+        assert!(!poll_behaviour(&mut gated));
+        assert_eq!(gated.polls, 5);
+
+        gated.on_swarm_event(FromSwarm::NewExternalAddrCandidate(
+            libp2p::swarm::NewExternalAddrCandidate {
+                addr: &"/ip4/127.0.0.1/tcp/1".parse().expect("addr"),
+            },
+        ));
+        assert!(!poll_behaviour(&mut gated));
+        assert_eq!(gated.polls, 6, "an event from the swarm makes the poll due");
     }
 
     #[test]
