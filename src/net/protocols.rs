@@ -219,9 +219,10 @@ impl BehaviourConfig {
 /// | `autonat_server` | AutoNAT v2, server (off with the client) | dialing back peers that ask |
 ///
 /// The first two are fields of `Protocols`; the others are fields of [`OtherProtocols`], in
-/// the field `others`, whose connection handlers are polled only when one of them was woken or
-/// handed an event ([`WakeGated`]): a connection woken for a delta's frame polls the delta
-/// stream's handler and not the thirteen others.
+/// the field `others`, which is polled, and whose connection handlers are polled, only when one
+/// of them was woken or handed something ([`WakeGated`]): a connection woken for a delta's
+/// frame polls the delta stream's handler and not the thirteen others, and the swarm's turns
+/// for it poll the delta streams' behaviour and not theirs.
 ///
 /// [`Behaviour`](crate::behaviour::Behaviour) drives them: it reacts to their events and decides what they send. They are
 /// public so that an application can read their state (for instance the Kademlia routing
@@ -238,8 +239,8 @@ pub struct Protocols {
     /// poll does nothing), and outside the gate of the others: a delta's latency is the one
     /// users see, and its frames wake a connection that the others need not be polled for.
     pub delta_streams: DeltaStreams,
-    /// Every other protocol, each connection's handlers polled only when one of them has
-    /// something to do ([`WakeGated`]). Fields are reached through it:
+    /// Every other protocol, polled (the behaviours, and each connection's handlers) only when
+    /// one of them has something to do ([`WakeGated`]). Fields are reached through it:
     /// `protocols.others.kad`.
     pub others: WakeGated<OtherProtocols>,
 }
