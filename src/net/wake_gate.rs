@@ -10,8 +10,8 @@
 //! time every handler and behaviour was polled and every protocol name rebuilt (through a
 //! nested iterator as deep as the composition), though only the delta stream had work. Under
 //! `perf` of the bench's join row (`cargo run --release --example bench -- --only latency`)
-//! that was about half of each network thread's time in `Connection::poll`, and a tenth of
-//! B's network thread in the other behaviours' `poll`.
+//! that was about 70% of what each network thread spent in `Connection::poll`, and a
+//! tenth of B's network thread in the other behaviours' `poll`.
 //!
 //! A gate (a [`WakeGated`] for the behaviour, a [`GatedHandler`] for each connection's handler)
 //! hands what it gates a waker of its own. It polls it only when that waker fired, when it was
