@@ -9,6 +9,7 @@ pub(crate) mod behaviour;
 pub mod capped_streams;
 pub mod codec;
 pub mod delta_stream;
+pub(crate) mod forward;
 pub(crate) mod handle;
 pub(crate) mod host;
 pub(crate) mod keep_alive;

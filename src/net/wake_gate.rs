@@ -43,21 +43,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 
+use crate::net::forward::forward_connection_hooks;
 use futures::TryFutureExt;
 use futures::future::{self, Either, MapErr, Ready};
 use futures::task::AtomicWaker;
 use libp2p::PeerId;
-use libp2p::core::transport::PortUse;
 use libp2p::core::upgrade::{InboundUpgrade, UpgradeInfo};
-use libp2p::core::{Endpoint, Multiaddr};
 use libp2p::swarm::handler::{
     AddressChange, ConnectionEvent, ConnectionHandler, ConnectionHandlerEvent, DialUpgradeError,
     FullyNegotiatedInbound, FullyNegotiatedOutbound, InboundUpgradeSend, ListenUpgradeError,
     UpgradeInfoSend,
 };
 use libp2p::swarm::{
-    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, Stream, SubstreamProtocol,
-    THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+    ConnectionId, FromSwarm, NetworkBehaviour, Stream, SubstreamProtocol, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 
 /// A behaviour polled only when woken or handed something, whose connections' handlers are
@@ -81,6 +80,16 @@ impl<B> WakeGated<B> {
     pub fn into_inner(self) -> B {
         self.inner
     }
+
+    /// The inner behaviour was handed something: its next poll is due.
+    fn touch(&mut self) {
+        self.gate.touch();
+    }
+
+    /// An inner connection handler, gated.
+    fn gated<H: ConnectionHandler>(&self, handler: H) -> GatedHandler<H> {
+        GatedHandler::new(handler)
+    }
 }
 
 impl<B> Deref for WakeGated<B> {
@@ -103,65 +112,7 @@ impl<B: NetworkBehaviour> NetworkBehaviour for WakeGated<B> {
     type ConnectionHandler = GatedHandler<THandler<B>>;
     type ToSwarm = B::ToSwarm;
 
-    fn handle_pending_inbound_connection(
-        &mut self,
-        connection_id: ConnectionId,
-        local_addr: &Multiaddr,
-        remote_addr: &Multiaddr,
-    ) -> Result<(), ConnectionDenied> {
-        self.gate.touch();
-        self.inner
-            .handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
-    }
-
-    fn handle_established_inbound_connection(
-        &mut self,
-        connection_id: ConnectionId,
-        peer: PeerId,
-        local_addr: &Multiaddr,
-        remote_addr: &Multiaddr,
-    ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.gate.touch();
-        self.inner
-            .handle_established_inbound_connection(connection_id, peer, local_addr, remote_addr)
-            .map(GatedHandler::new)
-    }
-
-    fn handle_pending_outbound_connection(
-        &mut self,
-        connection_id: ConnectionId,
-        maybe_peer: Option<PeerId>,
-        addresses: &[Multiaddr],
-        effective_role: Endpoint,
-    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
-        self.gate.touch();
-        self.inner.handle_pending_outbound_connection(
-            connection_id,
-            maybe_peer,
-            addresses,
-            effective_role,
-        )
-    }
-
-    fn handle_established_outbound_connection(
-        &mut self,
-        connection_id: ConnectionId,
-        peer: PeerId,
-        addr: &Multiaddr,
-        role_override: Endpoint,
-        port_use: PortUse,
-    ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.gate.touch();
-        self.inner
-            .handle_established_outbound_connection(
-                connection_id,
-                peer,
-                addr,
-                role_override,
-                port_use,
-            )
-            .map(GatedHandler::new)
-    }
+    forward_connection_hooks!(to inner, before touch, wrap gated);
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         self.gate.touch();
@@ -530,7 +481,10 @@ mod tests {
 
     use futures::task::noop_waker_ref;
     use libp2p::StreamProtocol;
+    use libp2p::core::transport::PortUse;
     use libp2p::core::upgrade::{DeniedUpgrade, ReadyUpgrade};
+    use libp2p::core::{Endpoint, Multiaddr};
+    use libp2p::swarm::ConnectionDenied;
 
     use super::*;
 
